@@ -1,0 +1,72 @@
+"""
+Settings the nanoGPT way: a script's settings are plain globals at its top, and the command line overrides them
+with config files (`config/train_wiki.py`, plain Python assignments) and `--key=value` pairs, applied left to
+right. Unlike a bare exec, each override is checked: an unknown key or a value of the wrong type stops the run
+with a message that names it, so a typo never silently trains the wrong model.
+
+    configure(globals(), sys.argv[1:])
+"""
+
+import difflib
+from ast import literal_eval
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def configure(settings, args):
+    """Apply config files and --key=value overrides from args to the settings dict (a script's globals)."""
+    known = {k: v for k, v in settings.items() if is_setting(k, v)}
+    for arg in args:
+        if arg.startswith("--"):
+            key, sep, text = arg[2:].partition("=")
+            if not sep:
+                raise ConfigError(f"expected --key=value, got '{arg}'")
+            apply(settings, known, key, parse(text), f"'{arg}'")
+        else:
+            for key, value in read_config_file(arg).items():
+                apply(settings, known, key, value, f"config file {arg}")
+
+
+def is_setting(key, value):
+    return not key.startswith("_") and isinstance(value, (int, float, bool, str, type(None), tuple))
+
+
+def parse(text):
+    """'3e-4' -> 0.0003, 'True' -> True, 'None' -> None; anything that is not a Python literal stays a string."""
+    try:
+        return literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def read_config_file(path):
+    try:
+        with open(path) as f:
+            source = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    namespace = {}
+    exec(compile(source, path, "exec"), namespace)
+    return {k: v for k, v in namespace.items() if not k.startswith("_") and is_setting(k, v)}
+
+
+def apply(settings, known, key, value, origin):
+    if key not in known:
+        close = difflib.get_close_matches(key, known, n=3)
+        hint = f"; did you mean {' or '.join(close)}?" if close else "; see the settings at the top of the script"
+        raise ConfigError(f"unknown setting '{key}' (from {origin}){hint}")
+    settings[key] = check_type(key, known[key], value, origin)
+
+
+def check_type(key, default, value, origin):
+    """The override must have the default's type; an int may stand for a float. A setting whose default is None
+    takes any value."""
+    if default is None or type(value) is type(default):
+        return value
+    if isinstance(default, float) and type(value) is int:
+        return float(value)
+    raise ConfigError(f"setting '{key}' (from {origin}) must be of type {type(default).__name__} like its "
+                      f"default {default!r}, got {value!r} of type {type(value).__name__}")
+

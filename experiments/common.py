@@ -1,0 +1,62 @@
+"""
+What every experiment script shares: train one arm with train.py in a subprocess (skipped when its finished log is
+already there, so an interrupted suite picks up where it stopped), read its log, plot curves, write a table.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def train_arm(out_dir, args, max_iters):
+    """Run `python train.py *args --out_dir=out_dir --max_iters=max_iters` unless out_dir already holds a log that
+    reached max_iters; return the log's records."""
+    records = read_log(out_dir)
+    if not records or records[-1]["iter"] < max_iters:
+        command = [sys.executable, os.path.join(ROOT, "train.py"), *args, f"--out_dir={out_dir}",
+                   f"--max_iters={max_iters}"]
+        print("$", " ".join(command[1:]), flush=True)
+        subprocess.run(command, cwd=ROOT, check=True)
+        records = read_log(out_dir)
+    return records
+
+
+def read_log(out_dir):
+    path = os.path.join(out_dir, "log.jsonl")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def first_iter_reaching(records, loss, key="val_loss"):
+    """The first logged iteration whose loss is at or below `loss`, or None if the run never got there."""
+    return next((r["iter"] for r in records if r[key] <= loss), None)
+
+
+def plot_curves(runs, path, title, key="val_loss", ylabel="validation loss (nats/token)"):
+    """One line per arm: runs maps an arm's label to its log records."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, records in runs.items():
+        ax.plot([r["iter"] for r in records], [r[key] for r in records], marker=".", label=label)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
