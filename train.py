@@ -27,6 +27,7 @@ from configurator import ConfigError, configure
 from data.common import ensure_prepared, get_codec, load_meta, load_tokens
 from lm import LanguageModel
 from model import GPT, GPTConfig, configure_optimizers, estimate_mfu
+from planner import PlanData, initialise_plan, settings_problems
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -63,6 +64,16 @@ lr_decay_iters = None  # None: decay over max_iters
 min_lr = 1e-4
 # training objective
 label_smoothing = 0.0  # the classic soft-target baseline
+# sentence planner (planner.py); 'none' is the plain GPT
+plan_mode = "none"  # none | fixed | uniform | oracle (sees the future: an upper bound) | hard | st | soft
+plan_k = 64  # number of sentence labels (k-means clusters)
+plan_context = 8  # the planner reads this many sentences before the one it plans
+plan_tau = 1.0  # softmax temperature of 'soft' and 'st'
+plan_lambda = 0.0  # weight of the planner's cross-entropy added to the LM loss (0: LM loss only, as the paper)
+plan_embedder = "lsa"  # sentence encoder of the labels
+plan_seed = 0  # seed of the embedder and k-means that make the labels
+plan_freeze_lm = False  # train only the planner and adapters, as the paper does with its pretrained GPT-2
+plan_init_planner = ""  # planner.pt written by `python planner.py` (stage 2), loaded into a new run
 # system
 device = "auto"  # 'auto' picks cuda, then mps, then cpu; or name one, e.g. 'cuda:1'
 dtype = "auto"  # 'auto': bfloat16 on CUDA where supported, else float16 on CUDA, else float32
@@ -88,6 +99,7 @@ def validate_settings(s):
         problems.append(f"label_smoothing must be in [0, 1), got {s['label_smoothing']}")
     if s["learning_rate"] <= 0 or s["min_lr"] < 0:
         problems.append("learning_rate must be positive and min_lr non-negative")
+    problems += settings_problems(s)
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -96,7 +108,8 @@ SETTINGS = [k for k, v in globals().items() if not k.startswith("_") and isinsta
                                                                                         type(None)))]
 # Settings that fix what the checkpoint's weights mean: resuming with different ones would be a different run.
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "bias", "vocab_size")
-RUN_KEYS = ("dataset", "block_size", "label_smoothing")
+RUN_KEYS = ("dataset", "block_size", "label_smoothing", "plan_mode", "plan_k", "plan_context", "plan_tau",
+            "plan_lambda", "plan_embedder", "plan_seed", "plan_freeze_lm")
 
 
 def main(argv):
@@ -124,6 +137,8 @@ class Trainer:
             if len(data) <= s["block_size"] + 1:
                 raise ConfigError(f"the {split} split of '{s['dataset']}' has {len(data)} tokens, fewer than "
                                   f"block_size + 2 = {s['block_size'] + 2}: lower block_size")
+        self.plan_data = (PlanData(self.data_dir, s["plan_k"], s["plan_embedder"], s["plan_seed"])
+                          if s["plan_mode"] != "none" else None)
         self.build_model()
         self.build_optimizer()
 
@@ -202,6 +217,8 @@ class Trainer:
             model_args["block_size"] = s["block_size"]
         self.model_args = model_args
         self.model = LanguageModel(gpt, s).to(self.device)
+        if self.model.plan is not None and not resume:
+            initialise_plan(self.model.plan, self.plan_data, s, checkpoint if tune else None)
         self.checkpoint = checkpoint if resume else None
         if resume:
             self.model.load_state_dict(checkpoint["model"])
@@ -235,6 +252,8 @@ class Trainer:
         x = torch.from_numpy(np.stack([data[i:i + T] for i in ix.tolist()]).astype(np.int64))
         y = torch.from_numpy(np.stack([data[i + 1:i + 1 + T] for i in ix.tolist()]).astype(np.int64))
         extra = {}
+        if self.plan_data is not None:
+            extra.update(self.plan_data.batch(split, ix, T, self.s["plan_context"]))
         return self.to_device(x), self.to_device(y), {k: self.to_device(v) for k, v in extra.items()}
 
     def to_device(self, t):
