@@ -14,7 +14,6 @@ import math
 import os
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 
 import numpy as np
@@ -24,8 +23,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from configurator import ConfigError, configure
-from data.common import ensure_prepared, get_codec, load_meta, load_tokens
-from lm import LanguageModel
+from data.common import document_start, ensure_prepared, get_codec, load_meta, load_tokens
+from lm import LanguageModel, load_checkpoint, pick_device, pick_precision
 from model import GPT, GPTConfig, configure_optimizers, estimate_mfu
 
 # -----------------------------------------------------------------------------
@@ -145,29 +144,15 @@ class Trainer:
 
     def setup_device(self):
         s = self.s
-        if s["device"] != "auto":
-            self.device = s["device"]
-        elif torch.cuda.is_available():
-            self.device = f"cuda:{self.local_rank}" if self.ddp else "cuda"
-        elif torch.backends.mps.is_available():
-            self.device = "mps"
-        else:
-            self.device = "cpu"
+        self.device = pick_device(s["device"], self.local_rank if self.ddp else None)
         self.device_type = self.device.split(":")[0]
         if self.device_type == "cuda":
             torch.cuda.set_device(self.device)
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        dtype = s["dtype"]
-        if dtype == "auto":
-            on_cuda = self.device_type == "cuda"
-            dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if on_cuda else "float32"
-        self.dtype = dtype
-        ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-        self.autocast = (nullcontext() if dtype == "float32" else
-                         torch.autocast(device_type=self.device_type, dtype=ptdtype))
+        self.dtype, self.autocast = pick_precision(self.device_type, s["dtype"])
         # fp16 gradients underflow without loss scaling; bf16 has float32's range and needs none.
-        self.scaler = torch.amp.GradScaler(self.device_type, enabled=(dtype == "float16"))
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=(self.dtype == "float16"))
         self.compile = s["compile"] if s["compile"] != "auto" else self.device_type == "cuda"
 
     # --- model and optimizer ---------------------------------------------------------------------------------
@@ -385,8 +370,7 @@ class Trainer:
 
     def print_sample(self):
         encode, decode = get_codec(self.meta)
-        start = "\n" if self.meta["tokenizer"] == "char" else "<|endoftext|>"
-        idx = torch.tensor([encode(start)], dtype=torch.long, device=self.device)
+        idx = torch.tensor([encode(document_start(self.meta))], dtype=torch.long, device=self.device)
         torch.manual_seed(self.s["seed"])
         self.model.eval()
         with self.autocast:
@@ -401,16 +385,6 @@ def save_checkpoint(path, state):
     tmp = path + ".tmp"
     torch.save(state, tmp)
     os.replace(tmp, path)
-
-
-def load_checkpoint(path):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path}: train first, or point init_from at an existing file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises several types for a truncated or foreign file
-        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); it is truncated or not a "
-                         f"checkpoint of this repository") from None
 
 
 def check_same_run(checkpoint, settings):

@@ -244,3 +244,8 @@ def get_codec(meta):
     # int(): callers may pass a torch tensor, which tiktoken does not accept.
     return (lambda text: enc.encode(text, allowed_special={EOT}),
             lambda ids: enc.decode([int(i) for i in ids]))
+
+
+def document_start(meta):
+    """The text a new document follows: a newline in the character datasets, the EOT token in the BPE ones."""
+    return "\n" if meta["tokenizer"] == "char" else EOT
