@@ -65,24 +65,26 @@ label_smoothing = 0.0  # the classic soft-target baseline
 # system
 device = "auto"  # 'auto' picks cuda, then mps, then cpu; or name one, e.g. 'cuda:1'
 dtype = "auto"  # 'auto': bfloat16 on CUDA where supported, else float16 on CUDA, else float32
-compile = "auto"  # 'auto' compiles on CUDA only; True or False to force
+compile = None  # None compiles on CUDA only; True or False to force
 # -----------------------------------------------------------------------------
 
 
 def validate_settings(s):
     """Catch impossible combinations before any work is done; each message names the setting and the fix."""
     problems = []
-    for key in ("batch_size", "block_size", "max_iters", "eval_interval", "eval_iters", "log_interval",
+    for key in ("batch_size", "block_size", "eval_interval", "eval_iters", "log_interval",
                 "gradient_accumulation_steps"):
         if s[key] < 1:
             problems.append(f"{key} must be at least 1, got {s[key]}")
+    if s["max_iters"] < 0:
+        problems.append(f"max_iters must be at least 0 (0 evaluates and saves the initial model), got {s['max_iters']}")
     if s["init_from"] not in ("scratch", "resume") and not os.path.isfile(s["init_from"]):
         problems.append(f"init_from must be 'scratch', 'resume' or an existing checkpoint file, got "
                         f"'{s['init_from']}'")
     if s["dtype"] not in ("auto", "float32", "bfloat16", "float16"):
         problems.append(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got '{s['dtype']}'")
-    if s["compile"] not in ("auto", True, False):
-        problems.append(f"compile must be 'auto', True or False, got {s['compile']!r}")
+    if s["compile"] not in (None, True, False):
+        problems.append(f"compile must be None (on for CUDA only), True or False, got {s['compile']!r}")
     if not 0.0 <= s["label_smoothing"] < 1.0:
         problems.append(f"label_smoothing must be in [0, 1), got {s['label_smoothing']}")
     if s["learning_rate"] <= 0 or s["min_lr"] < 0:
@@ -99,10 +101,13 @@ RUN_KEYS = ("dataset", "block_size", "label_smoothing")
 
 
 def main(argv):
-    configure(globals(), argv)
-    settings = {k: globals()[k] for k in SETTINGS}
+    """Train with the settings above, overridden by argv; returns the finished Trainer."""
+    settings = {k: globals()[k] for k in SETTINGS}  # a copy: the globals stay the defaults
+    configure(settings, argv)
     validate_settings(settings)
-    Trainer(settings).run()
+    trainer = Trainer(settings)
+    trainer.run()
+    return trainer
 
 
 class Trainer:
@@ -153,7 +158,7 @@ class Trainer:
         self.dtype, self.autocast = pick_precision(self.device_type, s["dtype"])
         # fp16 gradients underflow without loss scaling; bf16 has float32's range and needs none.
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=(self.dtype == "float16"))
-        self.compile = s["compile"] if s["compile"] != "auto" else self.device_type == "cuda"
+        self.compile = s["compile"] if s["compile"] is not None else self.device_type == "cuda"
 
     # --- model and optimizer ---------------------------------------------------------------------------------
     def build_model(self):
