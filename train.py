@@ -437,5 +437,5 @@ def plot_log(out_dir):
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
-    except (ConfigError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:  # our messages name the problem and the fix
         sys.exit(f"error: {e}")
