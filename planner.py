@@ -315,7 +315,7 @@ class PlanData:
         path = Path(data_dir) / f"plan_labels_{embedder}_K{k}_seed{seed}.npz"
         cached = load_cache(path, self.header)
         if cached is None:
-            cached = self.build_labels(data_dir, meta, k, seed)
+            cached = build_labels(sentence_texts(data_dir, meta, self.sentences), k, seed)
             save_cache(path, self.header, cached)
         self.centroids = torch.from_numpy(cached["centroids"])
         self.embeddings = {s: torch.from_numpy(cached[f"{s}_embeddings"]) for s in ("train", "val")}
@@ -324,23 +324,6 @@ class PlanData:
                             torch.from_numpy(cached["lsa_projection"]))
         self.token_sentence = {s: self.sentences[s]["token_sentence"] for s in ("train", "val")}
         self.sentence_pos = {s: torch.from_numpy(self.sentences[s]["sentence_pos"]) for s in ("train", "val")}
-
-    def build_labels(self, data_dir, meta, k, seed):
-        _, decode, _ = plan_codec(meta)
-        texts = {}
-        for split in ("train", "val"):
-            tokens = load_tokens(data_dir, split)
-            spans = self.sentences[split]["sentence_span"]
-            texts[split] = [decode(tokens[a:b]) for a, b in tqdm(spans, desc=f"sentence texts {split}")]
-        print(f"fitting LSA on {len(texts['train']):,} train sentences, then k-means with K = {k}")
-        lsa = LSA.fit(texts["train"], EMBEDDERS["lsa"], seed)
-        embeddings = {split: lsa.embed(t) for split, t in texts.items()}
-        centroids, train_labels = kmeans(embeddings["train"], k, seed)
-        return {"centroids": centroids.numpy(), "lsa_words": np.array(lsa.words), "lsa_idf": lsa.idf.numpy(),
-                "lsa_projection": lsa.projection.numpy(),
-                "train_embeddings": embeddings["train"].numpy(), "val_embeddings": embeddings["val"].numpy(),
-                "train_labels": train_labels.numpy(),
-                "val_labels": nearest_centroid(embeddings["val"], centroids).numpy()}
 
     def context(self, split, ids, m):
         """Planner inputs for sentences ids (any shape): the embeddings of the m sentences before each, most
@@ -363,6 +346,29 @@ class PlanData:
         context, pos = self.context(split, ids, m)
         label = torch.where(ids - first <= slot[:, -1:], self.labels[split][ids], -1)
         return {"plan_slot": slot, "plan_context": context, "plan_pos": pos, "plan_label": label}
+
+
+def sentence_texts(data_dir, meta, sentences):
+    """{split: the text of every sentence}, decoded from its tokens."""
+    _, decode, _ = plan_codec(meta)
+    texts = {}
+    for split in ("train", "val"):
+        tokens = load_tokens(data_dir, split)
+        texts[split] = [decode(tokens[a:b]) for a, b in tqdm(sentences[split]["sentence_span"],
+                                                             desc=f"sentence texts {split}")]
+    return texts
+
+
+def build_labels(texts, k, seed):
+    """Fit LSA and k-means on the train sentences; label every sentence with its nearest centroid."""
+    print(f"fitting LSA on {len(texts['train']):,} train sentences, then k-means with K = {k}")
+    lsa = LSA.fit(texts["train"], EMBEDDERS["lsa"], seed)
+    embeddings = {split: lsa.embed(t) for split, t in texts.items()}
+    centroids, train_labels = kmeans(embeddings["train"], k, seed)
+    return {"centroids": centroids.numpy(), "lsa_words": np.array(lsa.words), "lsa_idf": lsa.idf.numpy(),
+            "lsa_projection": lsa.projection.numpy(),
+            "train_embeddings": embeddings["train"].numpy(), "val_embeddings": embeddings["val"].numpy(),
+            "train_labels": train_labels.numpy(), "val_labels": nearest_centroid(embeddings["val"], centroids).numpy()}
 
 
 # --- 2. the planner ---------------------------------------------------------------------------------------------

@@ -9,6 +9,6 @@ batch_size = 8
 learning_rate = 1e-3
 warmup_iters = 50
 eval_interval = 200
-eval_iters = 25
+eval_iters = 20
 sample_tokens = 0
 plan_k = 64  # ~32k train sentences in wiki
