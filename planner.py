@@ -90,7 +90,8 @@ def sentence_breaks(text):
         if following and not following.group(1).islower():
             breaks.add(m.end())
     breaks.update(m.start() for m in NEWLINE_RUN.finditer(text))
-    return sorted(b for b in breaks if text[:b].strip() and text[b:].strip())
+    first, end = len(text) - len(text.lstrip()), len(text.rstrip())
+    return sorted(b for b in breaks if first < b < end)  # no sentence of whitespace only
 
 
 def is_abbreviation(text, dot):
@@ -157,7 +158,7 @@ def split_documents(tokens, docs, texts, encode, token_nbytes, desc):
         token_sentence[start:end] = np.repeat(np.arange(first, len(spans)), np.diff(bounds))
     if token_sentence[0] < 0:
         raise ConfigError(f"{desc}: the first token belongs to no document: the docs metadata is inconsistent; "
-                         "re-run the dataset's prepare.py")
+                          "re-run the dataset's prepare.py")
     # Tokens outside documents (each document's EOT) belong to the sentence before them.
     inside = np.where(token_sentence >= 0, np.arange(len(tokens)), 0)
     token_sentence = token_sentence[np.maximum.accumulate(inside)]
@@ -172,7 +173,7 @@ def data_hash(data_dir):
                if not (Path(data_dir) / f"{split}_{kind}").exists()]
     if missing:
         raise ConfigError(f"dataset {data_dir} has no document metadata ({', '.join(missing)} missing), which the "
-                         f"planner needs to split sentences: re-run data/{Path(data_dir).name}/prepare.py")
+                          f"planner needs to split sentences: re-run data/{Path(data_dir).name}/prepare.py")
     h = hashlib.sha1()
     for name in ("train.bin", "val.bin", "train_docs.npy", "val_docs.npy", "train_texts.json", "val_texts.json"):
         h.update((Path(data_dir) / name).read_bytes())
@@ -233,7 +234,7 @@ class LSA:
                         key=lambda w: (-document_frequency[w], w))[:LSA_MAX_VOCAB]
         if len(common) < dim:
             raise ConfigError(f"only {len(common)} words occur in two or more train sentences, fewer than the "
-                             f"{dim} LSA dimensions: the corpus is too small for the planner")
+                              f"{dim} LSA dimensions: the corpus is too small for the planner")
         df = torch.tensor([document_frequency[w] for w in common], dtype=torch.float64)
         idf = (torch.log((1 + len(texts)) / (1 + df)) + 1).float()
         lsa = cls(common, idf, None)
@@ -296,7 +297,30 @@ def kmeans(x, k, seed, iters=100):
     return centroids, labels
 
 
-# --- labels: embeddings + clusters, cached --------------------------------------------------------------------
+# --- 1d. labels: the sentences, their embeddings and clusters, cached beside the dataset -------------------
+def sentence_texts(data_dir, meta, sentences):
+    """{split: the text of every sentence}, decoded from its tokens."""
+    _, decode, _ = plan_codec(meta)
+    texts = {}
+    for split in ("train", "val"):
+        tokens = load_tokens(data_dir, split)
+        texts[split] = [decode(tokens[a:b]) for a, b in tqdm(sentences[split]["sentence_span"],
+                                                             desc=f"sentence texts {split}")]
+    return texts
+
+
+def build_labels(texts, k, seed):
+    """Fit LSA and k-means on the train sentences; label every sentence with its nearest centroid."""
+    print(f"fitting LSA on {len(texts['train']):,} train sentences, then k-means with K = {k}")
+    lsa = LSA.fit(texts["train"], EMBEDDERS["lsa"], seed)
+    embeddings = {split: lsa.embed(t) for split, t in texts.items()}
+    centroids, train_labels = kmeans(embeddings["train"], k, seed)
+    return {"centroids": centroids.numpy(), "lsa_words": np.array(lsa.words), "lsa_idf": lsa.idf.numpy(),
+            "lsa_projection": lsa.projection.numpy(),
+            "train_embeddings": embeddings["train"].numpy(), "val_embeddings": embeddings["val"].numpy(),
+            "train_labels": train_labels.numpy(), "val_labels": nearest_centroid(embeddings["val"], centroids).numpy()}
+
+
 class PlanData:
     """Everything the planner reads, for both splits: the sentence of every token, each sentence's position in its
     document, its embedding and its label; the centroids; and the fitted embedder (for generated text)."""
@@ -311,7 +335,7 @@ class PlanData:
         n_train = len(self.sentences["train"]["sentence_pos"])
         if k > n_train:
             raise ConfigError(f"plan_k = {k} is larger than the {n_train} train sentences of {meta['dataset']}: "
-                             "lower plan_k")
+                              "lower plan_k")
         path = Path(data_dir) / f"plan_labels_{embedder}_K{k}_seed{seed}.npz"
         cached = load_cache(path, self.header)
         if cached is None:
@@ -346,29 +370,6 @@ class PlanData:
         context, pos = self.context(split, ids, m)
         label = torch.where(ids - first <= slot[:, -1:], self.labels[split][ids], -1)
         return {"plan_slot": slot, "plan_context": context, "plan_pos": pos, "plan_label": label}
-
-
-def sentence_texts(data_dir, meta, sentences):
-    """{split: the text of every sentence}, decoded from its tokens."""
-    _, decode, _ = plan_codec(meta)
-    texts = {}
-    for split in ("train", "val"):
-        tokens = load_tokens(data_dir, split)
-        texts[split] = [decode(tokens[a:b]) for a, b in tqdm(sentences[split]["sentence_span"],
-                                                             desc=f"sentence texts {split}")]
-    return texts
-
-
-def build_labels(texts, k, seed):
-    """Fit LSA and k-means on the train sentences; label every sentence with its nearest centroid."""
-    print(f"fitting LSA on {len(texts['train']):,} train sentences, then k-means with K = {k}")
-    lsa = LSA.fit(texts["train"], EMBEDDERS["lsa"], seed)
-    embeddings = {split: lsa.embed(t) for split, t in texts.items()}
-    centroids, train_labels = kmeans(embeddings["train"], k, seed)
-    return {"centroids": centroids.numpy(), "lsa_words": np.array(lsa.words), "lsa_idf": lsa.idf.numpy(),
-            "lsa_projection": lsa.projection.numpy(),
-            "train_embeddings": embeddings["train"].numpy(), "val_embeddings": embeddings["val"].numpy(),
-            "train_labels": train_labels.numpy(), "val_labels": nearest_centroid(embeddings["val"], centroids).numpy()}
 
 
 # --- 2. the planner ---------------------------------------------------------------------------------------------
@@ -537,7 +538,7 @@ class PlanConditioner(nn.Module):
         """attn_add_fn for GPT.generate: re-plans whenever the text so far ends a sentence."""
         if self.mode == "oracle":
             raise ConfigError("plan_mode 'oracle' conditions on the true label of the sentence being written, which "
-                             "does not exist while generating: sample a model trained in 'hard', 'st' or 'soft'")
+                              "does not exist while generating: sample a model trained in 'hard', 'st' or 'soft'")
         dataset, k, embedder, seed = self.data_settings
         data_dir = ensure_prepared(dataset)
         return Replanner(self, PlanData(data_dir, k, embedder, seed), load_meta(data_dir))
