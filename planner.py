@@ -444,7 +444,7 @@ def pretrain(s):
     for it in tqdm(range(s["max_iters"] + 1), desc="planner", dynamic_ncols=True):
         if it % s["eval_interval"] == 0 or it == s["max_iters"]:
             record = {"iter": it, "train_ce": float(np.mean(train_ce)) if train_ce else None,
-                      **evaluate_planner(planner, data, "val", s["plan_context"]),
+                      **evaluate_planner(planner, data, s["plan_context"]),
                       "val_majority_acc": (val_labels == majority).float().mean().item()}
             train_ce = []
             tqdm.write(json.dumps(record))
@@ -466,12 +466,13 @@ def pretrain(s):
 
 
 @torch.no_grad()
-def evaluate_planner(planner, data, split, m):
+def evaluate_planner(planner, data, m):
+    """The planner's metrics over every validation sentence."""
     planner.eval()
-    ids = torch.arange(len(data.labels[split]))
-    logits = torch.cat([planner(*data.context(split, part, m)) for part in ids.split(4096)])
+    ids = torch.arange(len(data.labels["val"]))
+    logits = torch.cat([planner(*data.context("val", part, m)) for part in ids.split(4096)])
     planner.train()
-    return {f"val_{k}": v.item() for k, v in planner_metrics(logits, data.labels[split]).items()}
+    return {f"val_{k}": v.item() for k, v in planner_metrics(logits, data.labels["val"]).items()}
 
 
 # --- 3 and 4. conditioning the GPT ----------------------------------------------------------------------------
@@ -481,7 +482,7 @@ class PlanConditioner(nn.Module):
 
     def __init__(self, settings, config):
         super().__init__()
-        self.mode, self.tau, self.weight = settings["plan_mode"], settings["plan_tau"], settings["plan_lambda"]
+        self.mode, self.tau, self.ce_weight = settings["plan_mode"], settings["plan_tau"], settings["plan_lambda"]
         self.k, self.context, dim = settings["plan_k"], settings["plan_context"], EMBEDDERS[settings["plan_embedder"]]
         self.data_settings = (settings["dataset"], self.k, settings["plan_embedder"], settings["plan_seed"])
         conditioned = max(1, config.n_layer - 2)
@@ -492,7 +493,7 @@ class PlanConditioner(nn.Module):
             nn.init.normal_(projection.weight, std=0.02)
             nn.init.zeros_(projection.bias)
         self.planner = Planner(self.k, dim, self.context) if self.mode in PLANNER_MODES else None
-        if self.planner is not None and self.mode == "hard" and self.weight == 0:
+        if self.planner is not None and self.mode == "hard" and self.ce_weight == 0:
             self.planner.requires_grad_(False)  # argmax passes no gradient: a frozen planner, said explicitly
 
     def initialise(self, centroids):
@@ -514,7 +515,7 @@ class PlanConditioner(nn.Module):
         if logits is None:
             return attn_add, None, {}
         stats = planner_metrics(logits, label)
-        loss = self.weight * stats["plan_ce"] if self.weight > 0 else None
+        loss = self.ce_weight * stats["plan_ce"] if self.ce_weight > 0 else None
         return attn_add, loss, {name: value.detach() for name, value in stats.items()}
 
     def plan_vectors(self, logits, label):

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments.common import ROOT, markdown_table, plot_curves, read_log, train_arm
 
 SUITES = {
-    "small": dict(config="config/planner/small.py", base_iters=800, planner_iters=1000, stage_iters=150),
+    "small": dict(config="config/planner/small.py", base_iters=800, planner_iters=1000, stage_iters=100),
     "gpu": dict(config="config/planner/gpu.py", base_iters=5000, planner_iters=3000, stage_iters=1000),
 }
 ARMS = {  # arm -> what position t is conditioned on

