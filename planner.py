@@ -192,7 +192,7 @@ def load_cache(path, header):
 
 
 def save_cache(path, header, arrays):
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # DDP ranks may build the same cache at once
     with open(tmp, "wb") as f:
         np.savez(f, header=np.array(json.dumps(header, sort_keys=True)), **arrays)
     os.replace(tmp, path)
