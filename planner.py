@@ -587,19 +587,20 @@ def initialise_plan(conditioner, data, s, init_checkpoint=None):
                               f"({data.header}, plan_context={s['plan_context']}): pre-train it with the same "
                               "dataset, plan_k, plan_embedder, plan_seed and plan_context")
         conditioner.planner.load_state_dict(saved["planner"])
-    if init_checkpoint is None:
-        return
-    weights = {k[len("plan."):]: v for k, v in init_checkpoint["model"].items() if k.startswith("plan.")}
-    if not weights:
-        return
-    keys = ("dataset", "plan_k", "plan_embedder", "plan_seed", "plan_context")
-    differ = [f"{k}: checkpoint {init_checkpoint['config'].get(k)!r}, now {s[k]!r}" for k in keys
-              if init_checkpoint["config"].get(k) != s[k]]
-    if differ:
-        raise ConfigError("init_from's planner and codebooks were trained on other labels (" + "; ".join(differ) +
-                          "): use the same plan settings, or start from a checkpoint without a planner")
-    own = conditioner.state_dict()
-    conditioner.load_state_dict({k: v for k, v in weights.items() if k in own}, strict=False)
+    weights = {} if init_checkpoint is None else {k[len("plan."):]: v for k, v in init_checkpoint["model"].items()
+                                                  if k.startswith("plan.")}
+    if weights:
+        keys = ("dataset", "plan_k", "plan_embedder", "plan_seed", "plan_context")
+        differ = [f"{k}: checkpoint {init_checkpoint['config'].get(k)!r}, now {s[k]!r}" for k in keys
+                  if init_checkpoint["config"].get(k) != s[k]]
+        if differ:
+            raise ConfigError("init_from's planner and codebooks were trained on other labels (" + "; ".join(differ)
+                              + "): use the same plan settings, or start from a checkpoint without a planner")
+        own = conditioner.state_dict()
+        conditioner.load_state_dict({k: v for k, v in weights.items() if k in own}, strict=False)
+    if conditioner.planner is not None and not s["plan_init_planner"] and "planner.start" not in weights:
+        print(f"note: plan_mode '{s['plan_mode']}' starts from an untrained planner; pre-train one with "
+              "`python planner.py` and pass its planner.pt as plan_init_planner")
 
 
 # --- generation ---------------------------------------------------------------------------------------------------
