@@ -2,6 +2,6 @@
 dataset = "wiki"
 plan_k = 64
 plan_context = 8
-out_dir = "out-planner-small/planner"
+out_dir = "out-planner/planner"
 max_iters = 1000
 eval_interval = 250
