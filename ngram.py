@@ -39,7 +39,7 @@ Decisions where the paper is silent (ours):
   (context, next token) into one 64-bit key, so n * bits(largest id) must be at most 64: n <= 4 for GPT-2 BPE.
 - Storage of the compact targets: a per-context table (r top ids as uint16, r top probabilities and the tail mass
   as float32) and per position a context row (int32) and a tail token (uint16): 6 bytes per token plus
-  6r + 4 bytes per distinct context. Contexts seen once share the one-hot row (their y_all is the observed token).
+  6r + 4 bytes per distinct context.
 - Statistics come from the train split only; validation is always scored with plain cross-entropy.
 """
 
@@ -207,14 +207,11 @@ def build_compact(tokens, n, r, seed=0, boundary_token=None):
     top = np.where(in_top, top, 0)
     top_counts = np.where(in_top, stats.counts[top], 0)
     tail_counts = stats.totals - top_counts.sum(axis=1)
-    # Contexts seen once have y_all = their observed token: the one-hot row 0 serves them.
-    kept = stats.totals > 1
-    totals = stats.totals[kept, None]
-    top_ids = np.zeros((kept.sum() + 1, r), np.uint16)
-    top_ids[1:] = np.where(in_top, stats.next_ids[top], 0)[kept]
-    top_probs = np.zeros((kept.sum() + 1, r), np.float32)
-    top_probs[1:] = top_counts[kept] / totals
-    tail_probs = np.append(1.0, tail_counts[kept] / totals[:, 0]).astype(np.float32)
+    top_ids = np.zeros((len(top) + 1, r), np.uint16)  # row k + 1 is context k's
+    top_ids[1:] = np.where(in_top, stats.next_ids[top], 0)
+    top_probs = np.zeros((len(top) + 1, r), np.float32)
+    top_probs[1:] = top_counts / stats.totals[:, None]
+    tail_probs = np.append(1.0, tail_counts / stats.totals).astype(np.float32)
     bar.update()
 
     context = stats.row_context
@@ -222,8 +219,7 @@ def build_compact(tokens, n, r, seed=0, boundary_token=None):
     tail_ids = next_tokens.copy()
     in_s = (context >= 0) & (stats.row_rank < r)
     deal_tail_tokens(tail_ids, next_tokens, context, in_s, tail_counts, seed)
-    table_row = np.where(kept, np.cumsum(kept), 0).astype(np.int32)
-    row_context = np.where(context >= 0, table_row[context], 0).astype(np.int32)
+    row_context = (context + 1).astype(np.int32)  # positions without a context (-1) get the one-hot row 0
     bar.update()
     bar.close()
     return CompactTargets(row_context, tail_ids, top_ids, top_probs, tail_probs)
