@@ -1,0 +1,127 @@
+"""
+Speed, measured in one run so that every ratio compares like with like on the same machine and load.
+
+    python bench.py          # the plain model: training ms/iter and tokens/s, generation with and without cache
+    python bench.py --all    # also every technique's step time as a ratio to the plain model, and build times
+
+Training steps run through train.py's own Trainer, so what is timed is exactly what training does (batch
+sampling, the techniques' extras, forward, backward, AdamW). Arms are timed in alternation over several rounds
+and the median is kept, so a passing load on the machine hits every arm alike.
+"""
+
+import statistics
+import sys
+import time
+
+import torch
+
+import train
+from configurator import configure
+from model import GPT
+
+# -----------------------------------------------------------------------------
+# the plain model measured by default: nanoGPT's CPU configuration on shakespeare_char
+dataset = "shakespeare_char"
+n_layer = 4
+n_head = 4
+n_embd = 128
+block_size = 64
+batch_size = 12
+steps = 20  # timed training steps per round
+rounds = 5  # alternating rounds; the median round is reported
+warmup = 5  # untimed steps first (allocator, caches, compilation)
+generate_tokens = 63  # tokens generated per timing, within block_size so the cache is used throughout
+device = "auto"
+dtype = "auto"
+compile = None  # None: on for CUDA only, as in train.py
+all = False  # also time every technique as a ratio to the plain model
+# -----------------------------------------------------------------------------
+
+
+def make_trainer(**overrides):
+    settings = {k: getattr(train, k) for k in train.SETTINGS}
+    settings.update(dataset=dataset, n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                    batch_size=batch_size, device=device, dtype=dtype, compile=compile, dropout=0.0)
+    settings.update(overrides)
+    train.validate_settings(settings)
+    return train.Trainer(settings)
+
+
+def sync(trainer):
+    if trainer.device_type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(trainer, n):
+    """Seconds per training step over n steps."""
+    sync(trainer)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        trainer.train_step()
+    sync(trainer)
+    return (time.perf_counter() - t0) / n
+
+
+def time_arms(arms):
+    """Median seconds per step of each arm (name -> trainer), timed in alternating rounds."""
+    for trainer in arms.values():
+        time_steps(trainer, warmup)
+    samples = {name: [] for name in arms}
+    for _ in range(rounds):
+        for name, trainer in arms.items():
+            samples[name].append(time_steps(trainer, steps))
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def bench_plain():
+    trainer = make_trainer()
+    seconds = time_arms({"plain": trainer})["plain"]
+    tokens = trainer.s["batch_size"] * trainer.s["block_size"]
+    print(f"training: {seconds * 1000:.1f} ms/iter, {tokens / seconds:,.0f} tokens/s "
+          f"({n_layer} layers, {n_embd} wide, batch {batch_size} x {block_size} on {dataset}, "
+          f"{trainer.device}, {trainer.dtype}{', compiled' if trainer.compile else ''})")
+    print(f"  target on 2 CPU cores for nanoGPT's CPU configuration (the default): at most 31 ms/iter")
+    bench_generation(trainer.model.gpt, trainer.device)
+
+
+@torch.no_grad()
+def bench_generation(gpt, device_name):
+    gpt.eval()
+    prompt = torch.zeros((1, 1), dtype=torch.long, device=device_name)
+    speed = {}
+    for use_cache in (True, False):
+        best = float("inf")
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            gpt.generate(prompt, generate_tokens, temperature=0, use_cache=use_cache)
+            best = min(best, time.perf_counter() - t0)
+        speed[use_cache] = generate_tokens / best
+    print(f"generation: {speed[True]:,.0f} tokens/s with the KV cache, {speed[False]:,.0f} without "
+          f"(x{speed[True] / speed[False]:.2f})")
+
+
+def bench_techniques():
+    """Each technique's training step time as a ratio to the plain model's, on each dataset."""
+    print("\nstep time as a ratio to the plain model (median of alternating rounds)")
+    print(f"| dataset | arm | ms/iter | ratio |\n|---|---|---|---|")
+    for name, arms in technique_arms().items():
+        times = time_arms({"plain": make_trainer(dataset=name), **arms})
+        for arm, seconds in times.items():
+            print(f"| {name} | {arm} | {seconds * 1000:.1f} | {seconds / times['plain']:.3f} |")
+
+
+def technique_arms():
+    """dataset -> {arm name: trainer}; each technique adds its arms here."""
+    return {"shakespeare_char": {}, "wiki": {}}
+
+
+def main(argv):
+    configure(globals(), argv)
+    torch.manual_seed(0)
+    bench_plain()
+    if all:
+        bench_techniques()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
