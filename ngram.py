@@ -50,6 +50,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
@@ -279,8 +280,30 @@ def load_targets(mode, data_dir, tokens, n, r, seed, boundary_token):
 
 def soft_target_loss(logits, targets, ids, probs, alpha):
     """(1 - alpha) * CE(onehot(targets), p) + alpha * CE(y, p), the soft target y given sparsely by (ids, probs)
-    (..., k); also returns the plain CE. One log-softmax, then gathers: nothing of vocabulary size is built."""
-    logprobs = F.log_softmax(logits.float(), dim=-1).flatten(0, -2)
-    ce = F.nll_loss(logprobs, targets.flatten())
-    soft = -(probs.flatten(0, -2) * logprobs.gather(1, ids.flatten(0, -2))).sum(dim=-1).mean()
-    return (1 - alpha) * ce + alpha * soft, ce
+    (..., k); also returns the plain CE. Both parts are one sparse target of k + 1 entries."""
+    ids = torch.cat((targets.reshape(-1, 1), ids.flatten(0, -2)), dim=1)
+    weights = torch.cat((torch.full_like(ids[:, :1], 1 - alpha, dtype=probs.dtype), alpha * probs.flatten(0, -2)),
+                        dim=1)
+    return SparseCrossEntropy.apply(logits.float().flatten(0, -2), ids, weights)
+
+
+class SparseCrossEntropy(torch.autograd.Function):
+    """Mean over rows of -sum_j weights[:, j] * log_softmax(logits)[ids[:, j]] for targets that sum to 1, and the
+    plain CE of column 0. The gradient is (softmax(logits) - target) / rows, written out: backward then builds one
+    vocabulary-sized tensor where autograd would build three (for log_softmax, for gather, and their sum), which
+    keeps the n-gram loss as cheap as the plain cross-entropy."""
+
+    @staticmethod
+    def forward(ctx, logits, ids, weights):
+        logprobs = F.log_softmax(logits, dim=-1)
+        picked = logprobs.gather(1, ids)
+        ctx.save_for_backward(logprobs, ids, weights)
+        ce = -picked[:, 0].mean()
+        ctx.mark_non_differentiable(ce)
+        return -(weights * picked).sum(dim=1).mean(), ce
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_ce):
+        logprobs, ids, weights = ctx.saved_tensors
+        grad = logprobs.exp().scatter_add_(1, ids, -weights)
+        return grad.mul_(grad_loss / len(grad)), None, None
