@@ -142,13 +142,12 @@ class Trainer:
                                   f"block_size {s['block_size']}: lower block_size")
         self.ngram_targets = None
         if s["ngram_mode"] != "off":
-            if self.master:  # rank 0 writes the cache, the others then read it
-                ngram.load_targets(s["ngram_mode"], self.data_dir, self.tokens["train"], s["ngram_n"],
-                                   s["ngram_r"], s["seed"], self.meta["eot_token"])
-            if self.ddp:
-                dist.barrier()
+            if self.ddp and not self.master:
+                dist.barrier()  # rank 0 builds and caches the targets first; the others then read the cache
             self.ngram_targets = ngram.load_targets(s["ngram_mode"], self.data_dir, self.tokens["train"],
                                                     s["ngram_n"], s["ngram_r"], s["seed"], self.meta["eot_token"])
+            if self.ddp and self.master:
+                dist.barrier()
         self.build_model()
         self.build_optimizer()
 
