@@ -40,6 +40,10 @@ Decisions where the paper is silent (ours):
 - Storage of the compact targets: a per-context table (r top ids as uint16, r top probabilities and the tail mass
   as float32) and per position a context row (int32) and a tail token (uint16): 6 bytes per token plus
   6r + 4 bytes per distinct context.
+- AllNTs gathers each batch's supports padded to the widest one in the batch (at most the vocabulary): memory
+  stays bounded by batch * block * min(largest support, vocabulary).
+- Both losses use one sparse cross-entropy whose gradient, softmax(logits) - target, is written out (see
+  SparseCrossEntropy). alpha = 0.5 by default (our choice).
 - Statistics come from the train split only; validation is always scored with plain cross-entropy.
 """
 
