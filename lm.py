@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+import ngram
 from model import GPT, GPTConfig
 
 
@@ -22,6 +23,7 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.gpt = gpt
         self.label_smoothing = settings.get("label_smoothing", 0.0)
+        self.ngram_alpha = settings.get("ngram_alpha", 0.0)
 
     def forward(self, x, y, extra):
         """Training loss for inputs x and next tokens y (B, T), and a dict of scalars to log.
@@ -30,6 +32,9 @@ class LanguageModel(nn.Module):
         stats['ce'] is always the plain next-token cross-entropy: the number validation reports.
         """
         logits = self.logits(x, extra)
+        if self.training and "ngram_ids" in extra:
+            loss, ce = ngram.soft_target_loss(logits, y, extra["ngram_ids"], extra["ngram_probs"], self.ngram_alpha)
+            return loss, {"ce": ce.detach()}
         flat_logits, flat_y = logits.flatten(0, 1), y.flatten()
         ce = F.cross_entropy(flat_logits, flat_y)
         stats = {"ce": ce.detach()}

@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from configurator import ConfigError, configure
+import ngram
 from data.common import document_start, ensure_prepared, get_codec, load_meta, load_tokens
 from lm import LanguageModel, load_checkpoint, pick_device, pick_precision
 from model import GPT, GPTConfig, configure_optimizers, estimate_mfu
@@ -62,6 +63,10 @@ lr_decay_iters = None  # None: decay over max_iters
 min_lr = 1e-4
 # training objective
 label_smoothing = 0.0  # the classic soft-target baseline
+ngram_mode = "off"  # n-gram soft targets (ngram.py): 'off', 'all' (exact y_all, slow) or 'compact' (CoCoNTs)
+ngram_n = 3  # context of n-1 tokens
+ngram_r = 8  # top tokens kept per context by 'compact'
+ngram_alpha = 0.5  # weight of the n-gram target; the observed token gets 1 - alpha
 # system
 device = "auto"  # 'auto' picks cuda, then mps, then cpu; or name one, e.g. 'cuda:1'
 dtype = "auto"  # 'auto': bfloat16 on CUDA where supported, else float16 on CUDA, else float32
@@ -87,6 +92,13 @@ def validate_settings(s):
         problems.append(f"compile must be None (on for CUDA only), True or False, got {s['compile']!r}")
     if not 0.0 <= s["label_smoothing"] < 1.0:
         problems.append(f"label_smoothing must be in [0, 1), got {s['label_smoothing']}")
+    if s["ngram_mode"] not in ("off", "all", "compact"):
+        problems.append(f"ngram_mode must be 'off', 'all' or 'compact', got {s['ngram_mode']!r}")
+    if s["ngram_n"] < 2 or s["ngram_r"] < 1 or not 0.0 <= s["ngram_alpha"] <= 1.0:
+        problems.append(f"ngram_n must be at least 2, ngram_r at least 1 and ngram_alpha in [0, 1], got "
+                        f"{s['ngram_n']}, {s['ngram_r']} and {s['ngram_alpha']}")
+    if s["ngram_mode"] != "off" and s["label_smoothing"] > 0:
+        problems.append("label_smoothing and ngram_mode are two soft targets for the same loss: switch one off")
     if s["learning_rate"] <= 0 or s["min_lr"] < 0:
         problems.append("learning_rate must be positive and min_lr non-negative")
     if problems:
@@ -97,7 +109,7 @@ SETTINGS = [k for k, v in globals().items() if not k.startswith("_") and isinsta
                                                                                         type(None)))]
 # Settings that fix what the checkpoint's weights mean: resuming with different ones would be a different run.
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "bias", "vocab_size")
-RUN_KEYS = ("dataset", "block_size", "label_smoothing")
+RUN_KEYS = ("dataset", "block_size", "label_smoothing", "ngram_mode", "ngram_n", "ngram_r", "ngram_alpha")
 
 
 def main(argv):
@@ -128,6 +140,14 @@ class Trainer:
             if len(data) <= s["block_size"]:
                 raise ConfigError(f"the {split} split of '{s['dataset']}' has {len(data)} tokens, not more than "
                                   f"block_size {s['block_size']}: lower block_size")
+        self.ngram_targets = None
+        if s["ngram_mode"] != "off":
+            if self.ddp and not self.master:
+                dist.barrier()  # rank 0 builds and caches the targets first; the others then read the cache
+            self.ngram_targets = ngram.load_targets(s["ngram_mode"], self.data_dir, self.tokens["train"],
+                                                    s["ngram_n"], s["ngram_r"], s["seed"], self.meta["eot_token"])
+            if self.ddp and self.master:
+                dist.barrier()
         self.build_model()
         self.build_optimizer()
 
@@ -226,6 +246,9 @@ class Trainer:
         x = torch.from_numpy(np.stack([data[i:i + T] for i in ix.tolist()]).astype(np.int64))
         y = torch.from_numpy(np.stack([data[i + 1:i + 1 + T] for i in ix.tolist()]).astype(np.int64))
         extra = {}
+        if split == "train" and self.ngram_targets is not None:  # validation is scored on the observed token only
+            ids, probs = self.ngram_targets(ix.numpy()[:, None] + np.arange(T))
+            extra["ngram_ids"], extra["ngram_probs"] = torch.from_numpy(ids), torch.from_numpy(probs)
         return self.to_device(x), self.to_device(y), {k: self.to_device(v) for k, v in extra.items()}
 
     def to_device(self, t):
