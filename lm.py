@@ -6,10 +6,15 @@ single forward, and one state_dict holds the whole run.
 With every technique off, `LanguageModel` computes exactly what `GPT.forward` computes.
 """
 
+import os
+from contextlib import nullcontext
+
+import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from mod import LoRA, DepthEnsemble
+from mod import DepthEnsemble, LoRA
+from model import GPT, GPTConfig
 
 
 class LanguageModel(nn.Module):
@@ -52,3 +57,44 @@ class LanguageModel(nn.Module):
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True):
         logits_fn = (lambda hidden: self.mod(hidden, self.gpt)[0]) if self.mod is not None else None
         return self.gpt.generate(idx, max_new_tokens, temperature, top_k, use_cache, logits_fn=logits_fn)
+
+
+def load_checkpoint(path):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}: train first, or point init_from at an existing file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises several types for a truncated or foreign file
+        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); it is truncated or not a "
+                         f"checkpoint of this repository") from None
+
+
+def load_language_model(checkpoint, device):
+    """The LanguageModel a checkpoint of train.py holds, in eval mode on device."""
+    model = LanguageModel(GPT(GPTConfig(**checkpoint["model_args"])), checkpoint["config"])
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval()
+
+
+def pick_device(requested="auto", local_rank=None):
+    """'auto' means CUDA (this process's GPU under DDP), then Apple's MPS, then the CPU."""
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return f"cuda:{local_rank}" if local_rank is not None else "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_precision(device_type, requested="auto"):
+    """The compute dtype's name and the autocast context that applies it. 'auto' is bfloat16 on CUDA where the
+    GPU has it, float16 on older CUDA GPUs (train.py then scales the loss), and float32 elsewhere: on CPUs
+    bfloat16 autocast is available (dtype=bfloat16) but rarely faster for models this small."""
+    dtype = requested
+    if dtype == "auto":
+        on_cuda = device_type == "cuda"
+        dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if on_cuda else "float32"
+    if dtype == "float32":
+        return dtype, nullcontext()
+    return dtype, torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))

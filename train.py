@@ -14,7 +14,6 @@ import math
 import os
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 
 import numpy as np
@@ -24,8 +23,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from configurator import ConfigError, configure
-from data.common import ensure_prepared, get_codec, load_meta, load_tokens
-from lm import LanguageModel
+from data.common import document_start, ensure_prepared, get_codec, load_meta, load_tokens
+from lm import LanguageModel, load_checkpoint, pick_device, pick_precision
 from mod import TUNE_MODES
 from model import GPT, GPTConfig, configure_optimizers, estimate_mfu
 
@@ -78,24 +77,26 @@ lora_alpha = 16.0
 # system
 device = "auto"  # 'auto' picks cuda, then mps, then cpu; or name one, e.g. 'cuda:1'
 dtype = "auto"  # 'auto': bfloat16 on CUDA where supported, else float16 on CUDA, else float32
-compile = "auto"  # 'auto' compiles on CUDA only; True or False to force
+compile = None  # None compiles on CUDA only; True or False to force
 # -----------------------------------------------------------------------------
 
 
 def validate_settings(s):
     """Catch impossible combinations before any work is done; each message names the setting and the fix."""
     problems = []
-    for key in ("batch_size", "block_size", "max_iters", "eval_interval", "eval_iters", "log_interval",
+    for key in ("batch_size", "block_size", "eval_interval", "eval_iters", "log_interval",
                 "gradient_accumulation_steps"):
         if s[key] < 1:
             problems.append(f"{key} must be at least 1, got {s[key]}")
+    if s["max_iters"] < 0:
+        problems.append(f"max_iters must be at least 0 (0 evaluates and saves the initial model), got {s['max_iters']}")
     if s["init_from"] not in ("scratch", "resume") and not os.path.isfile(s["init_from"]):
         problems.append(f"init_from must be 'scratch', 'resume' or an existing checkpoint file, got "
                         f"'{s['init_from']}'")
     if s["dtype"] not in ("auto", "float32", "bfloat16", "float16"):
         problems.append(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got '{s['dtype']}'")
-    if s["compile"] not in ("auto", True, False):
-        problems.append(f"compile must be 'auto', True or False, got {s['compile']!r}")
+    if s["compile"] not in (None, True, False):
+        problems.append(f"compile must be None (on for CUDA only), True or False, got {s['compile']!r}")
     if not 0.0 <= s["label_smoothing"] < 1.0:
         problems.append(f"label_smoothing must be in [0, 1), got {s['label_smoothing']}")
     if s["learning_rate"] <= 0 or s["min_lr"] < 0:
@@ -107,7 +108,7 @@ def validate_settings(s):
 
 def mod_problems(s):
     problems = []
-    tuning = s["init_from"] not in ("scratch", "resume")  # the checkpoint decides n_layer; mod.py checks mod_k
+    tuning = s["init_from"] not in ("scratch", "resume")  # n_layer comes from the checkpoint: build_model checks
     if s["mod_k"] < 0 or (not tuning and s["mod_k"] > s["n_layer"]):
         problems.append(f"mod_k must be between 0 and n_layer ({s['n_layer']}), got {s['mod_k']}")
     if s["mod_router_input"] == "input" and not tuning and s["mod_k"] == s["n_layer"]:
@@ -141,10 +142,13 @@ RUN_KEYS = ("dataset", "block_size", "label_smoothing", "mod_k", "mod_lambda", "
 
 
 def main(argv):
-    configure(globals(), argv)
-    settings = {k: globals()[k] for k in SETTINGS}
+    """Train with the settings above, overridden by argv; returns the finished Trainer."""
+    settings = {k: globals()[k] for k in SETTINGS}  # a copy: the globals stay the defaults
+    configure(settings, argv)
     validate_settings(settings)
-    Trainer(settings).run()
+    trainer = Trainer(settings)
+    trainer.run()
+    return trainer
 
 
 class Trainer:
@@ -186,30 +190,16 @@ class Trainer:
 
     def setup_device(self):
         s = self.s
-        if s["device"] != "auto":
-            self.device = s["device"]
-        elif torch.cuda.is_available():
-            self.device = f"cuda:{self.local_rank}" if self.ddp else "cuda"
-        elif torch.backends.mps.is_available():
-            self.device = "mps"
-        else:
-            self.device = "cpu"
+        self.device = pick_device(s["device"], self.local_rank if self.ddp else None)
         self.device_type = self.device.split(":")[0]
         if self.device_type == "cuda":
             torch.cuda.set_device(self.device)
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        dtype = s["dtype"]
-        if dtype == "auto":
-            on_cuda = self.device_type == "cuda"
-            dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if on_cuda else "float32"
-        self.dtype = dtype
-        ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-        self.autocast = (nullcontext() if dtype == "float32" else
-                         torch.autocast(device_type=self.device_type, dtype=ptdtype))
+        self.dtype, self.autocast = pick_precision(self.device_type, s["dtype"])
         # fp16 gradients underflow without loss scaling; bf16 has float32's range and needs none.
-        self.scaler = torch.amp.GradScaler(self.device_type, enabled=(dtype == "float16"))
-        self.compile = s["compile"] if s["compile"] != "auto" else self.device_type == "cuda"
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=(self.dtype == "float16"))
+        self.compile = s["compile"] if s["compile"] is not None else self.device_type == "cuda"
 
     # --- model and optimizer ---------------------------------------------------------------------------------
     def build_model(self):
@@ -429,8 +419,7 @@ class Trainer:
 
     def print_sample(self):
         encode, decode = get_codec(self.meta)
-        start = "\n" if self.meta["tokenizer"] == "char" else "<|endoftext|>"
-        idx = torch.tensor([encode(start)], dtype=torch.long, device=self.device)
+        idx = torch.tensor([encode(document_start(self.meta))], dtype=torch.long, device=self.device)
         torch.manual_seed(self.s["seed"])
         self.model.eval()
         with self.autocast:
@@ -445,16 +434,6 @@ def save_checkpoint(path, state):
     tmp = path + ".tmp"
     torch.save(state, tmp)
     os.replace(tmp, path)
-
-
-def load_checkpoint(path):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path}: train first, or point init_from at an existing file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises several types for a truncated or foreign file
-        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); it is truncated or not a "
-                         f"checkpoint of this repository") from None
 
 
 def check_same_run(checkpoint, settings):

@@ -189,7 +189,11 @@ def _npy_bytes(array):
 
 
 def load_meta(data_dir):
-    with open(Path(data_dir) / "meta.pkl", "rb") as f:
+    path = Path(data_dir) / "meta.pkl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no prepared dataset at {data_dir} (meta.pkl is missing): run its prepare.py, "
+                                f"or write it with data.common.write_dataset")
+    with open(path, "rb") as f:
         return pickle.load(f)
 
 
@@ -206,9 +210,16 @@ def load_texts(data_dir, split):
 
 
 def ensure_prepared(dataset):
-    """Return DATA_ROOT/dataset, running its prepare.py first if it is missing or in an old format."""
+    """Return DATA_ROOT/dataset, running its prepare.py first if it is missing or in an old format.
+
+    dataset may also be the path of a folder written by write_dataset (your own corpus, or a test's)."""
+    if os.sep in dataset or dataset.startswith("."):
+        if load_meta(dataset).get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{dataset} holds a dataset in an old format: write it again with write_dataset")
+        return Path(dataset)
     if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; known datasets: {', '.join(DATASETS)}")
+        raise ValueError(f"unknown dataset {dataset!r}; known datasets: {', '.join(DATASETS)}, or the path of a "
+                         f"folder written by data.common.write_dataset")
     data_dir = DATA_ROOT / dataset
     if (data_dir / "meta.pkl").exists():
         version = load_meta(data_dir).get("format_version")
@@ -244,3 +255,8 @@ def get_codec(meta):
     # int(): callers may pass a torch tensor, which tiktoken does not accept.
     return (lambda text: enc.encode(text, allowed_special={EOT}),
             lambda ids: enc.decode([int(i) for i in ids]))
+
+
+def document_start(meta):
+    """The text a new document follows: a newline in the character datasets, the EOT token in the BPE ones."""
+    return "\n" if meta["tokenizer"] == "char" else EOT

