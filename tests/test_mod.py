@@ -1,16 +1,15 @@
 """Tests of the mixture-of-depths ensemble (mod.py) and its tuning modes, on tiny models and random tokens."""
 
-import sys
-from pathlib import Path
+import json
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train
 from configurator import ConfigError
-from lm import LanguageModel
+from data.common import write_dataset
+from lm import LanguageModel, load_checkpoint, load_language_model
 from model import GPT, GPTConfig, configure_optimizers
 
 V, C, L, B, T = 40, 16, 4, 3, 10
@@ -189,3 +188,25 @@ def test_settings_reject_impossible_ensembles():
         with pytest.raises(ConfigError):
             train.validate_settings(settings)
     train.validate_settings({**DEFAULTS, "n_layer": L, "mod_k": 3})
+
+
+def test_tuning_a_checkpoint_with_mod_only_through_train_py(tmp_path):
+    corpus = tmp_path / "corpus"
+    text = "the quick brown fox jumps over the lazy dog. " * 100
+    write_dataset(corpus, {"train": [text[:3500]], "val": [text[3500:]]}, "char", "tiny", "made by the test")
+    tiny = [f"--dataset={corpus}", "--n_layer=3", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
+            "--eval_iters=2", "--eval_interval=4", "--max_iters=4", "--sample_tokens=0", "--compile=False"]
+    train.main([*tiny, f"--out_dir={tmp_path / 'pre'}"])
+    tune = [*tiny, f"--out_dir={tmp_path / 'tune'}", f"--init_from={tmp_path / 'pre' / 'ckpt.pt'}", "--mod_k=2",
+            "--mod_tune=mod_only"]
+    train.main(tune)
+    with open(tmp_path / "tune" / "log.jsonl") as f:
+        last = json.loads(f.readlines()[-1])
+    assert last["trainable_params"] == 16 + (16 * 2 + 2)  # one norm (no bias) + the router
+    assert {"val_layer1_ce", "val_layer2_ce", "val_route1", "val_route2", "val_distill"} <= last.keys()
+    pretrained, tuned = (load_checkpoint(str(tmp_path / d / "ckpt.pt")) for d in ("pre", "tune"))
+    assert all(torch.equal(v, tuned["model"][k]) for k, v in pretrained["model"].items())  # the base is frozen
+    model = load_language_model(tuned, "cpu")  # what sample.py decodes from: the mixed logits
+    assert model.mod is not None and model.generate(torch.zeros(1, 1, dtype=torch.long), 4).shape == (1, 5)
+    with pytest.raises(ConfigError, match="mod_k: checkpoint 2, now 3"):
+        train.main([*tune[:-2], "--init_from=resume", "--mod_k=3", "--mod_tune=mod_only", "--max_iters=8"])
