@@ -28,6 +28,9 @@ Decisions where the paper is silent (ours):
   - The distillation needs each layer's own logits, k head calls on a 50k vocabulary. During training it is
     computed on a random subset of the batch's positions (`distill_frac`), an unbiased estimate of the mean KL
     that bounds both its memory and its cost; evaluation uses every position, one layer at a time.
+  - The distillation moves the late layers and their norms, never the shared LM head: the head serves the
+    mixture and the teacher too, so letting the students' KL pull it would move the teacher's distribution, which
+    the detach is there to prevent. (It also saves the head's weight-gradient matmul for each student.)
   - KL direction and the teacher's detach are knobs (`kl`: 'forward' is KL(P_final || P_j), 'reverse' is
     KL(P_j || P_final)); temperature 1.
   - k = 1 is the plain model: no ensemble is built.
@@ -93,7 +96,7 @@ class DepthEnsemble(nn.Module):
             flat = [n.flatten(0, -2) for n in normed]
             count = max(1, round(self.distill_frac * flat[0].size(0)))
             pick = torch.randperm(flat[0].size(0), device=flat[0].device)[:count]
-            distill = self.distillation([gpt.lm_head(n[pick]) for n in flat])
+            distill = self.distillation([F.linear(n[pick], gpt.lm_head.weight.detach()) for n in flat])
         else:
             distill = self.evaluate_layers(gpt, hidden, normed, y, stats)
         stats["distill"] = distill.detach()

@@ -129,15 +129,17 @@ def test_distillation_is_zero_when_the_late_layers_agree():
 
 def test_distillation_is_the_kl_from_the_detached_final_layer():
     lm = make_lm(mod_k=2, mod_lambda=1.0)
-    x, _ = batch()
-    hidden = lm.gpt.body(x)
-    _, _, normed = lm.mod(hidden, lm.gpt)
+    x, y = batch()
+    hidden = [h.detach() for h in lm.gpt.body(x)]  # so that gradients can only reach the norms and the head
+    _, weights, normed = lm.mod(hidden, lm.gpt)
     student, teacher = (F.log_softmax(lm.gpt.lm_head(n), -1) for n in normed)
     expected = (teacher.exp() * (teacher - student)).sum(-1).mean()  # KL(P_final || P_student)
-    distill = lm.mod.distillation([lm.gpt.lm_head(n).flatten(0, 1) for n in normed])
+    lm.mod.distill_frac = 1.0
+    distill, _ = lm.mod.aux_loss(lm.gpt, hidden, normed, weights, y)
     assert torch.allclose(distill, expected, atol=1e-6)
     distill.backward()
     assert lm.gpt.transformer.ln_f.weight.grad is None  # the teacher is not pulled towards the student
+    assert lm.gpt.lm_head.weight.grad is None  # nor is the shared head, which makes the teacher too
     assert lm.mod.norms[0].weight.grad.abs().sum() > 0
 
 
