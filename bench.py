@@ -1,82 +1,129 @@
 """
-Step-time ratios of the techniques against the plain model. The arms run in turns within one process, so a
-loaded machine slows numerator and denominator alike; the median step of each arm is reported.
+Speed, measured in one run so that every ratio compares like with like on the same machine and load.
 
-    python bench.py                   # every dataset, CPU or GPU, whatever is there
-    python bench.py --steps=20
+    python bench.py          # the plain model: training ms/iter and tokens/s, generation with and without cache
+    python bench.py --all    # also every technique's step time as a ratio to the plain model, and build times
+
+Training steps run through train.py's own Trainer, so what is timed is exactly what training does (batch
+sampling, the techniques' extras, forward, backward, AdamW). Arms are timed in alternation over several rounds
+and the median is kept, so a passing load on the machine hits every arm alike.
 """
 
 import statistics
 import sys
 import time
 
-import numpy as np
 import torch
 
 import train
-from data.common import ensure_prepared, load_meta, load_tokens
-from lm import LanguageModel, pick_device, pick_precision
-from model import GPT, GPTConfig, configure_optimizers
+from configurator import configure
+from model import GPT
 
-DEFAULTS = {k: getattr(train, k) for k in train.SETTINGS}
-
-
-def real_batch(dataset, batch_size, block_size, device):
-    tokens = load_tokens(ensure_prepared(dataset), "train")
-    starts = np.random.default_rng(0).integers(len(tokens) - block_size - 1, size=batch_size)
-    x = torch.from_numpy(np.stack([tokens[i:i + block_size] for i in starts]).astype(np.int64))
-    y = torch.from_numpy(np.stack([tokens[i + 1:i + 1 + block_size] for i in starts]).astype(np.int64))
-    return x.to(device), y.to(device)
-
-
-def median_step_times(arms, x, y, steps, device, autocast):
-    """arms: name -> settings overrides. One optimizer step of each arm in turn, steps times (after 2 warm-up
-    rounds); returns name -> median seconds per step."""
-    models = {}
-    for name, overrides in arms.items():
-        torch.manual_seed(0)
-        config = GPTConfig(n_layer=DEFAULTS["n_layer"], n_head=DEFAULTS["n_head"], n_embd=DEFAULTS["n_embd"],
-                           block_size=x.size(1), vocab_size=overrides.pop("vocab_size"), bias=DEFAULTS["bias"])
-        model = LanguageModel(GPT(config), {**DEFAULTS, **overrides}).to(device)
-        models[name] = model, configure_optimizers(model, 0.1, 1e-4, (0.9, 0.99), device.split(":")[0])
-    times = {name: [] for name in arms}
-    for round_ in range(steps + 2):
-        for name, (model, optimizer) in models.items():
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            with autocast:
-                loss, _ = model(x, y, {})
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            if round_ >= 2:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+# -----------------------------------------------------------------------------
+# the plain model measured by default: nanoGPT's CPU configuration on shakespeare_char
+dataset = "shakespeare_char"
+n_layer = 4
+n_head = 4
+n_embd = 128
+block_size = 64
+batch_size = 12
+steps = 20  # timed training steps per round
+rounds = 5  # alternating rounds; the median round is reported
+warmup = 5  # untimed steps first (allocator, caches, compilation)
+generate_tokens = 63  # tokens generated per timing, within block_size so the cache is used throughout
+device = "auto"
+dtype = "auto"
+compile = None  # None: on for CUDA only, as in train.py
+all = False  # also time every technique as a ratio to the plain model
+# -----------------------------------------------------------------------------
 
 
-def bench_mod(device, autocast, steps):
-    """Mixture-of-depths ensemble, mod_k = 3, against the plain model: with the default distillation on a share
-    of the positions (mod_distill_frac), and with the distillation on every position (the paper's loss)."""
-    for dataset in ("shakespeare_char", "wiki"):
-        vocab = load_meta(ensure_prepared(dataset))["vocab_size"]
-        vocab = vocab if vocab < 1024 else -(-vocab // 64) * 64  # padded as train.py pads it
-        x, y = real_batch(dataset, DEFAULTS["batch_size"], DEFAULTS["block_size"], device)
-        arms = {"plain": {}, "mod_k=3": {"mod_k": 3},
-                "mod_k=3, distill every position": {"mod_k": 3, "mod_distill_frac": 1.0}}
-        seconds = median_step_times({k: {**v, "vocab_size": vocab} for k, v in arms.items()}, x, y, steps, device,
-                                    autocast)
-        for name in arms:
-            print(f"mod {dataset:>16} (vocab {vocab}): {name:<32} {seconds[name] * 1e3:8.1f} ms/step  "
-                  f"{seconds[name] / seconds['plain']:.2f}x plain")
+def make_trainer(**overrides):
+    settings = {k: getattr(train, k) for k in train.SETTINGS}
+    settings.update(dataset=dataset, n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                    batch_size=batch_size, device=device, dtype=dtype, compile=compile, dropout=0.0)
+    settings.update(overrides)
+    train.validate_settings(settings)
+    return train.Trainer(settings)
+
+
+def sync(trainer):
+    if trainer.device_type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(trainer, n):
+    """Seconds per training step over n steps."""
+    sync(trainer)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        trainer.train_step()
+    sync(trainer)
+    return (time.perf_counter() - t0) / n
+
+
+def time_arms(arms):
+    """Median seconds per step of each arm (name -> trainer), timed in alternating rounds."""
+    for trainer in arms.values():
+        time_steps(trainer, warmup)
+    samples = {name: [] for name in arms}
+    for _ in range(rounds):
+        for name, trainer in arms.items():
+            samples[name].append(time_steps(trainer, steps))
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def bench_plain():
+    trainer = make_trainer()
+    seconds = time_arms({"plain": trainer})["plain"]
+    tokens = trainer.s["batch_size"] * trainer.s["block_size"]
+    print(f"training: {seconds * 1000:.1f} ms/iter, {tokens / seconds:,.0f} tokens/s "
+          f"({n_layer} layers, {n_embd} wide, batch {batch_size} x {block_size} on {dataset}, "
+          f"{trainer.device}, {trainer.dtype}{', compiled' if trainer.compile else ''})")
+    print(f"  target on 2 CPU cores for nanoGPT's CPU configuration (the default): at most 31 ms/iter")
+    bench_generation(trainer.model.gpt, trainer.device)
+
+
+@torch.no_grad()
+def bench_generation(gpt, device_name):
+    gpt.eval()
+    prompt = torch.zeros((1, 1), dtype=torch.long, device=device_name)
+    speed = {}
+    for use_cache in (True, False):
+        best = float("inf")
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            gpt.generate(prompt, generate_tokens, temperature=0, use_cache=use_cache)
+            best = min(best, time.perf_counter() - t0)
+        speed[use_cache] = generate_tokens / best
+    print(f"generation: {speed[True]:,.0f} tokens/s with the KV cache, {speed[False]:,.0f} without "
+          f"(x{speed[True] / speed[False]:.2f})")
+
+
+def bench_techniques():
+    """Each technique's training step time as a ratio to the plain model's, on each dataset."""
+    print("\nstep time as a ratio to the plain model (median of alternating rounds)")
+    print(f"| dataset | arm | ms/iter | ratio |\n|---|---|---|---|")
+    for name, arms in technique_arms().items():
+        times = time_arms({"plain": make_trainer(dataset=name), **arms})
+        for arm, seconds in times.items():
+            print(f"| {name} | {arm} | {seconds * 1000:.1f} | {seconds / times['plain']:.3f} |")
+
+
+def technique_arms():
+    """dataset -> {arm name: trainer}; each technique adds its arms here."""
+    return {name: {"mod_k=3": make_trainer(dataset=name, mod_k=3),
+                   "mod_k=3, distill every position": make_trainer(dataset=name, mod_k=3, mod_distill_frac=1.0)}
+            for name in ("shakespeare_char", "wiki")}
+
+
+def main(argv):
+    configure(globals(), argv)
+    torch.manual_seed(0)
+    bench_plain()
+    if all:
+        bench_techniques()
 
 
 if __name__ == "__main__":
-    steps = int(sys.argv[1].split("=")[1]) if sys.argv[1:] and sys.argv[1].startswith("--steps=") else 10
-    run_device = pick_device()
-    dtype, run_autocast = pick_precision(run_device.split(":")[0])
-    print(f"device {run_device}, {dtype}, {steps} steps per arm, model {DEFAULTS['n_layer']} layers x "
-          f"{DEFAULTS['n_embd']}, batch {DEFAULTS['batch_size']} x {DEFAULTS['block_size']} tokens")
-    bench_mod(run_device, run_autocast, steps)
+    main(sys.argv[1:])

@@ -1,8 +1,9 @@
 """
 Settings the nanoGPT way: a script's settings are plain globals at its top, and the command line overrides them
 with config files (`config/train_wiki.py`, plain Python assignments) and `--key=value` pairs, applied left to
-right. Unlike a bare exec, each override is checked: an unknown key or a value of the wrong type stops the run
-with a message that names it, so a typo never silently trains the wrong model.
+right; a bare `--key` sets a True/False setting to True. Unlike a bare exec, each override is checked: an unknown
+key or a value of the wrong type stops the run with a message that names it, so a typo never silently trains the
+wrong model.
 
     configure(globals(), sys.argv[1:])
 """
@@ -21,9 +22,10 @@ def configure(settings, args):
     for arg in args:
         if arg.startswith("--"):
             key, sep, text = arg[2:].partition("=")
-            if not sep:
-                raise ConfigError(f"expected --key=value, got '{arg}'")
-            apply(settings, known, key, parse(text), f"'{arg}'")
+            if not sep and not isinstance(known.get(key), bool):
+                raise ConfigError(f"expected --key=value, got '{arg}' (a bare --key switches on a True/False "
+                                  f"setting)")
+            apply(settings, known, key, parse(text) if sep else True, f"'{arg}'")
         else:
             for key, value in read_config_file(arg).items():
                 apply(settings, known, key, value, f"config file {arg}")

@@ -166,9 +166,9 @@ class Trainer:
         self.meta = load_meta(self.data_dir)
         self.tokens = {split: load_tokens(self.data_dir, split) for split in ("train", "val")}
         for split, data in self.tokens.items():
-            if len(data) <= s["block_size"] + 1:
-                raise ConfigError(f"the {split} split of '{s['dataset']}' has {len(data)} tokens, fewer than "
-                                  f"block_size + 2 = {s['block_size'] + 2}: lower block_size")
+            if len(data) <= s["block_size"]:
+                raise ConfigError(f"the {split} split of '{s['dataset']}' has {len(data)} tokens, not more than "
+                                  f"block_size {s['block_size']}: lower block_size")
         self.build_model()
         self.build_optimizer()
 
@@ -211,6 +211,7 @@ class Trainer:
                           block_size=s["block_size"], dropout=s["dropout"], flash=s["flash"])
         self.iter_num, self.best_val_loss, self.elapsed = 0, float("inf"), 0.0
         resume, tune = s["init_from"] == "resume", s["init_from"] not in ("scratch", "resume")
+        checkpoint = None
         if resume:
             checkpoint = load_checkpoint(os.path.join(s["out_dir"], "ckpt.pt"))
             check_same_run(checkpoint, {**s, "vocab_size": model_args["vocab_size"]})
@@ -221,7 +222,7 @@ class Trainer:
             if s["block_size"] > saved["block_size"]:
                 raise ConfigError(f"block_size {s['block_size']} is longer than the checkpoint's "
                                   f"{saved['block_size']}: its position table has no rows for it")
-            shape = {k: saved[k] for k in ("n_layer", "n_head", "n_embd", "bias", "vocab_size")}
+            shape = {k: saved[k] for k in MODEL_KEYS}
             if s["mod_k"] > saved["n_layer"] or (s["mod_router_input"] == "input" and s["mod_k"] == saved["n_layer"]):
                 raise ConfigError(f"mod_k {s['mod_k']} does not fit the checkpoint's {saved['n_layer']} layers "
                                   f"(at most n_layer, less than n_layer with mod_router_input='input')")
@@ -265,7 +266,7 @@ class Trainer:
         """n random windows of block_size tokens from a split: inputs x, next tokens y and the techniques' extras."""
         T = self.s["block_size"]
         data = self.tokens[split]
-        ix = torch.randint(len(data) - T - 1, (n,), generator=generator)
+        ix = torch.randint(len(data) - T, (n,), generator=generator)
         x = torch.from_numpy(np.stack([data[i:i + T] for i in ix.tolist()]).astype(np.int64))
         y = torch.from_numpy(np.stack([data[i + 1:i + 1 + T] for i in ix.tolist()]).astype(np.int64))
         extra = {}
@@ -480,5 +481,5 @@ def plot_log(out_dir):
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
-    except (ConfigError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:  # our messages name the problem and the fix
         sys.exit(f"error: {e}")
