@@ -116,8 +116,11 @@ def bench_techniques():
 
 def technique_arms():
     """dataset -> {arm name: trainer}; each technique adds its arms here."""
-    return {name: {f"ngram {mode}": make_trainer(dataset=name, ngram_mode=mode, ngram_n=n)
-                   for mode in ("compact", "all")} for name, n in NGRAM_N.items()}
+    return {name: {**{f"ngram {mode}": make_trainer(dataset=name, ngram_mode=mode, ngram_n=n)
+                      for mode in ("compact", "all")},
+                   "mod_k=3": make_trainer(dataset=name, mod_k=3),
+                   "mod_k=3, distill every position": make_trainer(dataset=name, mod_k=3, mod_distill_frac=1.0)}
+            for name, n in NGRAM_N.items()}
 
 
 NGRAM_N = {"shakespeare_char": 5, "wiki": 3}  # the n of config/ngram/
