@@ -27,6 +27,7 @@ from data.common import document_start, ensure_prepared, get_codec, load_meta, l
 from lm import LanguageModel, load_checkpoint, pick_device, pick_precision
 from mod import TUNE_MODES
 from model import GPT, GPTConfig, configure_optimizers, estimate_mfu
+from planner import PlanData, initialise_plan, settings_problems
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -78,6 +79,16 @@ mod_router_bias = 0.0  # initial routing logit of the final layer (0: uniform ro
 mod_tune = "full"  # what trains: 'full', 'mod_only' (router + norms), 'lora', 'lora_mod' (LoRA + router + norms)
 lora_rank = 8
 lora_alpha = 16.0
+# sentence planner (planner.py); 'none' is the plain GPT
+plan_mode = "none"  # none | fixed | uniform | oracle (sees the future: an upper bound) | hard | st | soft
+plan_k = 64  # number of sentence labels (k-means clusters)
+plan_context = 8  # the planner reads this many sentences before the one it plans
+plan_tau = 1.0  # softmax temperature of 'soft' and 'st'
+plan_lambda = 0.0  # weight of the planner's cross-entropy added to the LM loss (0: LM loss only, as the paper)
+plan_embedder = "lsa"  # sentence encoder of the labels
+plan_seed = 0  # seed of the embedder and k-means that make the labels
+plan_freeze_lm = False  # train only the planner and adapters, as the paper does with its pretrained GPT-2
+plan_init_planner = ""  # planner.pt written by `python planner.py` (stage 2), loaded into a new run
 # system
 device = "auto"  # 'auto' picks cuda, then mps, then cpu; or name one, e.g. 'cuda:1'
 dtype = "auto"  # 'auto': bfloat16 on CUDA where supported, else float16 on CUDA, else float32
@@ -113,6 +124,7 @@ def validate_settings(s):
     if s["learning_rate"] <= 0 or s["min_lr"] < 0:
         problems.append("learning_rate must be positive and min_lr non-negative")
     problems += mod_problems(s)
+    problems += settings_problems(s)
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -150,7 +162,8 @@ SETTINGS = [k for k, v in globals().items() if not k.startswith("_") and isinsta
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "bias", "vocab_size")
 RUN_KEYS = ("dataset", "block_size", "label_smoothing", "ngram_mode", "ngram_n", "ngram_r", "ngram_alpha",
             "mod_k", "mod_lambda", "mod_distill_frac", "mod_kl", "mod_detach_teacher", "mod_router_input",
-            "mod_router_bias", "mod_tune", "lora_rank", "lora_alpha")
+            "mod_router_bias", "mod_tune", "lora_rank", "lora_alpha", "plan_mode", "plan_k", "plan_context",
+            "plan_tau", "plan_lambda", "plan_embedder", "plan_seed", "plan_freeze_lm")
 
 
 def main(argv):
@@ -189,6 +202,8 @@ class Trainer:
                                                     s["ngram_n"], s["ngram_r"], s["seed"], self.meta["eot_token"])
             if self.ddp and self.master:
                 dist.barrier()
+        self.plan_data = (PlanData(self.data_dir, s["plan_k"], s["plan_embedder"], s["plan_seed"])
+                          if s["plan_mode"] != "none" else None)
         self.build_model()
         self.build_optimizer()
 
@@ -257,6 +272,8 @@ class Trainer:
             model_args["block_size"] = s["block_size"]
         self.model_args = model_args
         self.model = LanguageModel(gpt, s).to(self.device)
+        if self.model.plan is not None and not resume:
+            initialise_plan(self.model.plan, self.plan_data, s, checkpoint if tune else None)
         self.checkpoint = checkpoint if resume else None
         if resume:
             self.model.load_state_dict(checkpoint["model"])
@@ -293,6 +310,8 @@ class Trainer:
         if split == "train" and self.ngram_targets is not None:  # validation is scored on the observed token only
             ids, probs = self.ngram_targets(ix.numpy()[:, None] + np.arange(T))
             extra["ngram_ids"], extra["ngram_probs"] = torch.from_numpy(ids), torch.from_numpy(probs)
+        if self.plan_data is not None:
+            extra.update(self.plan_data.batch(split, ix, T, self.s["plan_context"]))
         return self.to_device(x), self.to_device(y), {k: self.to_device(v) for k, v in extra.items()}
 
     def to_device(self, t):
