@@ -12,12 +12,17 @@ and the median is kept, so a passing load on the machine hits every arm alike.
 import statistics
 import sys
 import time
+import tracemalloc
 
+import numpy as np
 import torch
 
+import ngram
 import train
 from configurator import configure
+from data.common import ensure_prepared, load_meta, load_tokens
 from model import GPT
+from planner import PlanData, build_labels, sentence_texts
 
 # -----------------------------------------------------------------------------
 # the plain model measured by default: nanoGPT's CPU configuration on shakespeare_char
@@ -112,9 +117,48 @@ def bench_techniques():
 
 def technique_arms():
     """dataset -> {arm name: trainer}; each technique adds its arms here."""
-    return {name: {"mod_k=3": make_trainer(dataset=name, mod_k=3),
-                   "mod_k=3, distill every position": make_trainer(dataset=name, mod_k=3, mod_distill_frac=1.0)}
-            for name in ("shakespeare_char", "wiki")}
+    return {name: {**{f"ngram {mode}": make_trainer(dataset=name, ngram_mode=mode, ngram_n=n)
+                      for mode in ("compact", "all")},
+                   "mod_k=3": make_trainer(dataset=name, mod_k=3),
+                   "mod_k=3, distill every position": make_trainer(dataset=name, mod_k=3, mod_distill_frac=1.0),
+                   **({"planner soft": make_trainer(dataset=name, plan_mode="soft")} if name == "wiki" else {})}
+            for name, n in NGRAM_N.items()}
+
+
+NGRAM_N = {"shakespeare_char": 5, "wiki": 3}  # the n of config/ngram/
+
+
+def bench_ngram_build():
+    """Build speed of the compact n-gram targets (ngram.py) on each train split, and the build's peak memory."""
+    print("\nn-gram compact targets, r=8: build from the train split (target: at least 2M tokens/s on 2 CPU cores)")
+    print("| dataset | n | tokens | seconds | tokens/s | peak bytes/token |\n|---|---|---|---|---|---|")
+    for name, n in NGRAM_N.items():
+        data_dir = ensure_prepared(name)
+        tokens, eot = np.array(load_tokens(data_dir, "train")), load_meta(data_dir)["eot_token"]
+        seconds = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            ngram.build_compact(tokens, n, 8, 0, eot)
+            seconds.append(time.perf_counter() - t0)
+        tracemalloc.start()  # numpy reports its allocations to tracemalloc
+        ngram.build_compact(tokens, n, 8, 0, eot)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        best = min(seconds)
+        print(f"| {name} | {n} | {len(tokens):,} | {best:.3f} | {len(tokens) / best:,.0f} | "
+              f"{peak / len(tokens):.0f} |")
+
+
+
+def bench_plan_labels():
+    """The planner's label building (LSA embedding + k-means), per 10k sentences of wiki."""
+    data_dir = ensure_prepared("wiki")
+    texts = sentence_texts(data_dir, load_meta(data_dir), PlanData(data_dir, 64, "lsa", 0).sentences)
+    t0 = time.perf_counter()
+    build_labels(texts, 64, seed=0)
+    n = sum(len(t) for t in texts.values())
+    print(f"planner labels: {(time.perf_counter() - t0) / n * 1e4:.2f} s per 10k sentences (LSA + k-means, K = 64, "
+          f"{n:,} wiki sentences)")
 
 
 def main(argv):
@@ -123,6 +167,8 @@ def main(argv):
     bench_plain()
     if all:
         bench_techniques()
+        bench_ngram_build()
+        bench_plan_labels()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -22,11 +21,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+import ngram
 from configurator import ConfigError, configure
 from data.common import document_start, ensure_prepared, get_codec, load_meta, load_tokens
 from lm import LanguageModel, load_checkpoint, pick_device, pick_precision
 from mod import TUNE_MODES
 from model import GPT, GPTConfig, configure_optimizers, estimate_mfu
+from planner import PlanData, initialise_plan, settings_problems
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -63,6 +64,10 @@ lr_decay_iters = None  # None: decay over max_iters
 min_lr = 1e-4
 # training objective
 label_smoothing = 0.0  # the classic soft-target baseline
+ngram_mode = "off"  # n-gram soft targets (ngram.py): 'off', 'all' (exact y_all, slow) or 'compact' (CoCoNTs)
+ngram_n = 3  # context of n-1 tokens
+ngram_r = 8  # top tokens kept per context by 'compact'
+ngram_alpha = 0.5  # weight of the n-gram target; the observed token gets 1 - alpha
 # mixture-of-depths ensemble (mod.py): the last mod_k layers vote through a router; 0 or 1 is the plain model
 mod_k = 0
 mod_lambda = 0.5  # weight of the distillation KL from the final layer to the other late layers
@@ -74,6 +79,16 @@ mod_router_bias = 0.0  # initial routing logit of the final layer (0: uniform ro
 mod_tune = "full"  # what trains: 'full', 'mod_only' (router + norms), 'lora', 'lora_mod' (LoRA + router + norms)
 lora_rank = 8
 lora_alpha = 16.0
+# sentence planner (planner.py); 'none' is the plain GPT
+plan_mode = "none"  # none | fixed | uniform | oracle (sees the future: an upper bound) | hard | st | soft
+plan_k = 64  # number of sentence labels (k-means clusters)
+plan_context = 8  # the planner reads this many sentences before the one it plans
+plan_tau = 1.0  # softmax temperature of 'soft' and 'st'
+plan_lambda = 0.0  # weight of the planner's cross-entropy added to the LM loss (0: LM loss only, as the paper)
+plan_embedder = "lsa"  # sentence encoder of the labels
+plan_seed = 0  # seed of the embedder and k-means that make the labels
+plan_freeze_lm = False  # train only the planner and adapters, as the paper does with its pretrained GPT-2
+plan_init_planner = ""  # planner.pt written by `python planner.py` (stage 2), loaded into a new run
 # system
 device = "auto"  # 'auto' picks cuda, then mps, then cpu; or name one, e.g. 'cuda:1'
 dtype = "auto"  # 'auto': bfloat16 on CUDA where supported, else float16 on CUDA, else float32
@@ -99,9 +114,17 @@ def validate_settings(s):
         problems.append(f"compile must be None (on for CUDA only), True or False, got {s['compile']!r}")
     if not 0.0 <= s["label_smoothing"] < 1.0:
         problems.append(f"label_smoothing must be in [0, 1), got {s['label_smoothing']}")
+    if s["ngram_mode"] not in ("off", "all", "compact"):
+        problems.append(f"ngram_mode must be 'off', 'all' or 'compact', got {s['ngram_mode']!r}")
+    if s["ngram_n"] < 2 or s["ngram_r"] < 1 or not 0.0 <= s["ngram_alpha"] <= 1.0:
+        problems.append(f"ngram_n must be at least 2, ngram_r at least 1 and ngram_alpha in [0, 1], got "
+                        f"{s['ngram_n']}, {s['ngram_r']} and {s['ngram_alpha']}")
+    if s["ngram_mode"] != "off" and s["label_smoothing"] > 0:
+        problems.append("label_smoothing and ngram_mode are two soft targets for the same loss: switch one off")
     if s["learning_rate"] <= 0 or s["min_lr"] < 0:
         problems.append("learning_rate must be positive and min_lr non-negative")
     problems += mod_problems(s)
+    problems += settings_problems(s)
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -137,8 +160,10 @@ SETTINGS = [k for k, v in globals().items() if not k.startswith("_") and isinsta
                                                                                         type(None)))]
 # Settings that fix what the checkpoint's weights mean: resuming with different ones would be a different run.
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "bias", "vocab_size")
-RUN_KEYS = ("dataset", "block_size", "label_smoothing", "mod_k", "mod_lambda", "mod_distill_frac", "mod_kl",
-            "mod_detach_teacher", "mod_router_input", "mod_router_bias", "mod_tune", "lora_rank", "lora_alpha")
+RUN_KEYS = ("dataset", "block_size", "label_smoothing", "ngram_mode", "ngram_n", "ngram_r", "ngram_alpha",
+            "mod_k", "mod_lambda", "mod_distill_frac", "mod_kl", "mod_detach_teacher", "mod_router_input",
+            "mod_router_bias", "mod_tune", "lora_rank", "lora_alpha", "plan_mode", "plan_k", "plan_context",
+            "plan_tau", "plan_lambda", "plan_embedder", "plan_seed", "plan_freeze_lm")
 
 
 def main(argv):
@@ -169,6 +194,16 @@ class Trainer:
             if len(data) <= s["block_size"]:
                 raise ConfigError(f"the {split} split of '{s['dataset']}' has {len(data)} tokens, not more than "
                                   f"block_size {s['block_size']}: lower block_size")
+        self.ngram_targets = None
+        if s["ngram_mode"] != "off":
+            if self.ddp and not self.master:
+                dist.barrier()  # rank 0 builds and caches the targets first; the others then read the cache
+            self.ngram_targets = ngram.load_targets(s["ngram_mode"], self.data_dir, self.tokens["train"],
+                                                    s["ngram_n"], s["ngram_r"], s["seed"], self.meta["eot_token"])
+            if self.ddp and self.master:
+                dist.barrier()
+        self.plan_data = (PlanData(self.data_dir, s["plan_k"], s["plan_embedder"], s["plan_seed"])
+                          if s["plan_mode"] != "none" else None)
         self.build_model()
         self.build_optimizer()
 
@@ -237,6 +272,8 @@ class Trainer:
             model_args["block_size"] = s["block_size"]
         self.model_args = model_args
         self.model = LanguageModel(gpt, s).to(self.device)
+        if self.model.plan is not None and not resume:
+            initialise_plan(self.model.plan, self.plan_data, s, checkpoint if tune else None)
         self.checkpoint = checkpoint if resume else None
         if resume:
             self.model.load_state_dict(checkpoint["model"])
@@ -270,6 +307,11 @@ class Trainer:
         x = torch.from_numpy(np.stack([data[i:i + T] for i in ix.tolist()]).astype(np.int64))
         y = torch.from_numpy(np.stack([data[i + 1:i + 1 + T] for i in ix.tolist()]).astype(np.int64))
         extra = {}
+        if split == "train" and self.ngram_targets is not None:  # validation is scored on the observed token only
+            ids, probs = self.ngram_targets(ix.numpy()[:, None] + np.arange(T))
+            extra["ngram_ids"], extra["ngram_probs"] = torch.from_numpy(ids), torch.from_numpy(probs)
+        if self.plan_data is not None:
+            extra.update(self.plan_data.batch(split, ix, T, self.s["plan_context"]))
         return self.to_device(x), self.to_device(y), {k: self.to_device(v) for k, v in extra.items()}
 
     def to_device(self, t):
