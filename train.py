@@ -64,12 +64,14 @@ lr_decay_iters = None  # None: decay over max_iters
 min_lr = 1e-4
 # training objective
 label_smoothing = 0.0  # the classic soft-target baseline
-ngram_mode = "off"  # n-gram soft targets (ngram.py): 'off', 'all' (exact y_all, slow) or 'compact' (CoCoNTs)
-ngram_n = 3  # context of n-1 tokens
+# The three techniques are on by default: `python train.py` is the main job, all three on the default dataset.
+# config/plain.py switches them off: the plain GPT.
+ngram_mode = "compact"  # n-gram soft targets (ngram.py): 'off', 'all' (exact y_all, slow) or 'compact' (CoCoNTs)
+ngram_n = 5  # context of n-1 tokens: 4 characters here; 3 for GPT-2 BPE, whose 50k ids allow at most 4
 ngram_r = 8  # top tokens kept per context by 'compact'
 ngram_alpha = 0.5  # weight of the n-gram target; the observed token gets 1 - alpha
 # mixture-of-depths ensemble (mod.py): the last mod_k layers vote through a router; 0 or 1 is the plain model
-mod_k = 0
+mod_k = 3
 mod_lambda = 0.5  # weight of the distillation KL from the final layer to the other late layers
 mod_distill_frac = 0.125  # share of a batch's positions the distillation uses in training: its cost and memory
 mod_kl = "forward"  # 'forward': KL(P_final || P_layer); 'reverse': KL(P_layer || P_final)
@@ -80,7 +82,7 @@ mod_tune = "full"  # what trains: 'full', 'mod_only' (router + norms), 'lora', '
 lora_rank = 8
 lora_alpha = 16.0
 # sentence planner (planner.py); 'none' is the plain GPT
-plan_mode = "none"  # none | fixed | uniform | oracle (sees the future: an upper bound) | hard | st | soft
+plan_mode = "soft"  # none | fixed | uniform | oracle (sees the future: an upper bound) | hard | st | soft
 plan_k = 64  # number of sentence labels (k-means clusters)
 plan_context = 8  # the planner reads this many sentences before the one it plans
 plan_tau = 1.0  # softmax temperature of 'soft' and 'st'
@@ -166,12 +168,21 @@ RUN_KEYS = ("dataset", "block_size", "label_smoothing", "ngram_mode", "ngram_n",
             "plan_tau", "plan_lambda", "plan_embedder", "plan_seed", "plan_freeze_lm")
 
 
-def main(argv):
-    """Train with the settings above, overridden by argv; returns the finished Trainer."""
-    settings = {k: globals()[k] for k in SETTINGS}  # a copy: the globals stay the defaults
+PLAIN_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "plain.py")
+
+
+def settings_from(argv):
+    """The settings of a run with these command-line arguments: the globals above (copied, so they stay the
+    defaults), then argv's config files and --key=value, validated."""
+    settings = {k: globals()[k] for k in SETTINGS}
     configure(settings, argv)
     validate_settings(settings)
-    trainer = Trainer(settings)
+    return settings
+
+
+def main(argv):
+    """Train with the settings above, overridden by argv; returns the finished Trainer."""
+    trainer = Trainer(settings_from(argv))
     trainer.run()
     return trainer
 

@@ -13,7 +13,7 @@ from lm import LanguageModel, load_checkpoint, load_language_model
 from model import GPT, GPTConfig, configure_optimizers
 
 V, C, L, B, T = 40, 16, 4, 3, 10
-DEFAULTS = {k: getattr(train, k) for k in train.SETTINGS}
+DEFAULTS = train.settings_from([train.PLAIN_CONFIG])
 
 
 def make_lm(seed=0, bias=False, **settings):
@@ -196,8 +196,9 @@ def test_tuning_a_checkpoint_with_mod_only_through_train_py(tmp_path):
     corpus = tmp_path / "corpus"
     text = "the quick brown fox jumps over the lazy dog. " * 100
     write_dataset(corpus, {"train": [text[:3500]], "val": [text[3500:]]}, "char", "tiny", "made by the test")
-    tiny = [f"--dataset={corpus}", "--n_layer=3", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
-            "--eval_iters=2", "--eval_interval=4", "--max_iters=4", "--sample_tokens=0", "--compile=False"]
+    tiny = [train.PLAIN_CONFIG, f"--dataset={corpus}", "--n_layer=3", "--n_head=2", "--n_embd=16", "--block_size=16",
+            "--batch_size=4", "--eval_iters=2", "--eval_interval=4", "--max_iters=4", "--sample_tokens=0",
+            "--compile=False"]
     train.main([*tiny, f"--out_dir={tmp_path / 'pre'}"])
     tune = [*tiny, f"--out_dir={tmp_path / 'tune'}", f"--init_from={tmp_path / 'pre' / 'ckpt.pt'}", "--mod_k=2",
             "--mod_tune=mod_only"]

@@ -249,7 +249,7 @@ def test_train_py_gathers_each_positions_target(tmp_path, monkeypatch):
     text = "".join(np.random.default_rng(0).choice(list("abcab c"), 3000))
     common.write_dataset(tmp_path / "shakespeare_char", {"train": [text], "val": [text[:500]]}, "char",
                          "shakespeare_char", "test")
-    settings = {k: getattr(train, k) for k in train.SETTINGS}
+    settings = train.settings_from([train.PLAIN_CONFIG])
     settings.update(ngram_mode="all", ngram_n=3, block_size=16, n_layer=1, n_head=1, n_embd=8, device="cpu")
     trainer = train.Trainer(settings)
     x, y, extra = trainer.get_batch("train", torch.Generator().manual_seed(0), 4)
