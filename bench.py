@@ -22,6 +22,7 @@ import train
 from configurator import configure
 from data.common import ensure_prepared, load_meta, load_tokens
 from model import GPT
+from planner import PlanData, build_labels, sentence_texts
 
 # -----------------------------------------------------------------------------
 # the plain model measured by default: nanoGPT's CPU configuration on shakespeare_char
@@ -116,8 +117,12 @@ def bench_techniques():
 
 def technique_arms():
     """dataset -> {arm name: trainer}; each technique adds its arms here."""
-    return {name: {f"ngram {mode}": make_trainer(dataset=name, ngram_mode=mode, ngram_n=n)
-                   for mode in ("compact", "all")} for name, n in NGRAM_N.items()}
+    return {name: {**{f"ngram {mode}": make_trainer(dataset=name, ngram_mode=mode, ngram_n=n)
+                      for mode in ("compact", "all")},
+                   "mod_k=3": make_trainer(dataset=name, mod_k=3),
+                   "mod_k=3, distill every position": make_trainer(dataset=name, mod_k=3, mod_distill_frac=1.0),
+                   **({"planner soft": make_trainer(dataset=name, plan_mode="soft")} if name == "wiki" else {})}
+            for name, n in NGRAM_N.items()}
 
 
 NGRAM_N = {"shakespeare_char": 5, "wiki": 3}  # the n of config/ngram/
@@ -144,6 +149,18 @@ def bench_ngram_build():
               f"{peak / len(tokens):.0f} |")
 
 
+
+def bench_plan_labels():
+    """The planner's label building (LSA embedding + k-means), per 10k sentences of wiki."""
+    data_dir = ensure_prepared("wiki")
+    texts = sentence_texts(data_dir, load_meta(data_dir), PlanData(data_dir, 64, "lsa", 0).sentences)
+    t0 = time.perf_counter()
+    build_labels(texts, 64, seed=0)
+    n = sum(len(t) for t in texts.values())
+    print(f"planner labels: {(time.perf_counter() - t0) / n * 1e4:.2f} s per 10k sentences (LSA + k-means, K = 64, "
+          f"{n:,} wiki sentences)")
+
+
 def main(argv):
     configure(globals(), argv)
     torch.manual_seed(0)
@@ -151,6 +168,7 @@ def main(argv):
     if all:
         bench_techniques()
         bench_ngram_build()
+        bench_plan_labels()
 
 
 if __name__ == "__main__":

@@ -62,5 +62,5 @@ def read_prompt(text, meta):
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ValueError, FileNotFoundError) as e:  # our messages name the problem and the fix
         sys.exit(f"error: {e}")

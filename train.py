@@ -14,7 +14,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -22,11 +21,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from configurator import ConfigError, configure
 import ngram
+from configurator import ConfigError, configure
 from data.common import document_start, ensure_prepared, get_codec, load_meta, load_tokens
 from lm import LanguageModel, load_checkpoint, pick_device, pick_precision
+from mod import TUNE_MODES
 from model import GPT, GPTConfig, configure_optimizers, estimate_mfu
+from planner import PlanData, initialise_plan, settings_problems
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -67,6 +68,27 @@ ngram_mode = "off"  # n-gram soft targets (ngram.py): 'off', 'all' (exact y_all,
 ngram_n = 3  # context of n-1 tokens
 ngram_r = 8  # top tokens kept per context by 'compact'
 ngram_alpha = 0.5  # weight of the n-gram target; the observed token gets 1 - alpha
+# mixture-of-depths ensemble (mod.py): the last mod_k layers vote through a router; 0 or 1 is the plain model
+mod_k = 0
+mod_lambda = 0.5  # weight of the distillation KL from the final layer to the other late layers
+mod_distill_frac = 0.125  # share of a batch's positions the distillation uses in training: its cost and memory
+mod_kl = "forward"  # 'forward': KL(P_final || P_layer); 'reverse': KL(P_layer || P_final)
+mod_detach_teacher = True  # the final layer teaches without being pulled towards the students
+mod_router_input = "final"  # 'final': ln_f of the last block's output; 'input': the input to the late stack
+mod_router_bias = 0.0  # initial routing logit of the final layer (0: uniform routing at the start)
+mod_tune = "full"  # what trains: 'full', 'mod_only' (router + norms), 'lora', 'lora_mod' (LoRA + router + norms)
+lora_rank = 8
+lora_alpha = 16.0
+# sentence planner (planner.py); 'none' is the plain GPT
+plan_mode = "none"  # none | fixed | uniform | oracle (sees the future: an upper bound) | hard | st | soft
+plan_k = 64  # number of sentence labels (k-means clusters)
+plan_context = 8  # the planner reads this many sentences before the one it plans
+plan_tau = 1.0  # softmax temperature of 'soft' and 'st'
+plan_lambda = 0.0  # weight of the planner's cross-entropy added to the LM loss (0: LM loss only, as the paper)
+plan_embedder = "lsa"  # sentence encoder of the labels
+plan_seed = 0  # seed of the embedder and k-means that make the labels
+plan_freeze_lm = False  # train only the planner and adapters, as the paper does with its pretrained GPT-2
+plan_init_planner = ""  # planner.pt written by `python planner.py` (stage 2), loaded into a new run
 # system
 device = "auto"  # 'auto' picks cuda, then mps, then cpu; or name one, e.g. 'cuda:1'
 dtype = "auto"  # 'auto': bfloat16 on CUDA where supported, else float16 on CUDA, else float32
@@ -101,15 +123,47 @@ def validate_settings(s):
         problems.append("label_smoothing and ngram_mode are two soft targets for the same loss: switch one off")
     if s["learning_rate"] <= 0 or s["min_lr"] < 0:
         problems.append("learning_rate must be positive and min_lr non-negative")
+    problems += mod_problems(s)
+    problems += settings_problems(s)
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def mod_problems(s):
+    problems = []
+    tuning = s["init_from"] not in ("scratch", "resume")  # n_layer comes from the checkpoint: build_model checks
+    if s["mod_k"] < 0 or (not tuning and s["mod_k"] > s["n_layer"]):
+        problems.append(f"mod_k must be between 0 and n_layer ({s['n_layer']}), got {s['mod_k']}")
+    if s["mod_router_input"] == "input" and not tuning and s["mod_k"] == s["n_layer"]:
+        problems.append("mod_router_input='input' reads the input to the late stack, the embedding when mod_k "
+                        "== n_layer: lower mod_k or use mod_router_input='final'")
+    if s["mod_tune"] not in TUNE_MODES:
+        problems.append(f"mod_tune must be one of {TUNE_MODES}, got '{s['mod_tune']}'")
+    if s["mod_tune"] in ("mod_only", "lora_mod") and s["mod_k"] < 2:
+        problems.append(f"mod_tune='{s['mod_tune']}' trains the depth ensemble: set mod_k to 2 or more")
+    if s["mod_tune"] != "full" and s["init_from"] == "scratch":
+        problems.append(f"mod_tune='{s['mod_tune']}' freezes the base model: tune a pretrained one with "
+                        f"--init_from=<path of a ckpt.pt>, or use mod_tune='full'")
+    if s["mod_router_input"] not in ("final", "input"):
+        problems.append(f"mod_router_input must be 'final' or 'input', got '{s['mod_router_input']}'")
+    if s["mod_kl"] not in ("forward", "reverse"):
+        problems.append(f"mod_kl must be 'forward' or 'reverse', got '{s['mod_kl']}'")
+    if s["mod_lambda"] < 0 or not 0.0 < s["mod_distill_frac"] <= 1.0:
+        problems.append(f"mod_lambda must be >= 0 and mod_distill_frac in (0, 1], got {s['mod_lambda']} and "
+                        f"{s['mod_distill_frac']}")
+    if s["lora_rank"] < 1:
+        problems.append(f"lora_rank must be at least 1, got {s['lora_rank']}")
+    return problems
 
 
 SETTINGS = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str,
                                                                                         type(None)))]
 # Settings that fix what the checkpoint's weights mean: resuming with different ones would be a different run.
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "bias", "vocab_size")
-RUN_KEYS = ("dataset", "block_size", "label_smoothing", "ngram_mode", "ngram_n", "ngram_r", "ngram_alpha")
+RUN_KEYS = ("dataset", "block_size", "label_smoothing", "ngram_mode", "ngram_n", "ngram_r", "ngram_alpha",
+            "mod_k", "mod_lambda", "mod_distill_frac", "mod_kl", "mod_detach_teacher", "mod_router_input",
+            "mod_router_bias", "mod_tune", "lora_rank", "lora_alpha", "plan_mode", "plan_k", "plan_context",
+            "plan_tau", "plan_lambda", "plan_embedder", "plan_seed", "plan_freeze_lm")
 
 
 def main(argv):
@@ -148,6 +202,8 @@ class Trainer:
                                                     s["ngram_n"], s["ngram_r"], s["seed"], self.meta["eot_token"])
             if self.ddp and self.master:
                 dist.barrier()
+        self.plan_data = (PlanData(self.data_dir, s["plan_k"], s["plan_embedder"], s["plan_seed"])
+                          if s["plan_mode"] != "none" else None)
         self.build_model()
         self.build_optimizer()
 
@@ -202,6 +258,9 @@ class Trainer:
                 raise ConfigError(f"block_size {s['block_size']} is longer than the checkpoint's "
                                   f"{saved['block_size']}: its position table has no rows for it")
             shape = {k: saved[k] for k in MODEL_KEYS}
+            if s["mod_k"] > saved["n_layer"] or (s["mod_router_input"] == "input" and s["mod_k"] == saved["n_layer"]):
+                raise ConfigError(f"mod_k {s['mod_k']} does not fit the checkpoint's {saved['n_layer']} layers "
+                                  f"(at most n_layer, less than n_layer with mod_router_input='input')")
             if self.master:
                 print(f"tuning {s['init_from']}: model shape {shape} taken from the checkpoint")
             model_args.update(shape, block_size=saved["block_size"])
@@ -213,6 +272,8 @@ class Trainer:
             model_args["block_size"] = s["block_size"]
         self.model_args = model_args
         self.model = LanguageModel(gpt, s).to(self.device)
+        if self.model.plan is not None and not resume:
+            initialise_plan(self.model.plan, self.plan_data, s, checkpoint if tune else None)
         self.checkpoint = checkpoint if resume else None
         if resume:
             self.model.load_state_dict(checkpoint["model"])
@@ -249,6 +310,8 @@ class Trainer:
         if split == "train" and self.ngram_targets is not None:  # validation is scored on the observed token only
             ids, probs = self.ngram_targets(ix.numpy()[:, None] + np.arange(T))
             extra["ngram_ids"], extra["ngram_probs"] = torch.from_numpy(ids), torch.from_numpy(probs)
+        if self.plan_data is not None:
+            extra.update(self.plan_data.batch(split, ix, T, self.s["plan_context"]))
         return self.to_device(x), self.to_device(y), {k: self.to_device(v) for k, v in extra.items()}
 
     def to_device(self, t):
@@ -460,5 +523,5 @@ def plot_log(out_dir):
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
-    except (ConfigError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:  # our messages name the problem and the fix
         sys.exit(f"error: {e}")
