@@ -55,6 +55,7 @@ def run(suite, results_dir):
 
 def report(runs, suite, plan):
     start = runs["full"][0]["val_loss"]
+    late_layers = [k[len("val_route"):] for k in sorted(runs["full + MoD"][-1]) if k.startswith("val_route")]
     rows = []
     for label, records in runs.items():
         last = records[-1]
@@ -64,7 +65,7 @@ def report(runs, suite, plan):
                      f"{last[final_layer]:.3f}" if final_layer else "-",
                      " / ".join(f"{last[k]:.2f}" for k in sorted(last) if k.startswith("val_route")) or "-"])
     header = ["arm", "trainable params", "val loss", "val ppl", "share of full's gain", "final layer alone",
-              "mean routing weights"]
+              f"mean routing weights (layers {', '.join(late_layers)})"]
     return (f"Tuning on sotu from a GPT pretrained {plan['pretrain_iters']} iterations on wiki ({suite} suite), "
             f"{plan['tune_iters']} tuning iterations per arm. Validation loss before tuning: {start:.3f} "
             f"(ppl {math.exp(start):.1f}).\n\n" + markdown_table(header, rows))
