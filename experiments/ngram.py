@@ -46,7 +46,9 @@ def run(suite, results_dir):
     table = markdown_table(["dataset", "arm", "final val loss", "val ppl", "first step at off's final val loss",
                             "train tokens/s"], rows)
     with open(os.path.join(results_dir, f"{name}.md"), "w") as f:
-        f.write(f"# n-gram soft targets ({suite} suite)\n\n{table}")
+        f.write(f"# n-gram soft targets ({suite} suite)\n\n{table}\nThe first step is found at eval resolution "
+                "(config/ngram/*.py's eval_interval). tokens/s is the last log interval's, on whatever load the "
+                "machine had: bench.py measures step-time ratios properly.\n")
     plot(runs, os.path.join(results_dir, f"{name}.png"))
     print(table)
 
