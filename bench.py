@@ -12,12 +12,15 @@ and the median is kept, so a passing load on the machine hits every arm alike.
 import statistics
 import sys
 import time
+import tracemalloc
 
+import numpy as np
 import torch
 
+import ngram
 import train
 from configurator import configure
-from data.common import ensure_prepared, load_meta
+from data.common import ensure_prepared, load_meta, load_tokens
 from model import GPT
 from planner import PlanData, build_labels, sentence_texts
 
@@ -41,7 +44,8 @@ all = False  # also time every technique as a ratio to the plain model
 
 
 def make_trainer(**overrides):
-    settings = {k: getattr(train, k) for k in train.SETTINGS}
+    """A Trainer of the plain GPT at the benchmark's shape (config/plain.py), with overrides switching techniques on."""
+    settings = train.settings_from([train.PLAIN_CONFIG])
     settings.update(dataset=dataset, n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                     batch_size=batch_size, device=device, dtype=dtype, compile=compile, dropout=0.0)
     settings.update(overrides)
@@ -103,18 +107,47 @@ def bench_generation(gpt, device_name):
 
 
 def bench_techniques():
-    """Each technique's training step time as a ratio to the plain model's, on each dataset."""
+    """Each technique's training step time, and all three's, as a ratio to the plain model's on each dataset."""
     print("\nstep time as a ratio to the plain model (median of alternating rounds)")
     print(f"| dataset | arm | ms/iter | ratio |\n|---|---|---|---|")
-    for name, arms in technique_arms().items():
-        times = time_arms({"plain": make_trainer(dataset=name), **arms})
+    for name, n in NGRAM_N.items():
+        times = time_arms({"plain": make_trainer(dataset=name), **technique_arms(name, n)})
         for arm, seconds in times.items():
             print(f"| {name} | {arm} | {seconds * 1000:.1f} | {seconds / times['plain']:.3f} |")
 
 
-def technique_arms():
-    """dataset -> {arm name: trainer}; each technique adds its arms here."""
-    return {"shakespeare_char": {}, "wiki": {"planner soft": make_trainer(dataset="wiki", plan_mode="soft")}}
+def technique_arms(name, n):
+    """The arms timed against the plain model on one dataset; n is the n-gram order that suits its tokens."""
+    arms = {"ngram compact": dict(ngram_mode="compact", ngram_n=n), "ngram all": dict(ngram_mode="all", ngram_n=n),
+            "mod_k=3": dict(mod_k=3), "mod_k=3, distill every position": dict(mod_k=3, mod_distill_frac=1.0),
+            "planner soft": dict(plan_mode="soft"),
+            "all three": dict(ngram_mode="compact", ngram_n=n, mod_k=3, plan_mode="soft")}
+    return {arm: make_trainer(dataset=name, **settings) for arm, settings in arms.items()}
+
+
+NGRAM_N = {"shakespeare_char": 5, "wiki": 3}  # the n of config/ngram/
+
+
+def bench_ngram_build():
+    """Build speed of the compact n-gram targets (ngram.py) on each train split, and the build's peak memory."""
+    print("\nn-gram compact targets, r=8: build from the train split (target: at least 2M tokens/s on 2 CPU cores)")
+    print("| dataset | n | tokens | seconds | tokens/s | peak bytes/token |\n|---|---|---|---|---|---|")
+    for name, n in NGRAM_N.items():
+        data_dir = ensure_prepared(name)
+        tokens, eot = np.array(load_tokens(data_dir, "train")), load_meta(data_dir)["eot_token"]
+        seconds = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            ngram.build_compact(tokens, n, 8, 0, eot)
+            seconds.append(time.perf_counter() - t0)
+        tracemalloc.start()  # numpy reports its allocations to tracemalloc
+        ngram.build_compact(tokens, n, 8, 0, eot)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        best = min(seconds)
+        print(f"| {name} | {n} | {len(tokens):,} | {best:.3f} | {len(tokens) / best:,.0f} | "
+              f"{peak / len(tokens):.0f} |")
+
 
 
 def bench_plan_labels():
@@ -134,6 +167,7 @@ def main(argv):
     bench_plain()
     if all:
         bench_techniques()
+        bench_ngram_build()
         bench_plan_labels()
 
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+import ngram
+from mod import DepthEnsemble, LoRA
 from model import GPT, GPTConfig
 from planner import PlanConditioner
 
@@ -23,9 +25,15 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.gpt = gpt
         self.label_smoothing = settings.get("label_smoothing", 0.0)
+        self.ngram_alpha = settings.get("ngram_alpha", 0.0)
+        mod_k, mod_tune = settings.get("mod_k", 0), settings.get("mod_tune", "full")
+        self.mod = DepthEnsemble(gpt, mod_k, settings["mod_router_input"], settings["mod_router_bias"],
+                                 settings["mod_lambda"], settings["mod_distill_frac"], settings["mod_kl"],
+                                 settings["mod_detach_teacher"]) if mod_k > 1 else None
         self.plan = PlanConditioner(settings, gpt.config) if settings.get("plan_mode", "none") != "none" else None
-        if settings.get("plan_freeze_lm", False):
-            self.gpt.requires_grad_(False)
+        if mod_tune != "full" or settings.get("plan_freeze_lm", False):
+            gpt.requires_grad_(False)  # the base is frozen; only the techniques' own parameters train
+        self.lora = LoRA(gpt, settings["lora_rank"], settings["lora_alpha"]) if "lora" in mod_tune else None
 
     def forward(self, x, y, extra):
         """Training loss for inputs x and next tokens y (B, T), and a dict of scalars to log.
@@ -34,23 +42,37 @@ class LanguageModel(nn.Module):
         stats['ce'] is always the plain next-token cross-entropy: the number validation reports.
         """
         attn_add, plan_loss, plan_stats = self.plan(extra) if self.plan is not None else (None, None, {})
-        logits = self.logits(x, extra, attn_add)
-        flat_logits, flat_y = logits.flatten(0, 1), y.flatten()
-        ce = F.cross_entropy(flat_logits, flat_y)
+        hidden = self.gpt.body(x, attn_add)
+        if self.mod is not None:  # the depth ensemble's mixed logits are the model's prediction
+            logits, weights, normed = self.mod(hidden, self.gpt)
+        else:
+            logits = self.gpt.head(hidden[-1])
+        loss, ce = self.next_token_loss(logits, y, extra)
         stats = {"ce": ce.detach(), **plan_stats}
-        loss = ce
-        if self.training and self.label_smoothing > 0:
-            loss = F.cross_entropy(flat_logits, flat_y, label_smoothing=self.label_smoothing)
+        if self.mod is not None:
+            distill, mod_stats = self.mod.aux_loss(self.gpt, hidden, normed, weights, y)
+            loss = loss + distill
+            stats.update(mod_stats)
         if plan_loss is not None:
             loss = loss + plan_loss
         return loss, stats
 
-    def logits(self, x, extra, attn_add=None):
-        return self.gpt.head(self.gpt.body(x, attn_add)[-1])
+    def next_token_loss(self, logits, y, extra):
+        """The training loss of the logits (against n-gram soft targets, smoothed, or plain) and their plain CE."""
+        if self.training and "ngram_ids" in extra:
+            return ngram.soft_target_loss(logits, y, extra["ngram_ids"], extra["ngram_probs"], self.ngram_alpha)
+        flat_logits, flat_y = logits.flatten(0, 1), y.flatten()
+        ce = F.cross_entropy(flat_logits, flat_y)
+        if self.training and self.label_smoothing > 0:
+            return F.cross_entropy(flat_logits, flat_y, label_smoothing=self.label_smoothing), ce
+        return ce, ce
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True):
+        """Sample with the techniques in the loop: the ensemble's mixed logits, the planner's plan of each sentence."""
+        logits_fn = (lambda hidden: self.mod(hidden, self.gpt)[0]) if self.mod is not None else None
         attn_add_fn = self.plan.generation_hook() if self.plan is not None else None
-        return self.gpt.generate(idx, max_new_tokens, temperature, top_k, use_cache, attn_add_fn=attn_add_fn)
+        return self.gpt.generate(idx, max_new_tokens, temperature, top_k, use_cache, logits_fn=logits_fn,
+                                 attn_add_fn=attn_add_fn)
 
 
 def load_checkpoint(path):

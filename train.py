@@ -14,7 +14,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -22,9 +21,11 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+import ngram
 from configurator import ConfigError, configure
 from data.common import document_start, ensure_prepared, get_codec, load_meta, load_tokens
 from lm import LanguageModel, load_checkpoint, pick_device, pick_precision
+from mod import TUNE_MODES
 from model import GPT, GPTConfig, configure_optimizers, estimate_mfu
 from planner import PlanData, initialise_plan, settings_problems
 
@@ -63,8 +64,25 @@ lr_decay_iters = None  # None: decay over max_iters
 min_lr = 1e-4
 # training objective
 label_smoothing = 0.0  # the classic soft-target baseline
+# The three techniques are on by default: `python train.py` is the main job, all three on the default dataset.
+# config/plain.py switches them off: the plain GPT.
+ngram_mode = "compact"  # n-gram soft targets (ngram.py): 'off', 'all' (exact y_all, slow) or 'compact' (CoCoNTs)
+ngram_n = 5  # context of n-1 tokens: 4 characters here; 3 for GPT-2 BPE, whose 50k ids allow at most 4
+ngram_r = 8  # top tokens kept per context by 'compact'
+ngram_alpha = 0.5  # weight of the n-gram target; the observed token gets 1 - alpha
+# mixture-of-depths ensemble (mod.py): the last mod_k layers vote through a router; 0 or 1 is the plain model
+mod_k = 3
+mod_lambda = 0.5  # weight of the distillation KL from the final layer to the other late layers
+mod_distill_frac = 0.125  # share of a batch's positions the distillation uses in training: its cost and memory
+mod_kl = "forward"  # 'forward': KL(P_final || P_layer); 'reverse': KL(P_layer || P_final)
+mod_detach_teacher = True  # the final layer teaches without being pulled towards the students
+mod_router_input = "final"  # 'final': ln_f of the last block's output; 'input': the input to the late stack
+mod_router_bias = 0.0  # initial routing logit of the final layer (0: uniform routing at the start)
+mod_tune = "full"  # what trains: 'full', 'mod_only' (router + norms), 'lora', 'lora_mod' (LoRA + router + norms)
+lora_rank = 8
+lora_alpha = 16.0
 # sentence planner (planner.py); 'none' is the plain GPT
-plan_mode = "none"  # none | fixed | uniform | oracle (sees the future: an upper bound) | hard | st | soft
+plan_mode = "soft"  # none | fixed | uniform | oracle (sees the future: an upper bound) | hard | st | soft
 plan_k = 64  # number of sentence labels (k-means clusters)
 plan_context = 8  # the planner reads this many sentences before the one it plans
 plan_tau = 1.0  # softmax temperature of 'soft' and 'st'
@@ -98,27 +116,73 @@ def validate_settings(s):
         problems.append(f"compile must be None (on for CUDA only), True or False, got {s['compile']!r}")
     if not 0.0 <= s["label_smoothing"] < 1.0:
         problems.append(f"label_smoothing must be in [0, 1), got {s['label_smoothing']}")
+    if s["ngram_mode"] not in ("off", "all", "compact"):
+        problems.append(f"ngram_mode must be 'off', 'all' or 'compact', got {s['ngram_mode']!r}")
+    if s["ngram_n"] < 2 or s["ngram_r"] < 1 or not 0.0 <= s["ngram_alpha"] <= 1.0:
+        problems.append(f"ngram_n must be at least 2, ngram_r at least 1 and ngram_alpha in [0, 1], got "
+                        f"{s['ngram_n']}, {s['ngram_r']} and {s['ngram_alpha']}")
+    if s["ngram_mode"] != "off" and s["label_smoothing"] > 0:
+        problems.append("label_smoothing and ngram_mode are two soft targets for the same loss: switch one off")
     if s["learning_rate"] <= 0 or s["min_lr"] < 0:
         problems.append("learning_rate must be positive and min_lr non-negative")
+    problems += mod_problems(s)
     problems += settings_problems(s)
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def mod_problems(s):
+    problems = []
+    tuning = s["init_from"] not in ("scratch", "resume")  # n_layer comes from the checkpoint: build_model checks
+    if s["mod_k"] < 0 or (not tuning and s["mod_k"] > s["n_layer"]):
+        problems.append(f"mod_k must be between 0 and n_layer ({s['n_layer']}), got {s['mod_k']}")
+    if s["mod_router_input"] == "input" and not tuning and s["mod_k"] == s["n_layer"]:
+        problems.append("mod_router_input='input' reads the input to the late stack, the embedding when mod_k "
+                        "== n_layer: lower mod_k or use mod_router_input='final'")
+    if s["mod_tune"] not in TUNE_MODES:
+        problems.append(f"mod_tune must be one of {TUNE_MODES}, got '{s['mod_tune']}'")
+    if s["mod_tune"] in ("mod_only", "lora_mod") and s["mod_k"] < 2:
+        problems.append(f"mod_tune='{s['mod_tune']}' trains the depth ensemble: set mod_k to 2 or more")
+    if s["mod_tune"] != "full" and s["init_from"] == "scratch":
+        problems.append(f"mod_tune='{s['mod_tune']}' freezes the base model: tune a pretrained one with "
+                        f"--init_from=<path of a ckpt.pt>, or use mod_tune='full'")
+    if s["mod_router_input"] not in ("final", "input"):
+        problems.append(f"mod_router_input must be 'final' or 'input', got '{s['mod_router_input']}'")
+    if s["mod_kl"] not in ("forward", "reverse"):
+        problems.append(f"mod_kl must be 'forward' or 'reverse', got '{s['mod_kl']}'")
+    if s["mod_lambda"] < 0 or not 0.0 < s["mod_distill_frac"] <= 1.0:
+        problems.append(f"mod_lambda must be >= 0 and mod_distill_frac in (0, 1], got {s['mod_lambda']} and "
+                        f"{s['mod_distill_frac']}")
+    if s["lora_rank"] < 1:
+        problems.append(f"lora_rank must be at least 1, got {s['lora_rank']}")
+    return problems
 
 
 SETTINGS = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str,
                                                                                         type(None)))]
 # Settings that fix what the checkpoint's weights mean: resuming with different ones would be a different run.
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "bias", "vocab_size")
-RUN_KEYS = ("dataset", "block_size", "label_smoothing", "plan_mode", "plan_k", "plan_context", "plan_tau",
-            "plan_lambda", "plan_embedder", "plan_seed", "plan_freeze_lm")
+RUN_KEYS = ("dataset", "block_size", "label_smoothing", "ngram_mode", "ngram_n", "ngram_r", "ngram_alpha",
+            "mod_k", "mod_lambda", "mod_distill_frac", "mod_kl", "mod_detach_teacher", "mod_router_input",
+            "mod_router_bias", "mod_tune", "lora_rank", "lora_alpha", "plan_mode", "plan_k", "plan_context",
+            "plan_tau", "plan_lambda", "plan_embedder", "plan_seed", "plan_freeze_lm")
+
+
+PLAIN_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "plain.py")
+
+
+def settings_from(argv):
+    """The settings of a run with these command-line arguments: the globals above (copied, so they stay the
+    defaults), then argv's config files and --key=value, validated."""
+    settings = {k: globals()[k] for k in SETTINGS}
+    configure(settings, argv)
+    validate_settings(settings)
+    return settings
 
 
 def main(argv):
     """Train with the settings above, overridden by argv; returns the finished Trainer."""
-    settings = {k: globals()[k] for k in SETTINGS}  # a copy: the globals stay the defaults
-    configure(settings, argv)
-    validate_settings(settings)
-    trainer = Trainer(settings)
+    trainer = Trainer(settings_from(argv))
     trainer.run()
     return trainer
 
@@ -141,6 +205,14 @@ class Trainer:
             if len(data) <= s["block_size"]:
                 raise ConfigError(f"the {split} split of '{s['dataset']}' has {len(data)} tokens, not more than "
                                   f"block_size {s['block_size']}: lower block_size")
+        self.ngram_targets = None
+        if s["ngram_mode"] != "off":
+            if self.ddp and not self.master:
+                dist.barrier()  # rank 0 builds and caches the targets first; the others then read the cache
+            self.ngram_targets = ngram.load_targets(s["ngram_mode"], self.data_dir, self.tokens["train"],
+                                                    s["ngram_n"], s["ngram_r"], s["seed"], self.meta["eot_token"])
+            if self.ddp and self.master:
+                dist.barrier()
         self.plan_data = (PlanData(self.data_dir, s["plan_k"], s["plan_embedder"], s["plan_seed"])
                           if s["plan_mode"] != "none" else None)
         self.build_model()
@@ -197,6 +269,9 @@ class Trainer:
                 raise ConfigError(f"block_size {s['block_size']} is longer than the checkpoint's "
                                   f"{saved['block_size']}: its position table has no rows for it")
             shape = {k: saved[k] for k in MODEL_KEYS}
+            if s["mod_k"] > saved["n_layer"] or (s["mod_router_input"] == "input" and s["mod_k"] == saved["n_layer"]):
+                raise ConfigError(f"mod_k {s['mod_k']} does not fit the checkpoint's {saved['n_layer']} layers "
+                                  f"(at most n_layer, less than n_layer with mod_router_input='input')")
             if self.master:
                 print(f"tuning {s['init_from']}: model shape {shape} taken from the checkpoint")
             model_args.update(shape, block_size=saved["block_size"])
@@ -243,6 +318,9 @@ class Trainer:
         x = torch.from_numpy(np.stack([data[i:i + T] for i in ix.tolist()]).astype(np.int64))
         y = torch.from_numpy(np.stack([data[i + 1:i + 1 + T] for i in ix.tolist()]).astype(np.int64))
         extra = {}
+        if split == "train" and self.ngram_targets is not None:  # validation is scored on the observed token only
+            ids, probs = self.ngram_targets(ix.numpy()[:, None] + np.arange(T))
+            extra["ngram_ids"], extra["ngram_probs"] = torch.from_numpy(ids), torch.from_numpy(probs)
         if self.plan_data is not None:
             extra.update(self.plan_data.batch(split, ix, T, self.s["plan_context"]))
         return self.to_device(x), self.to_device(y), {k: self.to_device(v) for k, v in extra.items()}

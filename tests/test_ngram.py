@@ -1,0 +1,266 @@
+"""Tests of the n-gram soft targets (ngram.py) on small synthetic corpora made here."""
+
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import ngram
+from lm import LanguageModel
+from model import GPT, GPTConfig
+
+VOCAB, EOT = 10, 9
+
+
+def zipf_corpus(seed, size=3000, boundary_rate=0.03):
+    """Zipf-distributed tokens 0..8 with a little order (a token often repeats its predecessor's successor),
+    cut into documents by EOT = 9."""
+    rng = np.random.default_rng(seed)
+    tokens = (rng.zipf(1.6, size) - 1) % (VOCAB - 1)
+    echo = rng.random(size) < 0.3
+    tokens[1:][echo[1:]] = (tokens[:-1][echo[1:]] + 1) % (VOCAB - 1)
+    tokens[rng.random(size) < boundary_rate] = EOT
+    return tokens
+
+
+def brute_force_counts(tokens, n, boundary_token):
+    """{context: Counter(next token)} by looking at every position."""
+    counts = defaultdict(Counter)
+    for i in range(n - 2, len(tokens) - 1):
+        context = tuple(int(t) for t in tokens[i - n + 2:i + 1])
+        if boundary_token not in context:
+            counts[context][int(tokens[i + 1])] += 1
+    return counts
+
+
+def y_all_table(tokens, n, boundary_token=EOT):
+    """The dense y_all of every position (rows), and which positions have an in-document context."""
+    counts = brute_force_counts(tokens, n, boundary_token)
+    y = np.zeros((len(tokens) - 1, VOCAB))
+    has_context = np.zeros(len(tokens) - 1, bool)
+    for i in range(n - 2, len(tokens) - 1):
+        context = tuple(int(t) for t in tokens[i - n + 2:i + 1])
+        if context in counts:
+            total = sum(counts[context].values())
+            for v, c in counts[context].items():
+                y[i, v] = c / total
+            has_context[i] = True
+    return y, has_context
+
+
+def dense(ids, probs):
+    """(rows, k) sparse targets -> (rows, VOCAB) distributions."""
+    out = np.zeros((len(ids), VOCAB))
+    np.add.at(out, (np.repeat(np.arange(len(ids)), ids.shape[1]), ids.ravel()), probs.ravel())
+    return out
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_counts_match_brute_force(n):
+    tokens = zipf_corpus(0)
+    expected = brute_force_counts(tokens, n, EOT)
+    stats = ngram.count_ngrams(tokens, n, EOT)
+    assert len(stats.ptr) - 1 == len(expected)
+    assert stats.totals.sum() == sum(sum(c.values()) for c in expected.values())
+    for context, counter in expected.items():
+        total = sum(counter.values())
+        assert ngram.exact_distribution(tokens, n, context, EOT) == pytest.approx(
+            {v: c / total for v, c in counter.items()}, rel=1e-12)
+
+
+def test_compact_average_over_a_context_is_y_all_exactly_when_the_tail_divides_the_head():
+    # Context 0 -> 5 (x6), 6, 7: with r = 1, S = {5}, the 6 in-S occurrences borrow the 2 tail tokens 3 times each.
+    # Context 1 -> 2 (x4), 3 (x2), 4, 5 with r = 2: 6 in-S occurrences, tail of 2.
+    followers = {0: [5] * 6 + [6, 7], 1: [2] * 4 + [3] * 2 + [4, 5]}
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        pairs = [(c, v) for c, vs in followers.items() for v in vs]
+        rng.shuffle(pairs)
+        tokens = np.array([t for pair in pairs for t in (*pair, EOT)])
+        for context, r in ((0, 1), (1, 2)):
+            ids, probs = ngram.compact_targets(tokens, 2, r, seed=seed, boundary_token=EOT)
+            rows = np.flatnonzero(tokens[:-1] == context)
+            y = np.bincount(followers[context], minlength=VOCAB) / len(followers[context])
+            assert dense(ids[rows], probs[rows]).mean(axis=0) == pytest.approx(y, abs=1e-6)
+
+
+def test_compact_targets_are_unbiased():
+    # Averaged over seeds and over a context's occurrences, the compact target is y_all. Putting the leftover
+    # mass on the observed token instead would be off by (1 - m) * y_all[v] on the top tokens, about 0.1 here.
+    tokens = zipf_corpus(1, size=2000)
+    y, has_context = y_all_table(tokens, 3)
+    stats = ngram.count_ngrams(tokens, 3, EOT)
+    average = np.zeros_like(y)
+    seeds = 200
+    for seed in range(seeds):
+        ids, probs = ngram.compact_targets(tokens, 3, 2, seed=seed, boundary_token=EOT)
+        average += dense(ids, probs) / seeds
+    for k in range(len(stats.ptr) - 1):
+        rows = stats.row_context == k
+        assert average[rows].mean(axis=0) == pytest.approx(y[rows][0], abs=0.02)
+    assert np.abs(average[has_context] - y[has_context]).max() > 0.05  # one draw per position: not y_all itself
+
+
+def test_top_r_entries_are_y_all_top_r():
+    tokens, r = zipf_corpus(2), 3
+    y, has_context = y_all_table(tokens, 3)
+    ids, probs = ngram.compact_targets(tokens, 3, r, boundary_token=EOT)
+    for i in np.flatnonzero(has_context):
+        top = sorted(np.flatnonzero(y[i]), key=lambda v: (-y[i, v], v))[:r]  # ties to the smaller id
+        kept = probs[i, :r] > 0
+        assert ids[i, :r][kept].tolist() == top
+        assert probs[i, :r][kept] == pytest.approx(y[i, top], rel=1e-6)
+
+
+def test_r_at_least_the_support_gives_y_all():
+    tokens = zipf_corpus(3)
+    y, has_context = y_all_table(tokens, 3)
+    ids, probs = ngram.compact_targets(tokens, 3, VOCAB, boundary_token=EOT)
+    assert dense(ids, probs)[has_context] == pytest.approx(y[has_context], abs=1e-6)
+
+
+def test_rows_are_distributions_and_fall_back_to_one_hot_without_an_in_document_context():
+    tokens, n = zipf_corpus(4), 3
+    _, has_context = y_all_table(tokens, n)
+    ids, probs = ngram.compact_targets(tokens, n, 2, boundary_token=EOT)
+    assert ids.shape == probs.shape == (len(tokens) - 1, 3)
+    assert probs.sum(axis=1) == pytest.approx(np.ones(len(tokens) - 1), abs=1e-6)
+    after_boundary = np.zeros(len(tokens) - 1, bool)
+    for back in range(n - 1):
+        after_boundary[back:] |= tokens[:len(tokens) - 1 - back] == EOT
+    assert np.array_equal(~has_context[n - 2:], after_boundary[n - 2:])
+    one_hot = np.eye(VOCAB)[tokens[1:]]
+    assert np.array_equal(dense(ids, probs)[~has_context], one_hot[~has_context])
+    assert not np.array_equal(dense(ids, probs)[has_context], one_hot[has_context])
+    # Predicting the boundary itself from inside a document is an ordinary soft target.
+    assert has_context[tokens[1:] == EOT].any()
+
+
+def test_compact_target_variance_is_below_the_one_hot_target_variance():
+    tokens, r = zipf_corpus(5, size=20000), 3
+    y, has_context = y_all_table(tokens, 3)
+    ids, probs = ngram.compact_targets(tokens, 3, r, boundary_token=EOT)
+    compact = ((dense(ids, probs) - y) ** 2).sum(axis=1)[has_context].mean()
+    one_hot = ((np.eye(VOCAB)[tokens[1:]] - y) ** 2).sum(axis=1)[has_context].mean()
+    # The spec's formula (1 - m)^2 - |y_tail|^2 per position, with S the top r of each position's y_all.
+    y_sorted = -np.sort(-y[has_context], axis=1)
+    formula = ((1 - y_sorted[:, :r].sum(axis=1)) ** 2 - (y_sorted[:, r:] ** 2).sum(axis=1)).mean()
+    assert compact < 0.5 * one_hot
+    assert compact == pytest.approx(formula, rel=0.05)
+
+
+def test_exact_targets_are_y_all_per_position():
+    tokens = zipf_corpus(6)
+    y, has_context = y_all_table(tokens, 3)
+    rows = np.arange(len(tokens) - 1)
+    ids, probs = ngram.ExactTargets(tokens, 3, EOT)(rows)
+    assert dense(ids, probs)[has_context] == pytest.approx(y[has_context], abs=1e-6)
+    assert np.array_equal(dense(ids, probs)[~has_context], np.eye(VOCAB)[tokens[1:]][~has_context])
+
+
+def test_sparse_loss_and_its_gradient_equal_the_dense_soft_cross_entropy():
+    tokens, alpha = zipf_corpus(7), 0.3
+    rows = np.arange(40, 88).reshape(4, 12)
+    ids, probs = ngram.ExactTargets(tokens, 3, EOT)(rows)
+    y = torch.from_numpy(tokens[rows + 1])
+    logits = torch.randn(4, 12, VOCAB, requires_grad=True)
+    loss, ce = ngram.soft_target_loss(logits, y, torch.from_numpy(ids), torch.from_numpy(probs), alpha)
+    y_all = torch.from_numpy(dense(ids.reshape(48, -1), probs.reshape(48, -1))).float().view(4, 12, -1)
+    target = (1 - alpha) * F.one_hot(y, VOCAB) + alpha * y_all
+    expected = -(target * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(ce, F.cross_entropy(logits.view(48, -1), y.view(-1)))
+    grad, = torch.autograd.grad(loss, logits)
+    expected_grad, = torch.autograd.grad(expected, logits)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+def test_alpha_zero_gives_the_plain_loss_and_gradient():
+    tokens = zipf_corpus(8)
+    rows = np.arange(100, 132).reshape(2, 16)
+    ids, probs = ngram.compact_targets(tokens, 3, 2, boundary_token=EOT)
+    x, y = torch.from_numpy(tokens[rows]), torch.from_numpy(tokens[rows + 1])
+    extra = {"ngram_ids": torch.from_numpy(ids[rows]).long(), "ngram_probs": torch.from_numpy(probs[rows])}
+    results = []
+    for settings, batch_extra in (({}, {}), ({"ngram_mode": "compact", "ngram_alpha": 0.0}, extra)):
+        torch.manual_seed(0)
+        model = LanguageModel(GPT(GPTConfig(block_size=16, vocab_size=VOCAB, n_layer=1, n_head=2, n_embd=16)),
+                              settings).train()
+        loss, _ = model(x, y, batch_extra)
+        loss.backward()
+        results.append((loss, [p.grad for p in model.parameters()]))
+    (plain, plain_grads), (soft, soft_grads) = results
+    # Equal up to float rounding: the n-gram loss sums the same terms in another order.
+    torch.testing.assert_close(soft, plain, rtol=1e-6, atol=0)
+    for a, b in zip(plain_grads, soft_grads):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: ngram.compact_targets(np.arange(10), 1, 2), "n must be at least 2"),
+    (lambda: ngram.compact_targets(np.arange(10), 3, 0), "r must be at least 1"),
+    (lambda: ngram.compact_targets(np.array([1, 70000, 3]), 2, 2), "does not fit the uint16"),
+    (lambda: ngram.compact_targets(np.array([], np.uint16), 2, 2), "at least 2 tokens"),
+    (lambda: ngram.count_ngrams(np.array([1, 60000, 3]), 5), "use n <= 4"),
+    (lambda: ngram.exact_distribution(np.arange(10), 3, (3, 5)), "never occurs"),
+])
+def test_bad_input_is_refused_with_a_clear_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_cache_is_reused_and_rebuilt_when_stale(tmp_path, monkeypatch):
+    tokens = zipf_corpus(9).astype(np.uint16)
+    first = ngram.load_targets("compact", tmp_path, tokens, 3, 2, 0, EOT)
+    cache = tmp_path / "ngram_n3_r2_seed0.npz"
+    assert cache.exists()
+    rows = np.arange(len(tokens) - 1)
+
+    def no_build(*args):
+        raise AssertionError("a valid cache was rebuilt")
+
+    with monkeypatch.context() as m:
+        m.setattr(ngram, "build_compact", no_build)
+        for a, b in zip(first(rows), ngram.load_targets("compact", tmp_path, tokens, 3, 2, 0, EOT)(rows)):
+            assert np.array_equal(a, b)
+        with pytest.raises(AssertionError, match="rebuilt"):  # other boundary token: same file name, stale
+            ngram.load_targets("compact", tmp_path, tokens, 3, 2, 0, None)
+    changed = tokens.copy()
+    changed[:100] = changed[100:200]
+    rebuilt = ngram.load_targets("compact", tmp_path, changed, 3, 2, 0, EOT)
+    expected = ngram.compact_targets(changed, 3, 2, 0, EOT)
+    for a, b in zip(rebuilt(rows), expected):
+        assert np.array_equal(a, b)
+    cache.write_bytes(b"truncated")
+    for a, b in zip(ngram.load_targets("compact", tmp_path, changed, 3, 2, 0, EOT)(rows), expected):
+        assert np.array_equal(a, b)
+
+
+def test_train_py_gathers_each_positions_target(tmp_path, monkeypatch):
+    # x[b, t] is stream position ix[b] + t, so its target must be y_all of (x[b, t-1], x[b, t]).
+    import train
+    from data import common
+    monkeypatch.setattr(common, "DATA_ROOT", tmp_path)
+    text = "".join(np.random.default_rng(0).choice(list("abcab c"), 3000))
+    common.write_dataset(tmp_path / "shakespeare_char", {"train": [text], "val": [text[:500]]}, "char",
+                         "shakespeare_char", "test")
+    settings = train.settings_from([train.PLAIN_CONFIG])
+    settings.update(ngram_mode="all", ngram_n=3, block_size=16, n_layer=1, n_head=1, n_embd=8, device="cpu")
+    trainer = train.Trainer(settings)
+    x, y, extra = trainer.get_batch("train", torch.Generator().manual_seed(0), 4)
+    tokens = np.array(trainer.tokens["train"])
+    counts = brute_force_counts(tokens, 3, None)
+    targets = dense(extra["ngram_ids"].flatten(0, 1).numpy(), extra["ngram_probs"].flatten(0, 1).numpy())
+    for (b, t), target in zip(np.ndindex(*x.shape), targets):
+        if t > 0:
+            counter = counts[(int(x[b, t - 1]), int(x[b, t]))]
+            y_all = np.bincount(list(counter), weights=list(counter.values()), minlength=VOCAB)[:VOCAB]
+            assert target[:len(y_all)] == pytest.approx(y_all / y_all.sum(), abs=1e-6)
+            assert y_all[int(y[b, t])] > 0
+    _, _, val_extra = trainer.get_batch("val", torch.Generator().manual_seed(0), 4)
+    assert val_extra == {}
