@@ -3,7 +3,7 @@ The planner experiment on wiki: does conditioning on a sentence plan lower valid
 end-to-end ('soft') fine-tuning of the planner beat the argmax ('hard') of paper 1?
 
 Stages (each a command; finished ones are skipped when the suite runs again):
-  1. base LM, plain GPT                          python train.py config/planner/small.py
+  1. base LM, plain GPT                          python train.py config/plain.py config/planner/small.py
   2. planner pre-training on the labels          python planner.py config/planner/pretrain.py
   3. base LM + adapters on the pre-trained planner's argmax labels ('hard'), from 1 and 2
   4. joint fine-tuning in 'soft' or 'st' (and 'hard' again, the control) from 3
@@ -68,8 +68,8 @@ def run(suite, results_dir):
     table = markdown_table(["LM in stages 3-4", "arm", "position t is conditioned on", "val ppl", "val loss",
                             "planner acc", "planner top-5"], rows)
     note = (f"\nBase LM: {cfg['base_iters']} steps ({cfg['config']}); every other arm then trains {2 * stage} more "
-            f"steps from it on the same batches ('hard', 'st', 'soft': {stage} in 'hard', then {stage} in their "
-            "mode), with the base LM frozen (config/planner/tune.py) or trained too (config/planner/tune_lm.py). "
+            f"steps from it on the same batches, in two runs of {stage} ('hard', 'st', 'soft': the first in 'hard'), "
+            "with the base LM frozen (config/planner/tune.py) or trained too (config/planner/tune_lm.py). "
             "'none' is the base itself when frozen, and its plain continuation when trained. Planner accuracy is over "
             f"every validation sentence: the pre-trained planner ({cfg['planner_iters']} steps) scores "
             f"{planner['val_plan_acc']:.3f} (top-5 {planner['val_plan_top5']:.3f}); always answering the most "
@@ -83,17 +83,16 @@ def run(suite, results_dir):
 
 def train_arms(out, tune, base, stage, frozen):
     """Every arm of one variant (in out/<arm>), from the base LM beside out; returns arm -> log records, their
-    iterations counted from the base."""
+    iterations counted from the base. Every arm is two runs of `stage` steps, so each restarts its optimizer once:
+    a control runs twice in its own mode; 'hard', 'st' and 'soft' share a first run in 'hard' (stage 3)."""
     suite_dir = os.path.dirname(out)
     from_base = tune + [f"--init_from={suite_dir}/base/ckpt.pt"]
-    runs = {"none": ([dict(base[-1], iter=0), dict(base[-1], iter=2 * stage)] if frozen else
-                     train_arm(f"{out}/none", from_base, 2 * stage))}
-    for mode in ("fixed", "uniform", "oracle"):
-        runs[mode] = train_arm(f"{out}/{mode}", from_base + [f"--plan_mode={mode}"], 2 * stage)
-    stage3 = train_arm(f"{out}/hard_stage3", from_base + [
-        "--plan_mode=hard", f"--plan_init_planner={suite_dir}/planner/planner.pt"], stage)
-    for mode in ("hard", "st", "soft"):
-        stage4 = train_arm(f"{out}/{mode}", tune + [f"--init_from={out}/hard_stage3/ckpt.pt", f"--plan_mode={mode}"],
+    runs = {"none": [dict(base[-1], iter=0), dict(base[-1], iter=2 * stage)]} if frozen else {}
+    for mode in [arm for arm in ARMS if arm not in runs]:
+        first = "hard" if mode in ("hard", "st", "soft") else mode
+        planner = [f"--plan_init_planner={suite_dir}/planner/planner.pt"] if first == "hard" else []
+        stage3 = train_arm(f"{out}/{first}_stage3", from_base + [f"--plan_mode={first}", *planner], stage)
+        stage4 = train_arm(f"{out}/{mode}", tune + [f"--init_from={out}/{first}_stage3/ckpt.pt", f"--plan_mode={mode}"],
                            stage)
         runs[mode] = stage3 + [dict(r, iter=r["iter"] + stage) for r in stage4[1:]]
     return runs

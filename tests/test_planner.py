@@ -277,8 +277,8 @@ def test_the_stages_chain_through_train_py(data, tmp_path):
     from planner import PRETRAIN_SETTINGS, pretrain
     _, path = data
     tiny = [train.PLAIN_CONFIG, "--n_layer=3", "--n_head=2", "--n_embd=16", "--block_size=32", "--batch_size=4",
-            "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--compile=False", f"--dataset={path}", f"--plan_k={K}",
-            f"--plan_context={M}", "--eval_interval=2"]
+            "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--compile=False", f"--dataset={path}",
+            f"--plan_k={K}", f"--plan_context={M}", "--eval_interval=2"]
     train.main([*tiny, f"--out_dir={tmp_path / 'base'}", "--max_iters=2"])
     pretrain({**PRETRAIN_SETTINGS, "dataset": str(path), "out_dir": str(tmp_path / "planner"), "plan_k": K,
               "plan_context": M, "max_iters": 3, "eval_interval": 3})
