@@ -41,8 +41,10 @@ def run(suite, results_dir):
     train_arm(pretrained, [os.path.join(config, "pretrain_wiki.py"), *plan["pretrain_args"]],
               plan["pretrain_iters"])
     init = f"--init_from={os.path.join(pretrained, 'ckpt.pt')}"
-    runs = {label: train_arm(os.path.join(out, name), [os.path.join(config, f"{name}.py"), init, *plan["tune_args"]],
-                             plan["tune_iters"]) for label, name in ARMS.items()}
+    tune = os.path.join(config, "tune.py")
+    runs = {label: train_arm(os.path.join(out, name), [tune, os.path.join(config, f"{name}.py"), init,
+                                                       *plan["tune_args"]], plan["tune_iters"])
+            for label, name in ARMS.items()}
     suffix = "" if suite == "small" else f"_{suite}"
     os.makedirs(results_dir, exist_ok=True)
     plot_curves(runs, os.path.join(results_dir, f"mod{suffix}.png"),

@@ -1,5 +1,5 @@
 # The base model the mod experiment tunes: a small GPT pretrained on wiki (GPT-2 BPE).
-# python train.py config/mod/pretrain_wiki.py
+# python train.py config/plain.py config/mod/pretrain_wiki.py
 out_dir = "out/mod-small/pretrain_wiki"
 dataset = "wiki"
 n_layer = 4

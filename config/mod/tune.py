@@ -1,0 +1,12 @@
+# What every tuning arm of the mod experiment shares: tune the wiki-pretrained GPT on sotu, same steps and seed.
+# python train.py config/plain.py config/mod/tune.py config/mod/tune_full.py   (after config/mod/pretrain_wiki.py)
+init_from = "out/mod-small/pretrain_wiki/ckpt.pt"
+dataset = "sotu"
+block_size = 64
+batch_size = 8
+max_iters = 200
+warmup_iters = 20
+min_lr = 1e-4
+eval_interval = 40
+eval_iters = 10
+sample_tokens = 0
