@@ -599,8 +599,8 @@ def initialise_plan(conditioner, data, s, init_checkpoint=None):
         own = conditioner.state_dict()
         conditioner.load_state_dict({k: v for k, v in weights.items() if k in own}, strict=False)
     if conditioner.planner is not None and not s["plan_init_planner"] and "planner.start" not in weights:
-        print(f"note: plan_mode '{s['plan_mode']}' starts from an untrained planner; pre-train one with "
-              "`python planner.py` and pass its planner.pt as plan_init_planner")
+        print(f"note: the planner starts untrained and learns with the LM (plan_mode '{s['plan_mode']}'); the papers "
+              "pre-train it first: `python planner.py`, then plan_init_planner=<its planner.pt>")
 
 
 # --- generation ---------------------------------------------------------------------------------------------------
