@@ -1,7 +1,8 @@
 """
 Speed, measured in one run so that every ratio compares like with like on the same machine and load.
 
-    python bench.py          # the plain model: training ms/iter and tokens/s, generation with and without cache
+    python bench.py          # the plain model: ms/iter and tokens/s, against a bare PyTorch loop of the same
+                             # model, and generation with and without the KV cache
     python bench.py --all    # also every technique's step time as a ratio to the plain model, and build times
 
 Training steps run through train.py's own Trainer, so what is timed is exactly what training does (batch
@@ -21,7 +22,7 @@ import ngram
 import train
 from configurator import configure
 from data.common import ensure_prepared, load_meta, load_tokens
-from model import GPT
+from model import configure_optimizers
 from planner import PlanData, build_labels, sentence_texts
 
 # -----------------------------------------------------------------------------
@@ -87,7 +88,34 @@ def bench_plain():
           f"({n_layer} layers, {n_embd} wide, batch {batch_size} x {block_size} on {dataset}, "
           f"{trainer.device}, {trainer.dtype}{', compiled' if trainer.compile else ''})")
     print(f"  target on 2 CPU cores for nanoGPT's CPU configuration (the default): at most 31 ms/iter")
+    bare = time_bare_loop(trainer)
+    print(f"  the same model in a bare PyTorch loop (forward, backward, clipping, AdamW on one fixed batch): "
+          f"{bare * 1000:.1f} ms/iter; train.py's step is x{seconds / bare:.3f} of it")
     bench_generation(trainer.model.gpt, trainer.device)
+
+
+def time_bare_loop(trainer):
+    """Median seconds per step of the reference: the trainer's GPT trained with nothing of train.py around it."""
+    gpt, s = trainer.model.gpt, trainer.s
+    optimizer = configure_optimizers(gpt, s["weight_decay"], s["learning_rate"], (s["beta1"], s["beta2"]),
+                                     trainer.device_type)
+    x, y, _ = trainer.get_batch("train", torch.Generator().manual_seed(0), s["batch_size"])
+
+    def seconds_per_step(n):
+        sync(trainer)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            with trainer.autocast:
+                _, loss = gpt(x, y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(gpt.parameters(), s["grad_clip"])
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        sync(trainer)
+        return (time.perf_counter() - t0) / n
+
+    seconds_per_step(warmup)
+    return statistics.median(seconds_per_step(steps) for _ in range(rounds))
 
 
 @torch.no_grad()
