@@ -202,11 +202,7 @@ class Trainer:
         self.s = s
         self.setup_processes()
         self.setup_device()
-        if self.master:
-            ensure_prepared(s["dataset"])
-        if self.ddp:
-            dist.barrier()  # the other ranks wait until rank 0 has prepared the data
-        self.data_dir = ensure_prepared(s["dataset"])
+        self.data_dir = self.rank_zero_first(lambda: ensure_prepared(s["dataset"]))
         self.meta = load_meta(self.data_dir)
         self.tokens = {split: load_tokens(self.data_dir, split) for split in ("train", "val")}
         for split, data in self.tokens.items():
@@ -215,16 +211,25 @@ class Trainer:
                                   f"block_size {s['block_size']}: lower block_size")
         self.ngram_targets = None
         if s["ngram_mode"] != "off":
-            if self.ddp and not self.master:
-                dist.barrier()  # rank 0 builds and caches the targets first; the others then read the cache
-            self.ngram_targets = ngram.load_targets(s["ngram_mode"], self.data_dir, self.tokens["train"],
-                                                    s["ngram_n"], s["ngram_r"], s["seed"], self.meta["eot_token"])
-            if self.ddp and self.master:
-                dist.barrier()
-        self.plan_data = (PlanData(self.data_dir, s["plan_k"], s["plan_embedder"], s["plan_seed"])
-                          if s["plan_mode"] != "none" else None)
+            self.ngram_targets = self.rank_zero_first(lambda: ngram.load_targets(
+                s["ngram_mode"], self.data_dir, self.tokens["train"], s["ngram_n"], s["ngram_r"], s["seed"],
+                self.meta["eot_token"]))
+        self.plan_data = None
+        if s["plan_mode"] != "none":
+            self.plan_data = self.rank_zero_first(lambda: PlanData(self.data_dir, s["plan_k"], s["plan_embedder"],
+                                                                   s["plan_seed"]))
         self.build_model()
         self.build_optimizer()
+
+    def rank_zero_first(self, build):
+        """Run build on rank 0 before the other ranks, so that they read the cache it writes (data, n-gram targets,
+        sentence labels) instead of all building it at once."""
+        if self.ddp and not self.master:
+            dist.barrier()
+        result = build()
+        if self.ddp and self.master:
+            dist.barrier()
+        return result
 
     # --- processes, device and precision ---------------------------------------------------------------------
     def setup_processes(self):
