@@ -31,7 +31,7 @@ def run(suite, results_dir):
         max_iters = read_config_file(base)["max_iters"] if suite == "small" else 5000
         runs[dataset] = {}
         for arm, config in ARMS.items():
-            out_dir = os.path.join(ROOT, f"out-ngram-{suite}", dataset, config[:-3])
+            out_dir = os.path.join(ROOT, "out", f"ngram-{suite}", dataset, config[:-3])
             args = [base, os.path.join(ROOT, "config", "ngram", config), *overrides]
             runs[dataset][arm] = train_arm(out_dir, args, max_iters)
         baseline = runs[dataset]["off"][-1]["val_loss"]
@@ -39,16 +39,13 @@ def run(suite, results_dir):
             final = records[-1]
             reached = first_iter_reaching(records, baseline)
             rows.append([dataset, arm, f"{final['val_loss']:.4f}", f"{final['val_ppl']:.2f}",
-                         "never" if reached is None else f"{reached} ({reached / final['iter']:.0%})",
-                         f"{final['tokens_per_sec']:,.0f}"])
-    name = "ngram" if suite == "small" else f"ngram-{suite}"
+                         "never" if reached is None else f"{reached} ({reached / final['iter']:.0%})"])
+    name = "ngram" if suite == "small" else f"ngram_{suite}"
     os.makedirs(results_dir, exist_ok=True)
-    table = markdown_table(["dataset", "arm", "final val loss", "val ppl", "first step at off's final val loss",
-                            "train tokens/s"], rows)
+    table = markdown_table(["dataset", "arm", "final val loss", "val ppl", "first step at off's final val loss"], rows)
     with open(os.path.join(results_dir, f"{name}.md"), "w") as f:
         f.write(f"# n-gram soft targets ({suite} suite)\n\n{table}\nThe first step is found at eval resolution "
-                "(config/ngram/*.py's eval_interval). tokens/s is the last log interval's, on whatever load the "
-                "machine had: bench.py measures step-time ratios properly.\n")
+                "(config/ngram/*.py's eval_interval). The cost of each target is in `python bench.py --all`.\n")
     plot(runs, os.path.join(results_dir, f"{name}.png"))
     print(table)
 

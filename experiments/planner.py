@@ -54,7 +54,7 @@ VARIANTS = {  # how stages 3 and 4 treat the base LM
 
 def run(suite, results_dir, variants=None):
     cfg = SUITES[suite]
-    out = os.path.join(ROOT, f"out-planner-{suite}")
+    out = os.path.join(ROOT, "out", f"planner-{suite}")
     stage = cfg["stage_iters"]
     base = train_arm(f"{out}/base", [cfg["config"]], cfg["base_iters"])
     planner = pretrain_planner(f"{out}/planner", cfg["planner_iters"])
