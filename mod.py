@@ -158,3 +158,15 @@ class LoRA(nn.Module):
         def add_low_rank_update(linear, inputs, output):
             return output + self.scale * F.linear(F.linear(inputs[0], self.A[key]), self.B[key])
         return add_low_rank_update
+
+
+def merge_lora(gpt_state, lora_state, scale):
+    """The plain GPT weights a LoRA-tuned run stands for, W + scale * B A for every adapted linear: a new run that
+    starts from a LoRA checkpoint (init_from) continues from the tuned model rather than from the frozen base its
+    adapters sat on. gpt_state and lora_state are that run's 'gpt.*' and 'lora.*' entries, prefixes removed."""
+    merged = dict(gpt_state)
+    for key in (k[len("A."):] for k in lora_state if k.startswith("A.")):
+        block, layer = key.split("_", 1)  # 'h3', 'attn_c_attn'
+        weight = f"transformer.h.{block[1:]}.{layer.replace('_', '.', 1)}.weight"
+        merged[weight] = gpt_state[weight] + scale * lora_state[f"B.{key}"] @ lora_state[f"A.{key}"]
+    return merged

@@ -25,7 +25,7 @@ import ngram
 from configurator import ConfigError, configure
 from data.common import document_start, ensure_prepared, get_codec, load_meta, load_tokens
 from lm import LanguageModel, load_checkpoint, pick_device, pick_precision
-from mod import TUNE_MODES
+from mod import TUNE_MODES, merge_lora
 from model import GPT, GPTConfig, configure_optimizers, estimate_mfu
 from planner import PlanData, initialise_plan, settings_problems
 
@@ -291,7 +291,7 @@ class Trainer:
         torch.manual_seed(s["seed"])
         gpt = GPT(GPTConfig(**model_args))
         if tune:  # the GPT's weights come from the checkpoint; the techniques' modules start fresh around them
-            gpt.load_state_dict(strip_prefix(checkpoint["model"], "gpt."))
+            gpt.load_state_dict(tuned_gpt_weights(checkpoint))
             gpt.crop_block_size(s["block_size"])
             model_args["block_size"] = s["block_size"]
         self.model_args = model_args
@@ -439,7 +439,8 @@ class Trainer:
         generator = torch.Generator().manual_seed(s["seed"] * 1_000_003 + self.iter_num)
         torch.manual_seed(s["seed"] * 1_000_003 + self.iter_num + 7_919 * (self.rank + 1))
         x, y, extra = self.get_batch("train", generator, s["gradient_accumulation_steps"] * s["batch_size"])
-        mine = slice(self.rank * self.local_accum * s["batch_size"], (self.rank + 1) * self.local_accum * s["batch_size"])
+        rows = self.local_accum * s["batch_size"]
+        mine = slice(self.rank * rows, (self.rank + 1) * rows)
         x, y, extra = x[mine], y[mine], {k: v[mine] for k, v in extra.items()}
         for micro in range(self.local_accum):
             part = slice(micro * s["batch_size"], (micro + 1) * s["batch_size"])
@@ -519,6 +520,15 @@ def check_same_tokenizer(checkpoint, meta):
         raise ConfigError(f"the checkpoint was trained with the '{checkpoint.get('tokenizer')}' tokenizer but "
                           f"dataset '{meta['dataset']}' uses '{meta['tokenizer']}': tune it on a dataset with the "
                           f"same tokenizer")
+
+
+def tuned_gpt_weights(checkpoint):
+    """The GPT a checkpoint stands for: its 'gpt.*' weights, with a LoRA run's adapters merged into them."""
+    weights = strip_prefix(checkpoint["model"], "gpt.")
+    adapters = strip_prefix(checkpoint["model"], "lora.")
+    if adapters:
+        weights = merge_lora(weights, adapters, checkpoint["config"]["lora_alpha"] / checkpoint["config"]["lora_rank"])
+    return weights
 
 
 def strip_prefix(state_dict, prefix):

@@ -10,6 +10,7 @@ import train
 from configurator import ConfigError
 from data.common import write_dataset
 from lm import LanguageModel, load_checkpoint, load_language_model
+from mod import merge_lora
 from model import GPT, GPTConfig, configure_optimizers
 
 V, C, L, B, T = 40, 16, 4, 3, 10
@@ -213,3 +214,34 @@ def test_tuning_a_checkpoint_with_mod_only_through_train_py(tmp_path):
     assert model.mod is not None and model.generate(torch.zeros(1, 1, dtype=torch.long), 4).shape == (1, 5)
     with pytest.raises(ConfigError, match="mod_k: checkpoint 2, now 3"):
         train.main([*tune[:-2], "--init_from=resume", "--mod_k=3", "--mod_tune=mod_only", "--max_iters=8"])
+
+
+def test_merged_lora_weights_are_the_tuned_model():
+    lm = make_lm(mod_k=0, mod_tune="lora", lora_rank=4)
+    with torch.no_grad():
+        for b in lm.lora.B.values():
+            b.normal_()  # a tuned run's adapters, no longer zero
+    state = lm.state_dict()
+    merged = GPT(lm.gpt.config)
+    merged.load_state_dict(merge_lora(train.strip_prefix(state, "gpt."), train.strip_prefix(state, "lora."),
+                                      lm.lora.scale))
+    x, y = batch()
+    with_adapters, base = lm(x, y, {})[0], make_lm(mod_k=0)(x, y, {})[0]
+    assert not torch.allclose(with_adapters, base, atol=1e-2)  # the adapters matter
+    assert torch.allclose(merged(x, y)[1], with_adapters, atol=1e-5)
+
+
+def test_a_run_from_a_lora_checkpoint_starts_where_the_lora_run_ended(tmp_path):
+    corpus = tmp_path / "corpus"
+    text = "the quick brown fox jumps over the lazy dog. " * 100
+    write_dataset(corpus, {"train": [text[:3500]], "val": [text[3500:]]}, "char", "tiny", "made by the test")
+    tiny = [train.PLAIN_CONFIG, f"--dataset={corpus}", "--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16",
+            "--batch_size=4", "--eval_iters=2", "--eval_interval=4", "--max_iters=4", "--sample_tokens=0",
+            "--compile=False"]
+    train.main([*tiny, f"--out_dir={tmp_path / 'pre'}"])
+    train.main([*tiny, f"--out_dir={tmp_path / 'lora'}", f"--init_from={tmp_path / 'pre' / 'ckpt.pt'}",
+                "--mod_tune=lora", "--learning_rate=0.05"])
+    train.main([*tiny, f"--out_dir={tmp_path / 'full'}", f"--init_from={tmp_path / 'lora' / 'ckpt.pt'}"])
+    pre, lora, full = ([json.loads(line) for line in open(tmp_path / d / "log.jsonl")] for d in ("pre", "lora", "full"))
+    assert abs(lora[-1]["val_loss"] - pre[-1]["val_loss"]) > 1e-3  # the adapters learned something
+    assert full[0]["val_loss"] == pytest.approx(lora[-1]["val_loss"], abs=1e-5)
