@@ -193,13 +193,18 @@ def test_settings_reject_impossible_ensembles():
     train.validate_settings({**DEFAULTS, "n_layer": L, "mod_k": 3})
 
 
-def test_tuning_a_checkpoint_with_mod_only_through_train_py(tmp_path):
+def tiny_run(tmp_path, n_layer):
+    """train.py arguments for a 4-step run of a tiny plain GPT on a character corpus written to tmp_path."""
     corpus = tmp_path / "corpus"
     text = "the quick brown fox jumps over the lazy dog. " * 100
     write_dataset(corpus, {"train": [text[:3500]], "val": [text[3500:]]}, "char", "tiny", "made by the test")
-    tiny = [train.PLAIN_CONFIG, f"--dataset={corpus}", "--n_layer=3", "--n_head=2", "--n_embd=16", "--block_size=16",
-            "--batch_size=4", "--eval_iters=2", "--eval_interval=4", "--max_iters=4", "--sample_tokens=0",
-            "--compile=False"]
+    return [train.PLAIN_CONFIG, f"--dataset={corpus}", f"--n_layer={n_layer}", "--n_head=2", "--n_embd=16",
+            "--block_size=16", "--batch_size=4", "--eval_iters=2", "--eval_interval=4", "--max_iters=4",
+            "--sample_tokens=0", "--compile=False"]
+
+
+def test_tuning_a_checkpoint_with_mod_only_through_train_py(tmp_path):
+    tiny = tiny_run(tmp_path, n_layer=3)
     train.main([*tiny, f"--out_dir={tmp_path / 'pre'}"])
     tune = [*tiny, f"--out_dir={tmp_path / 'tune'}", f"--init_from={tmp_path / 'pre' / 'ckpt.pt'}", "--mod_k=2",
             "--mod_tune=mod_only"]
@@ -232,12 +237,7 @@ def test_merged_lora_weights_are_the_tuned_model():
 
 
 def test_a_run_from_a_lora_checkpoint_starts_where_the_lora_run_ended(tmp_path):
-    corpus = tmp_path / "corpus"
-    text = "the quick brown fox jumps over the lazy dog. " * 100
-    write_dataset(corpus, {"train": [text[:3500]], "val": [text[3500:]]}, "char", "tiny", "made by the test")
-    tiny = [train.PLAIN_CONFIG, f"--dataset={corpus}", "--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16",
-            "--batch_size=4", "--eval_iters=2", "--eval_interval=4", "--max_iters=4", "--sample_tokens=0",
-            "--compile=False"]
+    tiny = tiny_run(tmp_path, n_layer=2)
     train.main([*tiny, f"--out_dir={tmp_path / 'pre'}"])
     train.main([*tiny, f"--out_dir={tmp_path / 'lora'}", f"--init_from={tmp_path / 'pre' / 'ckpt.pt'}",
                 "--mod_tune=lora", "--learning_rate=0.05"])
