@@ -535,13 +535,21 @@ def strip_prefix(state_dict, prefix):
     return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
+def read_log(out_dir):
+    """The records of out_dir/log.jsonl, one per evaluation; [] before a run has logged any."""
+    path = os.path.join(out_dir, "log.jsonl")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
 def plot_log(out_dir):
     """Redraw out_dir/loss.png from log.jsonl: train and validation loss against iterations."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    with open(os.path.join(out_dir, "log.jsonl")) as f:
-        records = [json.loads(line) for line in f]
+    records = read_log(out_dir)
     fig, ax = plt.subplots(figsize=(6, 4))
     for key in ("train_loss", "val_loss"):
         ax.plot([r["iter"] for r in records], [r[key] for r in records], marker=".", label=key.replace("_", " "))

@@ -3,10 +3,11 @@ What every experiment script shares: train one arm with train.py in a subprocess
 already there, so an interrupted suite picks up where it stopped), read its log, plot curves, write a table.
 """
 
-import json
 import os
 import subprocess
 import sys
+
+from train import read_log  # the log format belongs to train.py, which writes it
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,14 +24,6 @@ def train_arm(out_dir, args, max_iters):
         subprocess.run(command, cwd=ROOT, check=True)
         records = read_log(out_dir)
     return records
-
-
-def read_log(out_dir):
-    path = os.path.join(out_dir, "log.jsonl")
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f]
 
 
 def first_iter_reaching(records, loss, key="val_loss"):

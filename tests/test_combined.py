@@ -1,7 +1,6 @@
 """The three techniques together through train.py, on a tiny corpus of sentences made here: every pair and all
 three train, sample with the cache exactly as without it, resume exactly, and run under DDP."""
 
-import json
 import os
 import random
 import subprocess
@@ -43,17 +42,12 @@ def run(corpus, out_dir, *args):
     return train.main([*TINY, f"--dataset={corpus}", f"--out_dir={out_dir}", *args])
 
 
-def records(out_dir):
-    with open(os.path.join(out_dir, "log.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
 @pytest.mark.parametrize("names", [("ngram", "mod"), ("ngram", "planner"), ("mod", "planner"),
                                    ("ngram", "mod", "planner")])
 def test_techniques_train_together_and_sample_from_their_checkpoint(corpus, tmp_path, names):
     args = [a for name in names for a in TECHNIQUES[name]]
     run(corpus, tmp_path, *args, "--max_iters=12", "--eval_interval=6", "--learning_rate=3e-3")
-    losses = [r["val_loss"] for r in records(tmp_path)]
+    losses = [r["val_loss"] for r in train.read_log(tmp_path)]
     assert losses[-1] < losses[0]
     model = load_language_model(load_checkpoint(str(tmp_path / "ckpt.pt")), "cpu")
     assert (model.mod is not None) == ("mod" in names) and (model.plan is not None) == ("planner" in names)
@@ -68,8 +62,8 @@ def test_all_three_resume_exactly(corpus, tmp_path):
     run(corpus, tmp_path / "stopped", *args, "--max_iters=3")
     run(corpus, tmp_path / "stopped", *args, "--max_iters=6", "--init_from=resume")
     drop_timing = lambda r: {k: v for k, v in r.items() if k not in ("elapsed_s", "tokens_per_sec")}
-    assert [drop_timing(r) for r in records(tmp_path / "straight")] == \
-        [drop_timing(r) for r in records(tmp_path / "stopped")]
+    assert [drop_timing(r) for r in train.read_log(tmp_path / "straight")] == \
+        [drop_timing(r) for r in train.read_log(tmp_path / "stopped")]
 
 
 def test_resume_refuses_another_combination(corpus, tmp_path):

@@ -1,6 +1,5 @@
 """train.py end to end on a tiny character corpus made here: exact resume, refusals, NaN handling, DDP, bf16."""
 
-import json
 import os
 import subprocess
 import sys
@@ -29,11 +28,6 @@ def run(corpus, out_dir, *args):
     return train.main([*TINY, f"--dataset={corpus}", f"--out_dir={out_dir}", *args])
 
 
-def records(out_dir):
-    with open(os.path.join(out_dir, "log.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
 def comparable(record):
     return {k: v for k, v in record.items() if k not in ("elapsed_s", "tokens_per_sec")}
 
@@ -44,7 +38,7 @@ def test_an_interrupted_and_resumed_run_equals_an_uninterrupted_one(corpus, tmp_
     run(corpus, tmp_path / "straight", *args, "--max_iters=12")
     run(corpus, tmp_path / "stopped", *args, "--max_iters=4")
     run(corpus, tmp_path / "stopped", *args, "--max_iters=12", "--init_from=resume")
-    straight, resumed = records(tmp_path / "straight"), records(tmp_path / "stopped")
+    straight, resumed = train.read_log(tmp_path / "straight"), train.read_log(tmp_path / "stopped")
     assert [r["iter"] for r in resumed] == [0, 4, 8, 12]
     assert [comparable(r) for r in straight] == [comparable(r) for r in resumed]
     a, b = (load_checkpoint(str(tmp_path / d / "ckpt.pt")) for d in ("straight", "stopped"))
@@ -99,7 +93,7 @@ def test_bad_settings_are_refused_with_a_message_naming_them(corpus, tmp_path, a
 
 def test_bfloat16_autocast_trains_on_cpu(corpus, tmp_path):
     run(corpus, tmp_path, "--max_iters=4", "--eval_interval=4", "--dtype=bfloat16")
-    losses = [r["val_loss"] for r in records(tmp_path)]
+    losses = [r["val_loss"] for r in train.read_log(tmp_path)]
     assert all(map(torch.isfinite, torch.tensor(losses))) and losses[-1] < losses[0]
 
 
