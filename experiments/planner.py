@@ -68,7 +68,7 @@ def run(suite, results_dir, variants=None):
             rows.append([arm, what, f"{last['val_ppl']:.2f}", f"{last['val_loss']:.4f}", acc, top5])
         table = markdown_table(["arm", "position t is conditioned on", "val ppl", "val loss", "planner acc",
                                 "planner top-5"], rows)
-        lm = "frozen (config/planner/tune.py)" if variant == "frozen" else "trained too (config/planner/tune_lm.py)"
+        lm = f"{'frozen' if variant == 'frozen' else 'trained too'} ({VARIANTS[variant]})"
         note = (f"\nBase LM: {cfg['base_iters']} steps ({cfg['config']}); every other arm then trains {2 * stage} "
                 f"more steps from it on the same batches, in two runs of {stage} ('hard', 'st', 'soft': the first in "
                 f"'hard'), with the base LM {lm}. 'none' is "

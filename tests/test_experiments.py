@@ -17,8 +17,7 @@ FILE_SETTINGS = ("--init_from=", "--plan_init_planner=")  # files earlier arms w
 def made_up_records(max_iters):
     record = {"val_loss": 2.0, "val_ppl": 7.4, "trainable_params": 1, "elapsed_s": 1.0, "val_plan_acc": 0.1,
               "val_plan_top5": 0.3, "val_majority_acc": 0.03}
-    record.update({f"val_{kind}{j}": 0.5 for kind in ("route", "layer") for j in (1, 2)})
-    record.update({f"val_layer{j}_ce": 2.0 for j in (1, 2)})
+    record.update({key: value for j in (1, 2) for key, value in ((f"val_route{j}", 0.5), (f"val_layer{j}_ce", 2.0))})
     return [dict(record, iter=0, val_loss=3.0), dict(record, iter=max_iters)]
 
 

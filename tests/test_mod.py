@@ -1,6 +1,5 @@
 """Tests of the mixture-of-depths ensemble (mod.py) and its tuning modes, on tiny models and random tokens."""
 
-
 import pytest
 import torch
 from torch.nn import functional as F
