@@ -50,6 +50,34 @@ from torch.nn import functional as F
 TUNE_MODES = ("full", "mod_only", "lora", "lora_mod")
 
 
+def settings_problems(s):
+    """What is wrong with the ensemble (and LoRA) settings of train.py, each naming the setting and the fix."""
+    problems = []
+    tuning = s["init_from"] not in ("scratch", "resume")  # n_layer comes from the checkpoint: build_model checks
+    if s["mod_k"] < 0 or (not tuning and s["mod_k"] > s["n_layer"]):
+        problems.append(f"mod_k must be between 0 and n_layer ({s['n_layer']}), got {s['mod_k']}")
+    if s["mod_router_input"] == "input" and not tuning and s["mod_k"] == s["n_layer"]:
+        problems.append("mod_router_input='input' reads the input to the late stack, the embedding when mod_k "
+                        "== n_layer: lower mod_k or use mod_router_input='final'")
+    if s["mod_tune"] not in TUNE_MODES:
+        problems.append(f"mod_tune must be one of {TUNE_MODES}, got '{s['mod_tune']}'")
+    if s["mod_tune"] in ("mod_only", "lora_mod") and s["mod_k"] < 2:
+        problems.append(f"mod_tune='{s['mod_tune']}' trains the depth ensemble: set mod_k to 2 or more")
+    if s["mod_tune"] != "full" and s["init_from"] == "scratch":
+        problems.append(f"mod_tune='{s['mod_tune']}' freezes the base model: tune a pretrained one with "
+                        f"--init_from=<path of a ckpt.pt>, or use mod_tune='full'")
+    if s["mod_router_input"] not in ("final", "input"):
+        problems.append(f"mod_router_input must be 'final' or 'input', got '{s['mod_router_input']}'")
+    if s["mod_kl"] not in ("forward", "reverse"):
+        problems.append(f"mod_kl must be 'forward' or 'reverse', got '{s['mod_kl']}'")
+    if s["mod_lambda"] < 0 or not 0.0 < s["mod_distill_frac"] <= 1.0:
+        problems.append(f"mod_lambda must be >= 0 and mod_distill_frac in (0, 1], got {s['mod_lambda']} and "
+                        f"{s['mod_distill_frac']}")
+    if s["lora_rank"] < 1:
+        problems.append(f"lora_rank must be at least 1, got {s['lora_rank']}")
+    return problems
+
+
 class DepthEnsemble(nn.Module):
     """Norms and router of the ensemble over the last k layers; the GPT (its ln_f and lm_head) is passed in, not
     owned, so its weights stay in one place and the LM head is the shared, tied one."""

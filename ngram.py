@@ -48,9 +48,6 @@ Decisions where the paper is silent (ours):
 """
 
 import hashlib
-import json
-import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +55,25 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from data.common import load_cache, save_cache
+
 CACHE_FORMAT = 1
+
+
+MODES = ("off", "all", "compact")
+
+
+def settings_problems(s):
+    """What is wrong with the n-gram settings of train.py, each naming the setting and the fix."""
+    problems = []
+    if s["ngram_mode"] not in MODES:
+        problems.append(f"ngram_mode must be 'off', 'all' or 'compact', got {s['ngram_mode']!r}")
+    if s["ngram_n"] < 2 or s["ngram_r"] < 1 or not 0.0 <= s["ngram_alpha"] <= 1.0:
+        problems.append(f"ngram_n must be at least 2, ngram_r at least 1 and ngram_alpha in [0, 1], got "
+                        f"{s['ngram_n']}, {s['ngram_r']} and {s['ngram_alpha']}")
+    if s["ngram_mode"] != "off" and s["label_smoothing"] > 0:
+        problems.append("label_smoothing and ngram_mode are two soft targets for the same loss: switch one off")
+    return problems
 
 
 # --- counting: the statistics of the train split ----------------------------------------------------------------
@@ -265,20 +280,11 @@ def load_targets(mode, data_dir, tokens, n, r, seed, boundary_token):
     header = dict(format=CACHE_FORMAT, n=n, r=r, seed=seed, boundary_token=boundary_token, n_tokens=len(tokens),
                   tokens_sha1=hashlib.sha1(np.ascontiguousarray(tokens)).hexdigest())
     path = Path(data_dir) / f"ngram_n{n}_r{r}_seed{seed}.npz"
-    if path.exists():
-        try:
-            with np.load(path) as cache:
-                if json.loads(str(cache["header"])) == header:
-                    return CompactTargets(**{name: cache[name] for name in cache.files if name != "header"})
-            reason = "it was built from other tokens or settings"
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-            reason = f"it cannot be read ({type(e).__name__})"
-        print(f"rebuilding {path}: {reason}")
+    cached = load_cache(path, header)
+    if cached is not None:
+        return CompactTargets(**cached)
     targets = build_compact(tokens, n, r, seed, boundary_token)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, header=np.array(json.dumps(header)), **targets.arrays())
-    os.replace(tmp, path)
+    save_cache(path, header, targets.arrays())
     return targets
 
 

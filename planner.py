@@ -62,7 +62,8 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from configurator import ConfigError, configure
-from data.common import ensure_prepared, gpt2_encoding, load_docs, load_meta, load_texts, load_tokens
+from data.common import (ensure_prepared, gpt2_encoding, load_cache, load_docs, load_meta, load_texts, load_tokens,
+                         save_cache, write_atomically)
 
 MODES = ("none", "fixed", "uniform", "oracle", "hard", "st", "soft")
 PLANNER_MODES = ("hard", "st", "soft")  # the modes that run the planner
@@ -178,24 +179,6 @@ def data_hash(data_dir):
     for name in ("train.bin", "val.bin", "train_docs.npy", "val_docs.npy", "train_texts.json", "val_texts.json"):
         h.update((Path(data_dir) / name).read_bytes())
     return h.hexdigest()
-
-
-def load_cache(path, header):
-    """The arrays cached at path when it was built from exactly `header`, else None."""
-    if not path.exists():
-        return None
-    with np.load(path) as f:
-        if json.loads(str(f["header"])) == header:
-            return {k: f[k] for k in f.files if k != "header"}
-    print(f"{path} was built from other data or settings: rebuilding it")
-    return None
-
-
-def save_cache(path, header, arrays):
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # DDP ranks may build the same cache at once
-    with open(tmp, "wb") as f:
-        np.savez(f, header=np.array(json.dumps(header, sort_keys=True)), **arrays)
-    os.replace(tmp, path)
 
 
 def load_sentences(data_dir, meta, header):
@@ -459,9 +442,9 @@ def pretrain(s):
         optimizer.step()
         train_ce.append(loss.item())
     path = os.path.join(s["out_dir"], "planner.pt")
-    torch.save({"planner": planner.state_dict(), "header": data.header, "plan_context": s["plan_context"],
-                "metrics": record}, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    state = {"planner": planner.state_dict(), "header": data.header, "plan_context": s["plan_context"],
+             "metrics": record}
+    write_atomically(path, lambda f: torch.save(state, f))
     print(f"saved {path}")
 
 

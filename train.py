@@ -23,11 +23,13 @@ from tqdm import tqdm
 
 import ngram
 from configurator import ConfigError, configure
-from data.common import document_start, ensure_prepared, get_codec, load_meta, load_tokens
+from data.common import document_start, ensure_prepared, get_codec, load_meta, load_tokens, write_atomically
 from lm import LanguageModel, load_checkpoint, pick_device, pick_precision
-from mod import TUNE_MODES, merge_lora
+import mod
+from mod import merge_lora
 from model import GPT, GPTConfig, configure_optimizers, estimate_mfu
-from planner import PlanData, initialise_plan, settings_problems
+import planner
+from planner import PlanData, initialise_plan
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -116,46 +118,12 @@ def validate_settings(s):
         problems.append(f"compile must be None (on for CUDA only), True or False, got {s['compile']!r}")
     if not 0.0 <= s["label_smoothing"] < 1.0:
         problems.append(f"label_smoothing must be in [0, 1), got {s['label_smoothing']}")
-    if s["ngram_mode"] not in ("off", "all", "compact"):
-        problems.append(f"ngram_mode must be 'off', 'all' or 'compact', got {s['ngram_mode']!r}")
-    if s["ngram_n"] < 2 or s["ngram_r"] < 1 or not 0.0 <= s["ngram_alpha"] <= 1.0:
-        problems.append(f"ngram_n must be at least 2, ngram_r at least 1 and ngram_alpha in [0, 1], got "
-                        f"{s['ngram_n']}, {s['ngram_r']} and {s['ngram_alpha']}")
-    if s["ngram_mode"] != "off" and s["label_smoothing"] > 0:
-        problems.append("label_smoothing and ngram_mode are two soft targets for the same loss: switch one off")
     if s["learning_rate"] <= 0 or s["min_lr"] < 0:
         problems.append("learning_rate must be positive and min_lr non-negative")
-    problems += mod_problems(s)
-    problems += settings_problems(s)
+    # Each technique checks its own settings, in its own file.
+    problems += ngram.settings_problems(s) + mod.settings_problems(s) + planner.settings_problems(s)
     if problems:
         raise ConfigError("; ".join(problems))
-
-
-def mod_problems(s):
-    problems = []
-    tuning = s["init_from"] not in ("scratch", "resume")  # n_layer comes from the checkpoint: build_model checks
-    if s["mod_k"] < 0 or (not tuning and s["mod_k"] > s["n_layer"]):
-        problems.append(f"mod_k must be between 0 and n_layer ({s['n_layer']}), got {s['mod_k']}")
-    if s["mod_router_input"] == "input" and not tuning and s["mod_k"] == s["n_layer"]:
-        problems.append("mod_router_input='input' reads the input to the late stack, the embedding when mod_k "
-                        "== n_layer: lower mod_k or use mod_router_input='final'")
-    if s["mod_tune"] not in TUNE_MODES:
-        problems.append(f"mod_tune must be one of {TUNE_MODES}, got '{s['mod_tune']}'")
-    if s["mod_tune"] in ("mod_only", "lora_mod") and s["mod_k"] < 2:
-        problems.append(f"mod_tune='{s['mod_tune']}' trains the depth ensemble: set mod_k to 2 or more")
-    if s["mod_tune"] != "full" and s["init_from"] == "scratch":
-        problems.append(f"mod_tune='{s['mod_tune']}' freezes the base model: tune a pretrained one with "
-                        f"--init_from=<path of a ckpt.pt>, or use mod_tune='full'")
-    if s["mod_router_input"] not in ("final", "input"):
-        problems.append(f"mod_router_input must be 'final' or 'input', got '{s['mod_router_input']}'")
-    if s["mod_kl"] not in ("forward", "reverse"):
-        problems.append(f"mod_kl must be 'forward' or 'reverse', got '{s['mod_kl']}'")
-    if s["mod_lambda"] < 0 or not 0.0 < s["mod_distill_frac"] <= 1.0:
-        problems.append(f"mod_lambda must be >= 0 and mod_distill_frac in (0, 1], got {s['mod_lambda']} and "
-                        f"{s['mod_distill_frac']}")
-    if s["lora_rank"] < 1:
-        problems.append(f"lora_rank must be at least 1, got {s['lora_rank']}")
-    return problems
 
 
 SETTINGS = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str,
@@ -499,10 +467,7 @@ class Trainer:
 
 # --- checkpoints ------------------------------------------------------------------------------------------------
 def save_checkpoint(path, state):
-    """Write to a temporary file, then rename: a crash mid-write never leaves a truncated checkpoint."""
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_atomically(path, lambda f: torch.save(state, f))
 
 
 def check_same_run(checkpoint, settings):

@@ -32,6 +32,7 @@ import pickle
 import re
 import subprocess
 import sys
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -107,20 +108,46 @@ def gpt2_encoding():
 
 
 def _write_files(out_dir, files):
-    """Write {name: bytes} into out_dir under temporary names, then rename them into place in dict order.
-
-    A reader never sees a half-written file, and a failure leaves no temporary file behind.
-    """
+    """Write {name: bytes} into out_dir, each atomically, in dict order (the last one lands last)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmps = {name: out_dir / f"{name}.tmp" for name in files}
+    for name, data in files.items():
+        write_atomically(out_dir / name, lambda f: f.write(data))
+
+
+def write_atomically(path, write):
+    """Call write(binary file) on a temporary file beside path, then rename it to path: a reader never sees a
+    half-written file, a crash leaves the previous version in place, and a failed write removes its temporary
+    file. The temporary name is unique, so two processes writing the same path never rename each other's file."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        for name, data in files.items():
-            tmps[name].write_bytes(data)
-        for name in files:
-            os.replace(tmps[name], out_dir / name)
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
     finally:
-        for tmp in tmps.values():
-            tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+
+
+def load_cache(path, header):
+    """The arrays cached at path if it was built from exactly `header` (a JSON-able dict), else None: a cache that
+    is missing, stale or unreadable is rebuilt by the caller, never used."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as f:
+            if json.loads(str(f["header"])) == json.loads(json.dumps(header)):
+                return {k: f[k] for k in f.files if k != "header"}
+        reason = "it was built from other data or settings"
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        reason = f"it cannot be read ({type(e).__name__})"
+    print(f"rebuilding {path}: {reason}")
+    return None
+
+
+def save_cache(path, header, arrays):
+    """Write arrays with their header to path (a .npz), atomically."""
+    write_atomically(path, lambda f: np.savez(f, header=np.array(json.dumps(header, sort_keys=True)), **arrays))
 
 
 def split_by_hash(docs, val_percent=10):

@@ -16,8 +16,9 @@ from configurator import ConfigError
 from data.common import gpt2_encoding, load_docs, load_meta, load_texts, load_tokens, write_dataset
 from lm import LanguageModel
 from model import GPT, GPTConfig
-from planner import (PlanConditioner, PlanData, Planner, Replanner, initialise_plan, kmeans, load_cache,
-                     plan_codec, save_cache, sentence_breaks, sentence_starts)
+from data.common import load_cache, save_cache
+from planner import (PlanConditioner, PlanData, Planner, Replanner, initialise_plan, kmeans, plan_codec,
+                     sentence_breaks, sentence_starts)
 
 K, M = 4, 3
 
