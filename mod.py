@@ -78,6 +78,22 @@ def settings_problems(s):
     return problems
 
 
+COLLAPSED = 0.95  # a late layer with this much of the mean routing weight: the ensemble is one layer
+
+
+def health_warning(record):
+    """A warning when the router has collapsed onto one late layer (mean routing weight over the validation tokens
+    of at least COLLAPSED), else None. record is an evaluation's log record."""
+    routes = {int(k[len("val_route"):]): v for k, v in record.items() if k.startswith("val_route")}
+    if not routes:
+        return None
+    layer, weight = max(routes.items(), key=lambda item: item[1])
+    if weight < COLLAPSED:
+        return None
+    return (f"the depth ensemble has collapsed onto layer {layer}: it holds {weight:.2f} of the routing weight, "
+            f"so the other late layers add nothing (docs/mod.md)")
+
+
 class DepthEnsemble(nn.Module):
     """Norms and router of the ensemble over the last k layers; the GPT (its ln_f and lm_head) is passed in, not
     owned, so its weights stay in one place and the LM head is the shared, tied one."""

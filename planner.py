@@ -557,6 +557,17 @@ def settings_problems(s):
     return problems
 
 
+def health_warning(record):
+    """A warning when the planner is no better than always answering the most frequent train label on the same
+    validation sentences, else None. record is an evaluation's log record."""
+    if "val_plan_acc" not in record or "val_plan_majority_acc" not in record:
+        return None
+    if record["val_plan_acc"] > record["val_plan_majority_acc"]:
+        return None
+    return (f"the planner is not planning: its label accuracy {record['val_plan_acc']:.3f} is not above the "
+            f"{record['val_plan_majority_acc']:.3f} of always answering the most frequent label (docs/planner.md)")
+
+
 def initialise_plan(conditioner, data, s, init_checkpoint=None):
     """The starting weights of a new run: codebooks and planner output from the centroids; then the pre-trained
     planner of plan_init_planner (stage 3); then the plan weights of init_from's checkpoint when it has them

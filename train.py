@@ -237,6 +237,7 @@ class Trainer:
                           vocab_size=vocab_size if vocab_size < 1024 else -(-vocab_size // 64) * 64,
                           block_size=s["block_size"], dropout=s["dropout"], flash=s["flash"])
         self.iter_num, self.best_val_loss, self.elapsed = 0, float("inf"), 0.0
+        self.warned = set()
         resume, tune = s["init_from"] == "resume", s["init_from"] not in ("scratch", "resume")
         checkpoint = None
         if resume:
@@ -441,6 +442,7 @@ class Trainer:
             record["mfu"] = mfu
         tqdm.write(f"iter {self.iter_num}: train loss {record['train_loss']:.4f}, val loss {val_loss:.4f}, "
                    f"val ppl {record['val_ppl']:.2f}")
+        self.warn_degenerate(record)
         if not math.isfinite(val_loss):
             raise FloatingPointError(f"the validation loss is {val_loss} at iteration {self.iter_num}; stopping "
                                      f"without overwriting the last good checkpoint in {s['out_dir']}")
@@ -453,6 +455,18 @@ class Trainer:
             "scaler": self.scaler.state_dict(), "model_args": self.model_args, "config": s,
             "iter_num": self.iter_num, "best_val_loss": self.best_val_loss, "elapsed_s": self.elapsed,
             "tokenizer": self.meta["tokenizer"]})
+
+    def warn_degenerate(self, record):
+        """A technique that stops doing its job says so: the warning is kept in the record (the plot marks it) and
+        printed the first time each technique degenerates."""
+        warnings = {name: w for name, w in (("mod", mod.health_warning(record)),
+                                             ("planner", planner.health_warning(record))) if w}
+        if warnings:
+            record["warnings"] = list(warnings.values())
+        for name, warning in warnings.items():
+            if name not in self.warned:
+                self.warned.add(name)
+                tqdm.write(f"warning: {warning}")
 
     def print_sample(self):
         encode, decode = get_codec(self.meta)
