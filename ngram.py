@@ -155,21 +155,6 @@ def in_document(tokens, n, boundary_token):
     return ok
 
 
-def exact_distribution(tokens, n, context, boundary_token=None):
-    """y_all of one context (a tuple of n-1 token ids): {next token id: probability} over the corpus."""
-    stats = count_ngrams(tokens, n, boundary_token)
-    if len(context) != n - 1:
-        raise ValueError(f"a context of an {n}-gram has {n - 1} tokens, got {len(context)}")
-    key = 0
-    for token in context:
-        key = (key << stats.bits) | int(token)
-    k = int(np.searchsorted(stats.context_keys, np.uint64(key)))
-    if k == len(stats.context_keys) or int(stats.context_keys[k]) != key:
-        raise ValueError(f"context {tuple(context)} never occurs inside a document of the corpus")
-    span = slice(stats.ptr[k], stats.ptr[k + 1])
-    return {int(v): c / stats.totals[k] for v, c in zip(stats.next_ids[span], stats.counts[span])}
-
-
 # --- AllNTs: the exact target, gathered per batch -------------------------------------------------------------
 class ExactTargets:
     """y_all for any positions, as (ids, probs) padded to the widest support among them (padding has prob 0)."""
@@ -261,13 +246,6 @@ def deal_tail_tokens(tail_ids, next_tokens, context, in_s, tail_counts, seed):
     borrowing = rank >= 0
     source = rows[group_start + rank % tail_counts[c]]
     tail_ids[rows[borrowing]] = next_tokens[source[borrowing]]
-
-
-def compact_targets(tokens, n, r, seed=0, boundary_token=None):
-    """The compact target of every position as numpy arrays (ids, probs) of shape (len(tokens) - 1, r + 1).
-    Row i is the target for predicting tokens[i + 1]; rows sum to 1 and padding entries have probability 0."""
-    targets = build_compact(tokens, n, r, seed, boundary_token)
-    return targets(np.arange(len(tokens) - 1))
 
 
 # --- what train.py uses ---------------------------------------------------------------------------------------

@@ -53,6 +53,23 @@ def y_all_table(tokens, n, boundary_token=EOT):
     return y, has_context
 
 
+def compact_targets(tokens, n, r, seed=0, boundary_token=None):
+    """The compact target of every position (ids, probs), shape (len(tokens) - 1, r + 1): row i predicts
+    tokens[i + 1]."""
+    return ngram.build_compact(tokens, n, r, seed, boundary_token)(np.arange(len(tokens) - 1))
+
+
+def distribution_of(stats, context):
+    """y_all of one context (a tuple of n-1 ids) read from ngram.count_ngrams' rows: {next token: probability}."""
+    key = 0
+    for token in context:
+        key = (key << stats.bits) | int(token)
+    k = int(np.searchsorted(stats.context_keys, np.uint64(key)))
+    assert int(stats.context_keys[k]) == key, f"context {context} was not counted"
+    span = slice(stats.ptr[k], stats.ptr[k + 1])
+    return {int(v): c / stats.totals[k] for v, c in zip(stats.next_ids[span], stats.counts[span])}
+
+
 def dense(ids, probs):
     """(rows, k) sparse targets -> (rows, VOCAB) distributions."""
     out = np.zeros((len(ids), VOCAB))
@@ -69,7 +86,7 @@ def test_counts_match_brute_force(n):
     assert stats.totals.sum() == sum(sum(c.values()) for c in expected.values())
     for context, counter in expected.items():
         total = sum(counter.values())
-        assert ngram.exact_distribution(tokens, n, context, EOT) == pytest.approx(
+        assert distribution_of(stats, context) == pytest.approx(
             {v: c / total for v, c in counter.items()}, rel=1e-12)
 
 
@@ -83,7 +100,7 @@ def test_compact_average_over_a_context_is_y_all_exactly_when_the_tail_divides_t
         rng.shuffle(pairs)
         tokens = np.array([t for pair in pairs for t in (*pair, EOT)])
         for context, r in ((0, 1), (1, 2)):
-            ids, probs = ngram.compact_targets(tokens, 2, r, seed=seed, boundary_token=EOT)
+            ids, probs = compact_targets(tokens, 2, r, seed=seed, boundary_token=EOT)
             rows = np.flatnonzero(tokens[:-1] == context)
             y = np.bincount(followers[context], minlength=VOCAB) / len(followers[context])
             assert dense(ids[rows], probs[rows]).mean(axis=0) == pytest.approx(y, abs=1e-6)
@@ -98,7 +115,7 @@ def test_compact_targets_are_unbiased():
     average = np.zeros_like(y)
     seeds = 200
     for seed in range(seeds):
-        ids, probs = ngram.compact_targets(tokens, 3, 2, seed=seed, boundary_token=EOT)
+        ids, probs = compact_targets(tokens, 3, 2, seed=seed, boundary_token=EOT)
         average += dense(ids, probs) / seeds
     for k in range(len(stats.ptr) - 1):
         rows = stats.row_context == k
@@ -109,7 +126,7 @@ def test_compact_targets_are_unbiased():
 def test_top_r_entries_are_y_all_top_r():
     tokens, r = zipf_corpus(2), 3
     y, has_context = y_all_table(tokens, 3)
-    ids, probs = ngram.compact_targets(tokens, 3, r, boundary_token=EOT)
+    ids, probs = compact_targets(tokens, 3, r, boundary_token=EOT)
     for i in np.flatnonzero(has_context):
         top = sorted(np.flatnonzero(y[i]), key=lambda v: (-y[i, v], v))[:r]  # ties to the smaller id
         kept = probs[i, :r] > 0
@@ -120,14 +137,14 @@ def test_top_r_entries_are_y_all_top_r():
 def test_r_at_least_the_support_gives_y_all():
     tokens = zipf_corpus(3)
     y, has_context = y_all_table(tokens, 3)
-    ids, probs = ngram.compact_targets(tokens, 3, VOCAB, boundary_token=EOT)
+    ids, probs = compact_targets(tokens, 3, VOCAB, boundary_token=EOT)
     assert dense(ids, probs)[has_context] == pytest.approx(y[has_context], abs=1e-6)
 
 
 def test_rows_are_distributions_and_fall_back_to_one_hot_without_an_in_document_context():
     tokens, n = zipf_corpus(4), 3
     _, has_context = y_all_table(tokens, n)
-    ids, probs = ngram.compact_targets(tokens, n, 2, boundary_token=EOT)
+    ids, probs = compact_targets(tokens, n, 2, boundary_token=EOT)
     assert ids.shape == probs.shape == (len(tokens) - 1, 3)
     assert probs.sum(axis=1) == pytest.approx(np.ones(len(tokens) - 1), abs=1e-6)
     after_boundary = np.zeros(len(tokens) - 1, bool)
@@ -144,7 +161,7 @@ def test_rows_are_distributions_and_fall_back_to_one_hot_without_an_in_document_
 def test_compact_target_variance_is_below_the_one_hot_target_variance():
     tokens, r = zipf_corpus(5, size=20000), 3
     y, has_context = y_all_table(tokens, 3)
-    ids, probs = ngram.compact_targets(tokens, 3, r, boundary_token=EOT)
+    ids, probs = compact_targets(tokens, 3, r, boundary_token=EOT)
     compact = ((dense(ids, probs) - y) ** 2).sum(axis=1)[has_context].mean()
     one_hot = ((np.eye(VOCAB)[tokens[1:]] - y) ** 2).sum(axis=1)[has_context].mean()
     # The spec's formula (1 - m)^2 - |y_tail|^2 per position, with S the top r of each position's y_all.
@@ -183,7 +200,7 @@ def test_sparse_loss_and_its_gradient_equal_the_dense_soft_cross_entropy():
 def test_alpha_zero_gives_the_plain_loss_and_gradient():
     tokens = zipf_corpus(8)
     rows = np.arange(100, 132).reshape(2, 16)
-    ids, probs = ngram.compact_targets(tokens, 3, 2, boundary_token=EOT)
+    ids, probs = compact_targets(tokens, 3, 2, boundary_token=EOT)
     x, y = torch.from_numpy(tokens[rows]), torch.from_numpy(tokens[rows + 1])
     extra = {"ngram_ids": torch.from_numpy(ids[rows]).long(), "ngram_probs": torch.from_numpy(probs[rows])}
     results = []
@@ -202,12 +219,11 @@ def test_alpha_zero_gives_the_plain_loss_and_gradient():
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: ngram.compact_targets(np.arange(10), 1, 2), "n must be at least 2"),
-    (lambda: ngram.compact_targets(np.arange(10), 3, 0), "r must be at least 1"),
-    (lambda: ngram.compact_targets(np.array([1, 70000, 3]), 2, 2), "does not fit the uint16"),
-    (lambda: ngram.compact_targets(np.array([], np.uint16), 2, 2), "at least 2 tokens"),
+    (lambda: ngram.build_compact(np.arange(10), 1, 2), "n must be at least 2"),
+    (lambda: ngram.build_compact(np.arange(10), 3, 0), "r must be at least 1"),
+    (lambda: ngram.build_compact(np.array([1, 70000, 3]), 2, 2), "does not fit the uint16"),
+    (lambda: ngram.build_compact(np.array([], np.uint16), 2, 2), "at least 2 tokens"),
     (lambda: ngram.count_ngrams(np.array([1, 60000, 3]), 5), "use n <= 4"),
-    (lambda: ngram.exact_distribution(np.arange(10), 3, (3, 5)), "never occurs"),
 ])
 def test_bad_input_is_refused_with_a_clear_error(call, message):
     with pytest.raises(ValueError, match=message):
@@ -233,7 +249,7 @@ def test_cache_is_reused_and_rebuilt_when_stale(tmp_path, monkeypatch):
     changed = tokens.copy()
     changed[:100] = changed[100:200]
     rebuilt = ngram.load_targets("compact", tmp_path, changed, 3, 2, 0, EOT)
-    expected = ngram.compact_targets(changed, 3, 2, 0, EOT)
+    expected = compact_targets(changed, 3, 2, 0, EOT)
     for a, b in zip(rebuilt(rows), expected):
         assert np.array_equal(a, b)
     cache.write_bytes(b"truncated")
