@@ -3,7 +3,8 @@ Speed, measured in one run so that every ratio compares like with like on the sa
 
     python bench.py          # the plain model: ms/iter and tokens/s, against a bare PyTorch loop of the same
                              # model, and generation with and without the KV cache
-    python bench.py --all    # also every technique's step time as a ratio to the plain model, and build times
+    python bench.py --all    # also every technique's step time as a ratio to the plain model, build times, and
+                             # the n-gram loss against the plain cross-entropy on a 65- and a 50304-token head
 
 Training steps run through train.py's own Trainer, so what is timed is exactly what training does (batch
 sampling, the techniques' extras, forward, backward, AdamW). Arms are timed in alternation over several rounds
@@ -17,6 +18,7 @@ import tracemalloc
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 import ngram
 import train
@@ -178,6 +180,57 @@ def bench_ngram_build():
 
 
 
+def bench_ngram_loss():
+    """Forward + backward of the n-gram soft-target loss on a batch of logits, against the plain cross-entropy:
+    the hand-written SparseCrossEntropy and the same sum written in plain autograd, on the character head and on
+    GPT-2's padded 50k head. Time and peak memory as ratios to the plain CE, median of alternating rounds."""
+    rows, k = batch_size * block_size, 8 + 2  # r = 8 top tokens, the tail token and the observed one
+    print(f"\nn-gram loss, forward + backward on {rows} positions with r = 8, as a ratio to F.cross_entropy "
+          f"(median of alternating rounds; peak: bytes allocated during the call)")
+    print("| vocabulary | arm | ms | time ratio | peak MB | peak ratio |\n|---|---|---|---|---|---|")
+    for vocab in (65, 50304):
+        generator = torch.Generator().manual_seed(0)
+        logits = torch.randn(rows, vocab, generator=generator, requires_grad=True)
+        ids = torch.randint(vocab, (rows, k), generator=generator)
+        weights = torch.softmax(torch.randn(rows, k, generator=generator), dim=1)
+        arms = {"plain CE": lambda: F.cross_entropy(logits, ids[:, 0]),
+                "autograd": lambda: -(weights * F.log_softmax(logits, dim=-1).gather(1, ids)).sum(1).mean(),
+                "SparseCrossEntropy": lambda: ngram.SparseCrossEntropy.apply(logits, ids, weights)[0]}
+
+        def forward_backward(loss_fn):
+            loss_fn().backward()
+            logits.grad = None
+
+        seconds = {name: [] for name in arms}
+        for loss_fn in arms.values():
+            forward_backward(loss_fn)
+        repeats = steps if vocab < 1024 else 2  # a 50k head takes a good part of a second on a CPU
+        for _ in range(rounds):
+            for name, loss_fn in arms.items():
+                t0 = time.perf_counter()
+                for _ in range(repeats):
+                    forward_backward(loss_fn)
+                seconds[name].append((time.perf_counter() - t0) / repeats)
+        seconds = {name: statistics.median(times) for name, times in seconds.items()}
+        peaks = {name: peak_bytes(lambda: forward_backward(loss_fn)) for name, loss_fn in arms.items()}
+        for name in arms:
+            print(f"| {vocab} | {name} | {seconds[name] * 1000:.2f} | {seconds[name] / seconds['plain CE']:.3f} | "
+                  f"{peaks[name] / 2**20:.1f} | {peaks[name] / peaks['plain CE']:.3f} |")
+
+
+def peak_bytes(fn):
+    """The most bytes fn holds allocated at once on the CPU, from the profiler's allocation events in time order."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    held = peak = 0
+    for event in events:
+        held += event.nbytes()
+        peak = max(peak, held)
+    return peak
+
+
 def bench_plan_labels():
     """The planner's label building (LSA embedding + k-means), per 10k sentences of wiki."""
     data_dir = ensure_prepared("wiki")
@@ -196,6 +249,7 @@ def main(argv):
     if all:
         bench_techniques()
         bench_ngram_build()
+        bench_ngram_loss()
         bench_plan_labels()
 
 

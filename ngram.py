@@ -278,8 +278,8 @@ def soft_target_loss(logits, targets, ids, probs, alpha):
 class SparseCrossEntropy(torch.autograd.Function):
     """Mean over rows of -sum_j weights[:, j] * log_softmax(logits)[ids[:, j]] for targets that sum to 1, and the
     plain CE of column 0. The gradient is (softmax(logits) - target) / rows, written out: backward then builds one
-    vocabulary-sized tensor where autograd would build three (for log_softmax, for gather, and their sum), which
-    keeps the n-gram loss as cheap as the plain cross-entropy."""
+    vocabulary-sized tensor beside the saved log-probabilities, where autograd's backward of the same expression
+    builds two (gather's scattered gradient, then log_softmax's)."""
 
     @staticmethod
     def forward(ctx, logits, ids, weights):
