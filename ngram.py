@@ -27,24 +27,9 @@ CoCoNTs (compact, consistent): the same loss with y_all replaced by a target of 
   (1 - m)^2 - |y_tail|^2 instead of NT's 1 - |y_all|^2. (Putting the leftover mass on the observed token even when
   it is in S would be biased towards S.) The loss is r + 2 gathers after one log-softmax.
 
-Decisions where the paper is silent (ours):
-- A context must lie inside one document: a context containing the boundary token (EOT between documents) is no
-  context, and such positions, and the first n-2 of the corpus, keep the plain one-hot target. Predicting the
-  boundary token itself from an in-document context is fine: it is how a document ends.
-- Which tail occurrence an in-S occurrence borrows from: the tail occurrences of each context are shuffled (seeded)
-  and dealt out in turn to its in-S occurrences. Each borrowed token is then a uniform draw from the tail, so the
-  target is unbiased, and the tail tokens are dealt almost evenly: when the in-S count is a multiple of the tail
-  count, the average over the occurrences is exactly y_all, otherwise off by at most one partial round.
-- Token ids must fit in uint16 (the datasets' own format); the statistics are counted by packing
-  (context, next token) into one 64-bit key, so n * bits(largest id) must be at most 64: n <= 4 for GPT-2 BPE.
-- Storage of the compact targets: a per-context table (r top ids as uint16, r top probabilities and the tail mass
-  as float32) and per position a context row (int32) and a tail token (uint16): 6 bytes per token plus
-  6r + 4 bytes per distinct context.
-- AllNTs gathers each batch's supports padded to the widest one in the batch (at most the vocabulary): memory
-  stays bounded by batch * block * min(largest support, vocabulary).
-- Both losses use one sparse cross-entropy whose gradient, softmax(logits) - target, is written out (see
-  SparseCrossEntropy). alpha = 0.5 by default (our choice).
-- Statistics come from the train split only; validation is always scored with plain cross-entropy.
+A context lies inside one document (no boundary token in it); a position without one keeps the one-hot target.
+Statistics come from the train split only, and validation is always scored with plain cross-entropy. The decisions
+where the paper is silent, and why: docs/ngram.md.
 """
 
 import hashlib
