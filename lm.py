@@ -47,8 +47,8 @@ class LanguageModel(nn.Module):
             logits, weights, normed = self.mod(hidden, self.gpt)
         else:
             logits = self.gpt.head(hidden[-1])
-        loss, ce = self.next_token_loss(logits, y, extra)
-        stats = {"ce": ce.detach(), **plan_stats}
+        loss, stats = self.next_token_loss(logits, y, extra)
+        stats.update(plan_stats)
         if self.mod is not None:
             distill, mod_stats = self.mod.aux_loss(self.gpt, hidden, normed, weights, y)
             loss = loss + distill
@@ -58,14 +58,15 @@ class LanguageModel(nn.Module):
         return loss, stats
 
     def next_token_loss(self, logits, y, extra):
-        """The training loss of the logits (against n-gram soft targets, smoothed, or plain) and their plain CE."""
-        if self.training and "ngram_ids" in extra:
+        """The training loss of the logits (against n-gram soft targets, smoothed, or plain) and its stats: the
+        plain CE, and the CE against the n-gram target where the batch has one (train batches only)."""
+        if "ngram_ids" in extra:
             return ngram.soft_target_loss(logits, y, extra["ngram_ids"], extra["ngram_probs"], self.ngram_alpha)
         flat_logits, flat_y = logits.flatten(0, 1), y.flatten()
         ce = F.cross_entropy(flat_logits, flat_y)
         if self.training and self.label_smoothing > 0:
-            return F.cross_entropy(flat_logits, flat_y, label_smoothing=self.label_smoothing), ce
-        return ce, ce
+            return F.cross_entropy(flat_logits, flat_y, label_smoothing=self.label_smoothing), {"ce": ce.detach()}
+        return ce, {"ce": ce.detach()}
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True):
         """Sample with the techniques in the loop: the ensemble's mixed logits, the planner's plan of each sentence."""

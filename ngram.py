@@ -253,16 +253,18 @@ def load_targets(mode, data_dir, tokens, n, r, seed, boundary_token):
 
 def soft_target_loss(logits, targets, ids, probs, alpha):
     """(1 - alpha) * CE(onehot(targets), p) + alpha * CE(y, p), the soft target y given sparsely by (ids, probs)
-    (..., k); also returns the plain CE. Both parts are one sparse target of k + 1 entries."""
+    (..., k), and its two parts to log: 'ce', the plain CE, and 'ngram_ce', CE(y, p). Both parts are one sparse
+    target of k + 1 entries."""
     ids = torch.cat((targets.reshape(-1, 1), ids.flatten(0, -2)), dim=1)
-    weights = torch.cat((torch.full_like(ids[:, :1], 1 - alpha, dtype=probs.dtype), alpha * probs.flatten(0, -2)),
-                        dim=1)
-    return SparseCrossEntropy.apply(logits.float().flatten(0, -2), ids, weights)
+    probs = probs.flatten(0, -2)
+    weights = torch.cat((torch.full_like(ids[:, :1], 1 - alpha, dtype=probs.dtype), alpha * probs), dim=1)
+    loss, picked = SparseCrossEntropy.apply(logits.float().flatten(0, -2), ids, weights)
+    return loss, {"ce": -picked[:, 0].mean(), "ngram_ce": -(probs * picked[:, 1:]).sum(dim=1).mean()}
 
 
 class SparseCrossEntropy(torch.autograd.Function):
     """Mean over rows of -sum_j weights[:, j] * log_softmax(logits)[ids[:, j]] for targets that sum to 1, and the
-    plain CE of column 0. The gradient is (softmax(logits) - target) / rows, written out: backward then builds one
+    log-probabilities it picked (rows, k), without gradient. The gradient is (softmax(logits) - target) / rows, written out: backward then builds one
     vocabulary-sized tensor beside the saved log-probabilities, where autograd's backward of the same expression
     builds two (gather's scattered gradient, then log_softmax's)."""
 
@@ -271,12 +273,11 @@ class SparseCrossEntropy(torch.autograd.Function):
         logprobs = F.log_softmax(logits, dim=-1)
         picked = logprobs.gather(1, ids)
         ctx.save_for_backward(logprobs, ids, weights)
-        ce = -picked[:, 0].mean()
-        ctx.mark_non_differentiable(ce)
-        return -(weights * picked).sum(dim=1).mean(), ce
+        ctx.mark_non_differentiable(picked)
+        return -(weights * picked).sum(dim=1).mean(), picked
 
     @staticmethod
-    def backward(ctx, grad_loss, grad_ce):
+    def backward(ctx, grad_loss, grad_picked):
         logprobs, ids, weights = ctx.saved_tensors
         grad = logprobs.exp().scatter_add_(1, ids, -weights)
         return grad.mul_(grad_loss / len(grad)), None, None

@@ -12,7 +12,9 @@ types). Every eval appends a line to out_dir/log.jsonl, redraws out_dir/loss.png
 import json
 import math
 import os
+import shlex
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -22,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import ngram
-from configurator import ConfigError, configure
+from configurator import ConfigError, configure, parse
 from data.common import document_start, ensure_prepared, get_codec, load_meta, load_tokens, write_atomically
 from lm import LanguageModel, load_checkpoint, pick_device, pick_precision
 import mod
@@ -148,9 +150,9 @@ def settings_from(argv):
     return settings
 
 
-# The plain GPT's validation perplexity with these settings (config/plain.py, the 'plain' arm of
-# `python experiments/run.py --suite small --only combined`; README): the main job ends by printing its own beside it.
-PLAIN_VAL_PPL = 5.98
+# The table of plain vs all three on the main job's settings, and the command that writes it.
+COMBINED_RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "combined.md")
+COMBINED_COMMAND = "python experiments/run.py --suite small --only combined"
 
 
 def main(argv):
@@ -158,9 +160,28 @@ def main(argv):
     trainer = Trainer(settings_from(argv))
     trainer.run()
     if not argv and trainer.master:  # the main job: put its result beside the plain model's on the same settings
-        print(f"validation perplexity {trainer.last_record['val_ppl']:.2f} with all three techniques; "
-              f"the plain GPT on the same settings: {PLAIN_VAL_PPL:.2f} (README, results/combined.md)")
+        print(beside_plain(trainer.last_record["val_ppl"], COMBINED_RESULTS))
     return trainer
+
+
+def beside_plain(val_ppl, results_path):
+    """The main job's validation perplexity beside the plain GPT's from the table experiments/combined.py wrote,
+    or the command that writes that table."""
+    mine = f"validation perplexity {val_ppl:.2f} with all three techniques"
+    plain = plain_val_ppl(results_path) if os.path.isfile(results_path) else None
+    if plain is None:
+        return f"{mine}; for the plain GPT's on the same settings, run `{COMBINED_COMMAND}` (it writes {results_path})"
+    return f"{mine}; the plain GPT on the same settings: {plain:.2f} ({results_path}, from `{COMBINED_COMMAND}`)"
+
+
+def plain_val_ppl(path):
+    """The 'plain' arm's validation perplexity in a table experiments/combined.py wrote, or None without that row."""
+    with open(path) as f:
+        rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in f if line.startswith("|")]
+    if not rows or "val ppl" not in rows[0]:
+        return None
+    column = rows[0].index("val ppl")
+    return next((float(row[column]) for row in rows if row[0] == "plain"), None)
 
 
 class Trainer:
@@ -363,6 +384,7 @@ class Trainer:
         first_iter = self.iter_num
         bar = tqdm(total=s["max_iters"], initial=self.iter_num, disable=not self.master, dynamic_ncols=True)
         t_last, iters_since, tokens_per_sec, lossf = time.time(), 0, 0.0, float("nan")
+        self.train_losses = []
         while True:
             lr = self.lr_at(self.iter_num)
             for group in self.optimizer.param_groups:
@@ -374,6 +396,7 @@ class Trainer:
                 self.elapsed += time.time() - t_last
                 if self.master:
                     self.eval_log_and_save(lr, tokens_per_sec)
+                self.train_losses = []  # (iteration, loss) at each log_interval until the next evaluation
                 t_last = time.time()
             if finished:
                 break
@@ -388,6 +411,7 @@ class Trainer:
                         f"the training loss is {lossf} at iteration {self.iter_num}; stopping. The last good "
                         f"checkpoint is {os.path.join(s['out_dir'], 'ckpt.pt')}: lower learning_rate or raise "
                         f"warmup_iters, then resume from it with --init_from=resume")
+                self.train_losses.append((self.iter_num, lossf))
                 now = time.time()
                 tokens_per_sec = iters_since * tokens_per_iter / (now - t_last + 1e-9) if iters_since else 0.0
                 self.elapsed += now - t_last
@@ -396,6 +420,8 @@ class Trainer:
         bar.close()
         if self.master and s["sample_tokens"] > 0:
             self.print_sample()
+        if self.master:
+            print(self.how_to_continue())
         if self.ddp:
             dist.destroy_process_group()
 
@@ -433,8 +459,10 @@ class Trainer:
         val_loss = results["val"]["ce"]
         record = {"iter": self.iter_num, "train_loss": results["train"]["ce"], "val_loss": val_loss,
                   "val_ppl": math.exp(min(val_loss, 50.0)), "lr": lr, "tokens_per_sec": tokens_per_sec,
-                  "elapsed_s": round(self.elapsed, 2), "trainable_params": self.n_trainable}
+                  "elapsed_s": round(self.elapsed, 2), "trainable_params": self.n_trainable,
+                  "train_losses": self.train_losses}
         record.update({f"val_{k}": v for k, v in results["val"].items() if k != "ce"})
+        record.update({f"train_{k}": v for k, v in results["train"].items() if k.startswith("ngram")})
         self.last_record = record
         mfu = estimate_mfu(self.model.gpt, tokens_per_sec, torch.cuda.get_device_name()) \
             if self.device_type == "cuda" else None
@@ -448,7 +476,7 @@ class Trainer:
                                      f"without overwriting the last good checkpoint in {s['out_dir']}")
         with open(os.path.join(s["out_dir"], "log.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
-        plot_log(s["out_dir"])
+        plot_log(s["out_dir"], s)
         self.best_val_loss = min(self.best_val_loss, val_loss)
         save_checkpoint(os.path.join(s["out_dir"], "ckpt.pt"), {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -467,6 +495,18 @@ class Trainer:
             if name not in self.warned:
                 self.warned.add(name)
                 tqdm.write(f"warning: {warning}")
+
+    def how_to_continue(self):
+        """Where the checkpoint is, and the commands that sample from it and resume it."""
+        changed = changed_settings(self.s)
+        launcher = f"torchrun --standalone --nproc_per_node={self.world}" if self.ddp else "python"
+        resume = [f"--{k}={setting_text(v)}" for k, v in changed.items() if k != "init_from"] + ["--init_from=resume"]
+        out_dir = self.s["out_dir"]
+        return (f"checkpoint: {os.path.join(out_dir, 'ckpt.pt')} (iteration {self.iter_num}), curves: "
+                f"{os.path.join(out_dir, 'loss.png')}\n"
+                f"sample from it: python sample.py {shlex.quote(f'--out_dir={out_dir}')}\n"
+                f"resume it (raise --max_iters to train further): {launcher} train.py "
+                + " ".join(map(shlex.quote, resume)))
 
     def print_sample(self):
         encode, decode = get_codec(self.meta)
@@ -523,23 +563,103 @@ def read_log(out_dir):
         return [json.loads(line) for line in f]
 
 
-def plot_log(out_dir):
-    """Redraw out_dir/loss.png from log.jsonl: train and validation loss against iterations."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_log(out_dir, settings=None):
+    """Draw out_dir/log.jsonl into out_dir/loss.png, and return the Figure (a notebook shows it). The first panel
+    has the training objective at every log_interval and the plain cross-entropy of each evaluation; then one panel
+    per technique that is on, with its health figure over training and the evaluations where it degenerated
+    marked. The title lists the settings that differ from train.py's defaults."""
     records = read_log(out_dir)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key in ("train_loss", "val_loss"):
-        ax.plot([r["iter"] for r in records], [r[key] for r in records], marker=".", label=key.replace("_", " "))
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("cross-entropy (nats/token)")
-    ax.set_title(os.path.basename(os.path.abspath(out_dir)))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
+    if not records:
+        raise FileNotFoundError(f"no evaluations logged in {os.path.join(out_dir, 'log.jsonl')} yet: train first")
+    panels = [panel for panel in (ensemble_panel(records), planner_panel(records), ngram_panel(records, settings))
+              if panel is not None]
+    fig, axes = new_figure(1 + len(panels))
+    steps = [pair for r in records for pair in r.get("train_losses", [])]
+    if steps:
+        axes[0].plot(*zip(*steps), lw=0.8, alpha=0.6, label="training objective (per step)")
+    draw_curves(axes[0], {f"{split} CE (evaluations)": series(records, f"{split}_loss") for split in ("train", "val")},
+                "loss", "nats/token")
+    for ax, (title, curves, degenerate) in zip(axes[1:], panels):
+        draw_curves(ax, curves, title, "")
+        if degenerate:  # marked on the panel's first curve
+            marks = [(it, value) for it, value in zip(*next(iter(curves.values()))) if it in degenerate]
+            ax.plot(*zip(*marks), "rx", ms=9, label="degenerate (the run warned)")
+            ax.legend(fontsize=8)
+    if settings is None:
+        title = os.path.basename(os.path.abspath(out_dir))
+    else:
+        title = " ".join(f"{k}={v}" for k, v in changed_settings(settings).items() if k != "out_dir")
+    fig.suptitle(textwrap.fill(title or "train.py's defaults", 100), fontsize=9)
     fig.savefig(os.path.join(out_dir, "loss.png"), dpi=100)
-    plt.close(fig)
+    return fig
+
+
+def ensemble_panel(records):
+    """The depth ensemble's mean routing weight per late layer (mod.py), or None when it is off."""
+    routes = sorted((k for k in records[-1] if k.startswith("val_route")), key=lambda k: int(k[len("val_route"):]))
+    if not routes:
+        return None
+    return ("depth ensemble: mean routing weight per late layer",
+            {f"layer {k[len('val_route'):]}": series(records, k) for k in routes},
+            warned(records, mod.health_warning))
+
+
+def planner_panel(records):
+    """The planner's label accuracy beside always answering the majority label (planner.py), or None when off."""
+    if "val_plan_acc" not in records[-1]:
+        return None
+    curves = {"planner accuracy": series(records, "val_plan_acc")}
+    if "val_plan_majority_acc" in records[-1]:
+        curves["majority label"] = series(records, "val_plan_majority_acc")
+    return ("planner: next sentence's label accuracy (validation)", curves,
+            warned(records, planner.health_warning))
+
+
+def warned(records, health_warning):
+    """The iterations whose record carries this technique's warning (Trainer.warn_degenerate put it there)."""
+    return {r["iter"] for r in records if r.get("warnings") and health_warning(r) in r["warnings"]}
+
+
+def ngram_panel(records, settings):
+    """The cross-entropy against the n-gram target beside the plain one, on the same train batches (ngram.py)."""
+    if "train_ngram_ce" not in records[-1]:
+        return None
+    weight = f" (weight alpha = {settings['ngram_alpha']})" if settings else ""
+    return (f"n-gram target{weight}: cross-entropy on train batches",
+            {"against the n-gram target": series(records, "train_ngram_ce"),
+             "against the observed token (plain CE)": series(records, "train_loss")}, set())
+
+
+def changed_settings(s):
+    """The settings of a run that differ from the defaults above: what the command line changed."""
+    return {k: v for k, v in s.items() if k in SETTINGS and v != globals()[k]}
+
+
+def setting_text(value):
+    """value as --key=value text that the configurator reads back as the same value."""
+    return str(value) if parse(str(value)) == value and type(parse(str(value))) is type(value) else repr(value)
+
+
+def series(records, key):
+    """(iterations, values) of one logged key, over the records that have it."""
+    return [r["iter"] for r in records if key in r], [r[key] for r in records if key in r]
+
+
+def new_figure(rows, columns=1, width=7.0, height=3.0):
+    """A matplotlib Figure with a grid of axes, made without pyplot: no global figure state, and the process's
+    backend stays what it was (a notebook keeps its inline figures). fig.savefig renders it with Agg."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(width * columns, height * rows), layout="constrained")
+    return fig, fig.subplots(rows, columns, squeeze=False).ravel()
+
+
+def draw_curves(ax, curves, title, ylabel):
+    """One line per label: curves maps a label to (iterations, values)."""
+    for label, (iters, values) in curves.items():
+        ax.plot(iters, values, marker=".", label=label)
+    ax.set(title=title, xlabel="iteration", ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 if __name__ == "__main__":

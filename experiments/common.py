@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from train import read_log  # the log format belongs to train.py, which writes it
+from train import draw_curves, new_figure, read_log, series  # the log and its plots belong to train.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,21 +33,10 @@ def first_iter_reaching(records, loss, key="val_loss"):
 
 def plot_curves(runs, path, title, key="val_loss", ylabel="validation loss (nats/token)"):
     """One line per arm: runs maps an arm's label to its log records."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, records in runs.items():
-        ax.plot([r["iter"] for r in records], [r[key] for r in records], marker=".", label=label)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
+    fig, (ax,) = new_figure(1, height=4.5)
+    draw_curves(ax, {label: series(records, key) for label, records in runs.items()}, title, ylabel)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def markdown_table(header, rows):

@@ -14,6 +14,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configurator import read_config_file
 from experiments.common import ROOT, first_iter_reaching, markdown_table, train_arm
+from train import draw_curves, new_figure, series
 
 DATASETS = ("shakespeare_char", "wiki")
 ARMS = {"off": "off.py", "label smoothing 0.1": "label_smoothing.py", "AllNTs": "all.py", "CoCoNTs": "compact.py"}
@@ -52,21 +53,11 @@ def run(suite, results_dir):
 
 def plot(runs, path):
     """One panel per dataset, one validation-loss curve per arm."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4.5))
+    fig, axes = new_figure(1, columns=len(runs), width=6, height=4.5)
     for ax, (dataset, arms) in zip(axes, runs.items()):
-        for arm, records in arms.items():
-            ax.plot([r["iter"] for r in records], [r["val_loss"] for r in records], marker=".", label=arm)
-        ax.set_title(dataset)
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("validation loss (nats/token)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
+        draw_curves(ax, {arm: series(records, "val_loss") for arm, records in arms.items()}, dataset,
+                    "validation loss (nats/token)")
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

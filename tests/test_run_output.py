@@ -1,0 +1,121 @@
+"""What a run leaves to read: log.jsonl's records, the loss.png figure drawn from them, the closing lines that say
+where the checkpoint is and how to sample from it and resume it, and the main job's comparison with the plain GPT."""
+
+import importlib
+import shlex
+
+import matplotlib
+import pytest
+
+import sample
+import train
+from data.common import write_dataset
+
+TINY = [train.PLAIN_CONFIG, "--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
+        "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--compile=False"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus")
+    text = "the quick brown fox jumps over the lazy dog. " * 200
+    write_dataset(path, {"train": [text[:7000]], "val": [text[7000:]]}, "char", "tiny", "made by the test")
+    return str(path)
+
+
+def made_up_log(out_dir, **extra):
+    """Three evaluations 10 steps apart, with the per-step losses logged every 5 steps in between."""
+    records = [{"iter": it, "train_loss": 3.0 - it / 20, "val_loss": 3.1 - it / 20,
+                "train_losses": [[it - 5, 3.2 - it / 20], [it, 3.1 - it / 20]] if it else [], **extra}
+               for it in (0, 10, 20)]
+    (out_dir / "log.jsonl").write_text("\n".join(map(train.json.dumps, records)) + "\n")
+    return records
+
+
+def lines(ax):
+    return {line.get_label(): line.get_xydata().tolist() for line in ax.get_lines()}
+
+
+def test_the_plot_has_a_panel_per_technique_that_is_on_with_its_health_figure_and_warnings(tmp_path):
+    records = made_up_log(tmp_path, val_route2=0.6, val_route3=0.4, val_plan_acc=0.3, val_plan_majority_acc=0.2,
+                          train_ngram_ce=3.5)
+    records[2].update(val_route2=0.97, val_route3=0.03)  # collapsed onto layer 2 at the last evaluation
+    records[1].update(val_plan_acc=0.1)  # below the majority label at the middle one
+    trainer = train.Trainer.__new__(train.Trainer)
+    trainer.warned = set()
+    for record in records:
+        trainer.warn_degenerate(record)
+    (tmp_path / "log.jsonl").write_text("\n".join(map(train.json.dumps, records)) + "\n")
+    settings = train.settings_from([f"--out_dir={tmp_path}", "--mod_k=3", "--n_layer=6", "--ngram_alpha=0.3"])
+    fig = train.plot_log(str(tmp_path), settings)
+    loss, ensemble, plan, ngram = fig.axes
+    assert [ax.get_title() for ax in fig.axes] == [
+        "loss", "depth ensemble: mean routing weight per late layer",
+        "planner: next sentence's label accuracy (validation)",
+        "n-gram target (weight alpha = 0.3): cross-entropy on train batches"]
+    assert lines(loss)["training objective (per step)"] == [[5, 2.7], [10, 2.6], [15, 2.2], [20, 2.1]]
+    assert set(lines(loss)) == {"training objective (per step)", "train CE (evaluations)", "val CE (evaluations)"}
+    assert lines(ensemble)["layer 2"] == [[0, 0.6], [10, 0.6], [20, 0.97]]
+    assert lines(ensemble)["degenerate (the run warned)"] == [[20, 0.97]]
+    assert lines(plan)["majority label"] == [[0, 0.2], [10, 0.2], [20, 0.2]]
+    assert lines(plan)["degenerate (the run warned)"] == [[10, 0.1]]
+    assert set(lines(ngram)) == {"against the n-gram target", "against the observed token (plain CE)"}
+    title = fig.get_suptitle()
+    assert "mod_k=3" in title and "n_layer=6" in title and "out_dir" not in title and "dataset" not in title
+    assert (tmp_path / "loss.png").stat().st_size > 0
+
+
+def test_the_plain_gpt_gets_the_loss_panel_alone_and_the_planner_panel_waits_for_its_baseline(tmp_path):
+    made_up_log(tmp_path)
+    assert [ax.get_title() for ax in train.plot_log(str(tmp_path)).axes] == ["loss"]
+    made_up_log(tmp_path, val_plan_acc=0.3)
+    plan = train.plot_log(str(tmp_path)).axes[1]
+    assert list(lines(plan)) == ["planner accuracy"]
+
+
+def test_plotting_leaves_matplotlibs_backend_and_pyplot_alone(tmp_path):
+    # A notebook's inline backend must survive a run: plot_log draws on its own Figure.
+    import matplotlib.pyplot as plt
+    made_up_log(tmp_path)
+    before = matplotlib.get_backend()
+    matplotlib.use("pdf")
+    try:
+        figures = plt.get_fignums()
+        train.plot_log(str(tmp_path))
+        assert matplotlib.get_backend() == "pdf"
+        assert plt.get_fignums() == figures
+    finally:
+        matplotlib.use(before)
+
+
+def test_each_evaluation_record_carries_the_training_losses_since_the_one_before(corpus, tmp_path):
+    train.main([*TINY, f"--dataset={corpus}", f"--out_dir={tmp_path}", "--max_iters=8", "--eval_interval=4",
+                "--log_interval=2", "--ngram_mode=compact", "--ngram_n=3"])
+    records = train.read_log(tmp_path)
+    assert [r["iter"] for r in records] == [0, 4, 8]
+    assert [[it for it, _ in r["train_losses"]] for r in records] == [[], [2, 4], [6, 8]]
+    assert all(r["train_ngram_ce"] > 0 for r in records)
+
+
+def test_the_run_ends_with_commands_that_sample_from_it_and_resume_it(corpus, tmp_path, capsys):
+    train.main([*TINY, f"--dataset={corpus}", f"--out_dir={tmp_path / 'run'}", "--max_iters=4",
+                "--eval_interval=2", "--dropout=0.1"])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-3].startswith(f"checkpoint: {tmp_path / 'run' / 'ckpt.pt'} (iteration 4)")
+    sample_command = shlex.split(printed[-2].split(": ", 1)[1])
+    resume_command = shlex.split(printed[-1].split(": ", 1)[1])
+    assert sample_command[:2] == ["python", "sample.py"] and resume_command[:2] == ["python", "train.py"]
+    importlib.reload(sample).main([*sample_command[2:], "--num_samples=1", "--max_new_tokens=3", "--start=the"])
+    resumed = train.main([*resume_command[2:], "--max_iters=6"])
+    assert resumed.iter_num == 6 and [r["iter"] for r in train.read_log(tmp_path / "run")] == [0, 2, 4, 6]
+
+
+def test_the_main_job_reads_the_plain_gpts_perplexity_from_the_results_the_experiment_wrote(tmp_path, monkeypatch):
+    import experiments.combined as combined
+    monkeypatch.setattr(combined, "train_arm", lambda out_dir, args, max_iters: [  # the plain arm has no flags
+        {"iter": max_iters, "val_loss": 2.0, "val_ppl": 7.0 if args else 6.25, "trainable_params": 1, "elapsed_s": 1.0}])
+    path = tmp_path / "combined.md"
+    assert "run `python experiments/run.py --suite small --only combined`" in train.beside_plain(6.5, str(path))
+    combined.run("small", str(tmp_path))
+    assert train.beside_plain(6.5, str(path)).startswith(
+        "validation perplexity 6.50 with all three techniques; the plain GPT on the same settings: 6.25")
