@@ -14,7 +14,6 @@ import math
 import os
 import shlex
 import sys
-import textwrap
 import time
 
 import numpy as np
@@ -30,6 +29,7 @@ from lm import LanguageModel, load_checkpoint, pick_device, pick_precision
 import mod
 from mod import merge_lora
 from model import GPT, GPTConfig, configure_optimizers, estimate_mfu
+from plot import plot_log
 import planner
 from planner import PlanData, initialise_plan
 
@@ -476,7 +476,7 @@ class Trainer:
                                      f"without overwriting the last good checkpoint in {s['out_dir']}")
         with open(os.path.join(s["out_dir"], "log.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
-        plot_log(s["out_dir"], s)
+        plot_log(s["out_dir"], run_title(s), s["ngram_alpha"])
         self.best_val_loss = min(self.best_val_loss, val_loss)
         save_checkpoint(os.path.join(s["out_dir"], "ckpt.pt"), {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -554,112 +554,19 @@ def strip_prefix(state_dict, prefix):
     return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
-def read_log(out_dir):
-    """The records of out_dir/log.jsonl, one per evaluation; [] before a run has logged any."""
-    path = os.path.join(out_dir, "log.jsonl")
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f]
-
-
-def plot_log(out_dir, settings=None):
-    """Draw out_dir/log.jsonl into out_dir/loss.png, and return the Figure (a notebook shows it). The first panel
-    has the training objective at every log_interval and the plain cross-entropy of each evaluation; then one panel
-    per technique that is on, with its health figure over training and the evaluations where it degenerated
-    marked. The title lists the settings that differ from train.py's defaults."""
-    records = read_log(out_dir)
-    if not records:
-        raise FileNotFoundError(f"no evaluations logged in {os.path.join(out_dir, 'log.jsonl')} yet: train first")
-    panels = [panel for panel in (ensemble_panel(records), planner_panel(records), ngram_panel(records, settings))
-              if panel is not None]
-    fig, axes = new_figure(1 + len(panels))
-    steps = [pair for r in records for pair in r.get("train_losses", [])]
-    if steps:
-        axes[0].plot(*zip(*steps), lw=0.8, alpha=0.6, label="training objective (per step)")
-    draw_curves(axes[0], {f"{split} CE (evaluations)": series(records, f"{split}_loss") for split in ("train", "val")},
-                "loss", "nats/token")
-    for ax, (title, curves, degenerate) in zip(axes[1:], panels):
-        draw_curves(ax, curves, title, "")
-        if degenerate:  # marked on the panel's first curve
-            marks = [(it, value) for it, value in zip(*next(iter(curves.values()))) if it in degenerate]
-            ax.plot(*zip(*marks), "rx", ms=9, label="degenerate (the run warned)")
-            ax.legend(fontsize=8)
-    if settings is None:
-        title = os.path.basename(os.path.abspath(out_dir))
-    else:
-        title = " ".join(f"{k}={v}" for k, v in changed_settings(settings).items() if k != "out_dir")
-    fig.suptitle(textwrap.fill(title or "train.py's defaults", 100), fontsize=9)
-    fig.savefig(os.path.join(out_dir, "loss.png"), dpi=100)
-    return fig
-
-
-def ensemble_panel(records):
-    """The depth ensemble's mean routing weight per late layer (mod.py), or None when it is off."""
-    routes = sorted((k for k in records[-1] if k.startswith("val_route")), key=lambda k: int(k[len("val_route"):]))
-    if not routes:
-        return None
-    return ("depth ensemble: mean routing weight per late layer",
-            {f"layer {k[len('val_route'):]}": series(records, k) for k in routes},
-            warned(records, mod.health_warning))
-
-
-def planner_panel(records):
-    """The planner's label accuracy beside always answering the majority label (planner.py), or None when off."""
-    if "val_plan_acc" not in records[-1]:
-        return None
-    curves = {"planner accuracy": series(records, "val_plan_acc")}
-    if "val_plan_majority_acc" in records[-1]:
-        curves["majority label"] = series(records, "val_plan_majority_acc")
-    return ("planner: next sentence's label accuracy (validation)", curves,
-            warned(records, planner.health_warning))
-
-
-def warned(records, health_warning):
-    """The iterations whose record carries this technique's warning (Trainer.warn_degenerate put it there)."""
-    return {r["iter"] for r in records if r.get("warnings") and health_warning(r) in r["warnings"]}
-
-
-def ngram_panel(records, settings):
-    """The cross-entropy against the n-gram target beside the plain one, on the same train batches (ngram.py)."""
-    if "train_ngram_ce" not in records[-1]:
-        return None
-    weight = f" (weight alpha = {settings['ngram_alpha']})" if settings else ""
-    return (f"n-gram target{weight}: cross-entropy on train batches",
-            {"against the n-gram target": series(records, "train_ngram_ce"),
-             "against the observed token (plain CE)": series(records, "train_loss")}, set())
-
-
 def changed_settings(s):
     """The settings of a run that differ from the defaults above: what the command line changed."""
     return {k: v for k, v in s.items() if k in SETTINGS and v != globals()[k]}
 
 
+def run_title(s):
+    """The settings a run changed, out_dir aside: the title of its plot."""
+    return " ".join(f"{k}={v}" for k, v in changed_settings(s).items() if k != "out_dir")
+
+
 def setting_text(value):
     """value as --key=value text that the configurator reads back as the same value."""
     return str(value) if parse(str(value)) == value and type(parse(str(value))) is type(value) else repr(value)
-
-
-def series(records, key):
-    """(iterations, values) of one logged key, over the records that have it."""
-    return [r["iter"] for r in records if key in r], [r[key] for r in records if key in r]
-
-
-def new_figure(rows, columns=1, width=7.0, height=3.0):
-    """A matplotlib Figure with a grid of axes, made without pyplot: no global figure state, and the process's
-    backend stays what it was (a notebook keeps its inline figures). fig.savefig renders it with Agg."""
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(width * columns, height * rows), layout="constrained")
-    return fig, fig.subplots(rows, columns, squeeze=False).ravel()
-
-
-def draw_curves(ax, curves, title, ylabel):
-    """One line per label: curves maps a label to (iterations, values)."""
-    for label, (iters, values) in curves.items():
-        ax.plot(iters, values, marker=".", label=label)
-    ax.set(title=title, xlabel="iteration", ylabel=ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from train import draw_curves, new_figure, read_log, series  # the log and its plots belong to train.py
+from plot import draw_curves, new_figure, read_log, series
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -14,7 +14,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configurator import read_config_file
 from experiments.common import ROOT, first_iter_reaching, markdown_table, train_arm
-from train import draw_curves, new_figure, series
+from plot import draw_curves, new_figure, series
 
 DATASETS = ("shakespeare_char", "wiki")
 ARMS = {"off": "off.py", "label smoothing 0.1": "label_smoothing.py", "AllNTs": "all.py", "CoCoNTs": "compact.py"}

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import train
+from plot import read_log
 from data.common import write_dataset
 from lm import load_checkpoint, load_language_model
 
@@ -47,7 +48,7 @@ def run(corpus, out_dir, *args):
 def test_techniques_train_together_and_sample_from_their_checkpoint(corpus, tmp_path, names):
     args = [a for name in names for a in TECHNIQUES[name]]
     run(corpus, tmp_path, *args, "--max_iters=12", "--eval_interval=6", "--learning_rate=3e-3")
-    losses = [r["val_loss"] for r in train.read_log(tmp_path)]
+    losses = [r["val_loss"] for r in read_log(tmp_path)]
     assert losses[-1] < losses[0]
     model = load_language_model(load_checkpoint(str(tmp_path / "ckpt.pt")), "cpu")
     assert (model.mod is not None) == ("mod" in names) and (model.plan is not None) == ("planner" in names)
@@ -62,8 +63,8 @@ def test_all_three_resume_exactly(corpus, tmp_path):
     run(corpus, tmp_path / "stopped", *args, "--max_iters=3")
     run(corpus, tmp_path / "stopped", *args, "--max_iters=6", "--init_from=resume")
     drop_timing = lambda r: {k: v for k, v in r.items() if k not in ("elapsed_s", "tokens_per_sec")}
-    assert [drop_timing(r) for r in train.read_log(tmp_path / "straight")] == \
-        [drop_timing(r) for r in train.read_log(tmp_path / "stopped")]
+    assert [drop_timing(r) for r in read_log(tmp_path / "straight")] == \
+        [drop_timing(r) for r in read_log(tmp_path / "stopped")]
 
 
 def test_resume_refuses_another_combination(corpus, tmp_path):

@@ -5,6 +5,7 @@ import torch
 from torch.nn import functional as F
 
 import train
+from plot import read_log
 from configurator import ConfigError
 from data.common import write_dataset
 from lm import LanguageModel, load_checkpoint, load_language_model
@@ -207,7 +208,7 @@ def test_tuning_a_checkpoint_with_mod_only_through_train_py(tmp_path):
     tune = [*tiny, f"--out_dir={tmp_path / 'tune'}", f"--init_from={tmp_path / 'pre' / 'ckpt.pt'}", "--mod_k=2",
             "--mod_tune=mod_only"]
     train.main(tune)
-    last = train.read_log(tmp_path / "tune")[-1]
+    last = read_log(tmp_path / "tune")[-1]
     assert last["trainable_params"] == 16 + (16 * 2 + 2)  # one norm (no bias) + the router
     assert {"val_layer1_ce", "val_layer2_ce", "val_route1", "val_route2", "val_distill"} <= last.keys()
     pretrained, tuned = (load_checkpoint(str(tmp_path / d / "ckpt.pt")) for d in ("pre", "tune"))
@@ -239,6 +240,6 @@ def test_a_run_from_a_lora_checkpoint_starts_where_the_lora_run_ended(tmp_path):
     train.main([*tiny, f"--out_dir={tmp_path / 'lora'}", f"--init_from={tmp_path / 'pre' / 'ckpt.pt'}",
                 "--mod_tune=lora", "--learning_rate=0.05"])
     train.main([*tiny, f"--out_dir={tmp_path / 'full'}", f"--init_from={tmp_path / 'lora' / 'ckpt.pt'}"])
-    pre, lora, full = (train.read_log(tmp_path / d) for d in ("pre", "lora", "full"))
+    pre, lora, full = (read_log(tmp_path / d) for d in ("pre", "lora", "full"))
     assert abs(lora[-1]["val_loss"] - pre[-1]["val_loss"]) > 1e-3  # the adapters learned something
     assert full[0]["val_loss"] == pytest.approx(lora[-1]["val_loss"], abs=1e-5)

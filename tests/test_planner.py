@@ -13,10 +13,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configurator import ConfigError
-from data.common import gpt2_encoding, load_docs, load_meta, load_texts, load_tokens, write_dataset
+from data.common import (gpt2_encoding, load_cache, load_docs, load_meta, load_texts, load_tokens, save_cache,
+                         write_dataset)
 from lm import LanguageModel
 from model import GPT, GPTConfig
-from data.common import load_cache, save_cache
+from plot import read_log
 from planner import (PlanConditioner, PlanData, Planner, Replanner, initialise_plan, kmeans, plan_codec,
                      sentence_breaks, sentence_starts)
 
@@ -290,7 +291,7 @@ def test_the_stages_chain_through_train_py(data, tmp_path):
     soft = train.main([*tiny, f"--out_dir={tmp_path / 'soft'}", "--max_iters=0", "--plan_mode=soft",
                        f"--init_from={tmp_path / 'hard' / 'ckpt.pt'}"])
     assert all(torch.equal(v, hard.model.plan.state_dict()[k]) for k, v in soft.model.plan.state_dict().items())
-    assert {"val_plan_acc", "val_plan_top5"} <= train.read_log(tmp_path / "soft")[0].keys()
+    assert {"val_plan_acc", "val_plan_top5"} <= read_log(tmp_path / "soft")[0].keys()
     with pytest.raises(ConfigError, match="other labels"):
         train.main([*tiny, f"--out_dir={tmp_path / 'k5'}", "--max_iters=0", "--plan_mode=soft", "--plan_k=5",
                     f"--init_from={tmp_path / 'hard' / 'ckpt.pt'}"])

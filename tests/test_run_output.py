@@ -9,6 +9,7 @@ import pytest
 
 import sample
 import train
+from plot import plot_log, read_log
 from data.common import write_dataset
 
 TINY = [train.PLAIN_CONFIG, "--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
@@ -47,7 +48,7 @@ def test_the_plot_has_a_panel_per_technique_that_is_on_with_its_health_figure_an
         trainer.warn_degenerate(record)
     (tmp_path / "log.jsonl").write_text("\n".join(map(train.json.dumps, records)) + "\n")
     settings = train.settings_from([f"--out_dir={tmp_path}", "--mod_k=3", "--n_layer=6", "--ngram_alpha=0.3"])
-    fig = train.plot_log(str(tmp_path), settings)
+    fig = plot_log(str(tmp_path), train.run_title(settings), settings["ngram_alpha"])
     loss, ensemble, plan, ngram = fig.axes
     assert [ax.get_title() for ax in fig.axes] == [
         "loss", "depth ensemble: mean routing weight per late layer",
@@ -67,9 +68,9 @@ def test_the_plot_has_a_panel_per_technique_that_is_on_with_its_health_figure_an
 
 def test_the_plain_gpt_gets_the_loss_panel_alone_and_the_planner_panel_waits_for_its_baseline(tmp_path):
     made_up_log(tmp_path)
-    assert [ax.get_title() for ax in train.plot_log(str(tmp_path)).axes] == ["loss"]
+    assert [ax.get_title() for ax in plot_log(str(tmp_path)).axes] == ["loss"]
     made_up_log(tmp_path, val_plan_acc=0.3)
-    plan = train.plot_log(str(tmp_path)).axes[1]
+    plan = plot_log(str(tmp_path)).axes[1]
     assert list(lines(plan)) == ["planner accuracy"]
 
 
@@ -81,7 +82,7 @@ def test_plotting_leaves_matplotlibs_backend_and_pyplot_alone(tmp_path):
     matplotlib.use("pdf")
     try:
         figures = plt.get_fignums()
-        train.plot_log(str(tmp_path))
+        plot_log(str(tmp_path))
         assert matplotlib.get_backend() == "pdf"
         assert plt.get_fignums() == figures
     finally:
@@ -91,7 +92,7 @@ def test_plotting_leaves_matplotlibs_backend_and_pyplot_alone(tmp_path):
 def test_each_evaluation_record_carries_the_training_losses_since_the_one_before(corpus, tmp_path):
     train.main([*TINY, f"--dataset={corpus}", f"--out_dir={tmp_path}", "--max_iters=8", "--eval_interval=4",
                 "--log_interval=2", "--ngram_mode=compact", "--ngram_n=3"])
-    records = train.read_log(tmp_path)
+    records = read_log(tmp_path)
     assert [r["iter"] for r in records] == [0, 4, 8]
     assert [[it for it, _ in r["train_losses"]] for r in records] == [[], [2, 4], [6, 8]]
     assert all(r["train_ngram_ce"] > 0 for r in records)
@@ -107,7 +108,7 @@ def test_the_run_ends_with_commands_that_sample_from_it_and_resume_it(corpus, tm
     assert sample_command[:2] == ["python", "sample.py"] and resume_command[:2] == ["python", "train.py"]
     importlib.reload(sample).main([*sample_command[2:], "--num_samples=1", "--max_new_tokens=3", "--start=the"])
     resumed = train.main([*resume_command[2:], "--max_iters=6"])
-    assert resumed.iter_num == 6 and [r["iter"] for r in train.read_log(tmp_path / "run")] == [0, 2, 4, 6]
+    assert resumed.iter_num == 6 and [r["iter"] for r in read_log(tmp_path / "run")] == [0, 2, 4, 6]
 
 
 def test_the_main_job_reads_the_plain_gpts_perplexity_from_the_results_the_experiment_wrote(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import train
+from plot import read_log
 from configurator import ConfigError
 from data.common import write_dataset
 from lm import load_checkpoint
@@ -38,7 +39,7 @@ def test_an_interrupted_and_resumed_run_equals_an_uninterrupted_one(corpus, tmp_
     run(corpus, tmp_path / "straight", *args, "--max_iters=12")
     run(corpus, tmp_path / "stopped", *args, "--max_iters=4")
     run(corpus, tmp_path / "stopped", *args, "--max_iters=12", "--init_from=resume")
-    straight, resumed = train.read_log(tmp_path / "straight"), train.read_log(tmp_path / "stopped")
+    straight, resumed = read_log(tmp_path / "straight"), read_log(tmp_path / "stopped")
     assert [r["iter"] for r in resumed] == [0, 4, 8, 12]
     assert [comparable(r) for r in straight] == [comparable(r) for r in resumed]
     a, b = (load_checkpoint(str(tmp_path / d / "ckpt.pt")) for d in ("straight", "stopped"))
@@ -93,7 +94,7 @@ def test_bad_settings_are_refused_with_a_message_naming_them(corpus, tmp_path, a
 
 def test_bfloat16_autocast_trains_on_cpu(corpus, tmp_path):
     run(corpus, tmp_path, "--max_iters=4", "--eval_interval=4", "--dtype=bfloat16")
-    losses = [r["val_loss"] for r in train.read_log(tmp_path)]
+    losses = [r["val_loss"] for r in read_log(tmp_path)]
     assert all(map(torch.isfinite, torch.tensor(losses))) and losses[-1] < losses[0]
 
 

@@ -1,0 +1,109 @@
+"""
+Pictures of training runs, drawn from their log.jsonl (one record per evaluation, written by
+train.py): loss.png of every run, and the curves the
+experiments compare. Drawn on matplotlib Figures, never through pyplot: no global figure state, and the process's
+backend stays what it was, so a notebook keeps its inline figures.
+"""
+
+import json
+import os
+import textwrap
+
+import mod
+import planner
+
+
+def read_log(out_dir):
+    """The records of out_dir/log.jsonl, one per evaluation; [] before a run has logged any."""
+    path = os.path.join(out_dir, "log.jsonl")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def plot_log(out_dir, title=None, ngram_alpha=None):
+    """Draw out_dir/log.jsonl into out_dir/loss.png, and return the Figure (a notebook shows it). The first panel
+    has the training objective at every log_interval and the plain cross-entropy of each evaluation; then one panel
+    per technique that is on, with its health figure over training and the evaluations where it degenerated
+    marked. title: the run's settings that differ from the defaults (default: the folder's name)."""
+    records = read_log(out_dir)
+    if not records:
+        raise FileNotFoundError(f"no evaluations logged in {os.path.join(out_dir, 'log.jsonl')} yet: train first")
+    panels = [panel for panel in (ensemble_panel(records), planner_panel(records), ngram_panel(records, ngram_alpha))
+              if panel is not None]
+    fig, axes = new_figure(1 + len(panels))
+    steps = [pair for r in records for pair in r.get("train_losses", [])]
+    if steps:
+        axes[0].plot(*zip(*steps), lw=0.8, alpha=0.6, label="training objective (per step)")
+    draw_curves(axes[0], {f"{split} CE (evaluations)": series(records, f"{split}_loss") for split in ("train", "val")},
+                "loss", "nats/token")
+    for ax, (panel_title, curves, degenerate) in zip(axes[1:], panels):
+        draw_curves(ax, curves, panel_title, "")
+        if degenerate:  # marked on the panel's first curve
+            marks = [(it, value) for it, value in zip(*next(iter(curves.values()))) if it in degenerate]
+            ax.plot(*zip(*marks), "rx", ms=9, label="degenerate (the run warned)")
+            ax.legend(fontsize=8)
+    if title is None:
+        title = os.path.basename(os.path.abspath(out_dir))
+    fig.suptitle(textwrap.fill(title or "train.py's defaults", 100), fontsize=9)
+    fig.savefig(os.path.join(out_dir, "loss.png"), dpi=100)
+    return fig
+
+
+def ensemble_panel(records):
+    """The depth ensemble's mean routing weight per late layer (mod.py), or None when it is off."""
+    routes = sorted((k for k in records[-1] if k.startswith("val_route")), key=lambda k: int(k[len("val_route"):]))
+    if not routes:
+        return None
+    return ("depth ensemble: mean routing weight per late layer",
+            {f"layer {k[len('val_route'):]}": series(records, k) for k in routes},
+            warned(records, mod.health_warning))
+
+
+def planner_panel(records):
+    """The planner's label accuracy beside always answering the majority label (planner.py), or None when off."""
+    if "val_plan_acc" not in records[-1]:
+        return None
+    curves = {"planner accuracy": series(records, "val_plan_acc")}
+    if "val_plan_majority_acc" in records[-1]:
+        curves["majority label"] = series(records, "val_plan_majority_acc")
+    return ("planner: next sentence's label accuracy (validation)", curves,
+            warned(records, planner.health_warning))
+
+
+def warned(records, health_warning):
+    """The iterations whose record carries this technique's warning (Trainer.warn_degenerate put it there)."""
+    return {r["iter"] for r in records if r.get("warnings") and health_warning(r) in r["warnings"]}
+
+
+def ngram_panel(records, alpha):
+    """The cross-entropy against the n-gram target beside the plain one, on the same train batches (ngram.py)."""
+    if "train_ngram_ce" not in records[-1]:
+        return None
+    weight = f" (weight alpha = {alpha})" if alpha is not None else ""
+    return (f"n-gram target{weight}: cross-entropy on train batches",
+            {"against the n-gram target": series(records, "train_ngram_ce"),
+             "against the observed token (plain CE)": series(records, "train_loss")}, set())
+
+
+def series(records, key):
+    """(iterations, values) of one logged key, over the records that have it."""
+    return [r["iter"] for r in records if key in r], [r[key] for r in records if key in r]
+
+
+def new_figure(rows, columns=1, width=7.0, height=3.0):
+    """A matplotlib Figure with a grid of axes, made without pyplot: no global figure state, and the process's
+    backend stays what it was (a notebook keeps its inline figures). fig.savefig renders it with Agg."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(width * columns, height * rows), layout="constrained")
+    return fig, fig.subplots(rows, columns, squeeze=False).ravel()
+
+
+def draw_curves(ax, curves, title, ylabel):
+    """One line per label: curves maps a label to (iterations, values)."""
+    for label, (iters, values) in curves.items():
+        ax.plot(iters, values, marker=".", label=label)
+    ax.set(title=title, xlabel="iteration", ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
