@@ -14,6 +14,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 import ngram
+from data.common import ensure_prepared, load_meta
 from mod import DepthEnsemble, LoRA
 from model import GPT, GPTConfig
 from planner import PlanConditioner
@@ -83,6 +84,20 @@ def load_checkpoint(path):
     except Exception as e:  # torch raises several types for a truncated or foreign file
         raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); it is truncated or not a "
                          f"checkpoint of this repository") from None
+
+
+def checkpoint_vocab(checkpoint):
+    """The vocabulary a checkpoint was trained with (a meta for data.common.get_codec). Checkpoints carry it; older
+    ones name only their dataset, which must then still be there."""
+    if "vocab" in checkpoint:
+        return checkpoint["vocab"]
+    config = checkpoint["config"]
+    try:
+        return load_meta(ensure_prepared(config["dataset"], config.get("tokenizer", "char")))
+    except (ValueError, FileNotFoundError) as e:
+        raise ValueError(f"this checkpoint predates checkpoints that carry their vocabulary, and its dataset "
+                         f"'{config['dataset']}' cannot be read ({e}): put the dataset back, or train it "
+                         f"again") from None
 
 
 def load_language_model(checkpoint, device):
