@@ -20,6 +20,7 @@ On-disk format (FORMAT_VERSION = 1), in data/<name>/:
                               source ('package==version sha256:...').
 Every file is written under a temporary name and renamed into place, meta.pkl last: a meta.pkl
 with the current format_version means the dataset is complete.
+Your own text is prepared into data/_text/<name>-<tokenizer>-<hash>/ in this format (prepare_text).
 """
 
 import functools
@@ -396,5 +397,8 @@ def get_codec(meta):
 
 
 def document_start(meta):
-    """The text a new document follows: a newline in the character datasets, the EOT token in the BPE ones."""
-    return "\n" if meta["tokenizer"] == "char" else EOT
+    """The text a new document follows: a newline in the character datasets (a text without one: its first
+    character in the vocabulary's order), the EOT token in the BPE ones."""
+    if meta["tokenizer"] == "char":
+        return "\n" if "\n" in meta["stoi"] else meta["itos"][0]
+    return EOT
