@@ -521,7 +521,7 @@ def map_token_rows(weights, vocab, meta, fresh):
         new = sorted(set(meta["stoi"]) - set(vocab["stoi"]))
         if new or len(pairs) < len(vocab["stoi"]):
             print(f"tuning across vocabularies: {len(pairs)} of the dataset's {len(meta['stoi'])} characters keep "
-                  f"their learned rows; {len(new)} new ones start fresh ({''.join(new)!r}); "
+                  f"their learned rows; {len(new)} new ones start fresh ({''.join(new[:40])!r}); "
                   f"{len(vocab['stoi']) - len(pairs)} of the checkpoint's are not in the dataset")
     else:  # one BPE: the same ids; rows only one of the two models pads its vocabulary with start fresh
         pairs = [(i, i) for i in range(min(len(weights["lm_head.weight"]), len(fresh["lm_head.weight"])))]

@@ -290,7 +290,7 @@ def ensure_prepared(dataset, tokenizer="char"):
         if load_meta(path).get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{dataset} holds a dataset in an old format: write it again with write_dataset")
         return path
-    if path.exists():
+    if dataset and path.exists():
         return prepare_text(path, tokenizer)
     raise ValueError(f"unknown dataset {dataset!r}: no such file or folder. Known datasets: {', '.join(DATASETS)}; "
                      f"or your own text (a .txt file, or a folder of .txt files), or a folder written by "

@@ -94,8 +94,9 @@ def test_dataset_paths_are_found_by_existence_not_by_separators(data_root, tmp_p
     write_dataset(data_root / "shakespeare_char", {"train": ["abc"], "val": ["cab"]}, "char", "shakespeare_char",
                   source="test")
     assert ensure_prepared("shakespeare_char/") == data_root / "shakespeare_char"
-    with pytest.raises(ValueError, match="unknown dataset 'nowhere/x': no such file or folder"):
-        ensure_prepared("nowhere/x")
+    for missing in ("nowhere/x", ""):
+        with pytest.raises(ValueError, match=f"unknown dataset '{missing}': no such file or folder"):
+            ensure_prepared(missing)
     with pytest.raises(ValueError, match="tokenizer must be 'char'.*or 'gpt2'.*got 'bpe'"):
         ensure_prepared("mine", "bpe")
 
