@@ -12,7 +12,7 @@ import sample
 import train
 from configurator import ConfigError
 from data import common
-from data.common import ensure_prepared, load_meta, load_texts, split_by_hash, write_dataset
+from data.common import ensure_prepared, load_checked_tokens, load_meta, load_texts, split_by_hash, write_dataset
 from lm import load_checkpoint
 
 TINY = [train.PLAIN_CONFIG, "--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
@@ -65,12 +65,15 @@ def test_a_folder_of_texts_is_split_by_document(data_root, tmp_path):
     assert expected["val"] and expected["train"]
 
 
-def test_a_corrupt_prepared_text_is_rebuilt(data_root, tmp_path):
+def test_a_corrupt_prepared_text_is_rebuilt_or_named_with_the_fix(data_root, tmp_path):
     book = tmp_path / "book.txt"
     book.write_text(FOX, encoding="utf-8")
     data_dir = ensure_prepared(str(book))
     (data_dir / "meta.pkl").write_bytes(b"garbage")
     assert ensure_prepared(str(book)) == data_dir and load_meta(data_dir)["vocab_size"] == len(set(FOX))
+    cut_to(100)(data_dir)  # only a full read finds this: the run that reads it says how to rebuild
+    with pytest.raises(ValueError, match=f"train.bin has 100 bytes.*: delete {data_dir}; the next run prepares"):
+        load_checked_tokens(data_dir, load_meta(data_dir))
 
 
 @pytest.mark.parametrize("content, message", [
