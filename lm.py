@@ -88,9 +88,12 @@ def load_checkpoint(path):
 
 def checkpoint_vocab(checkpoint):
     """The vocabulary a checkpoint was trained with (a meta for data.common.get_codec). Checkpoints carry it; older
-    ones name only their dataset, which must then still be there."""
+    ones name only their tokenizer, all that GPT-2 BPE needs, and their dataset, which a character one reads."""
     if "vocab" in checkpoint:
         return checkpoint["vocab"]
+    if checkpoint.get("tokenizer") == "gpt2":
+        return {"dataset": "GPT-2 BPE", "tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256, "stoi": None,
+                "itos": None}
     config = checkpoint["config"]
     try:
         return load_meta(ensure_prepared(config["dataset"], config.get("tokenizer", "char")))

@@ -253,7 +253,9 @@ class Trainer:
             if s["block_size"] > saved["block_size"]:
                 raise ConfigError(f"block_size {s['block_size']} is longer than the checkpoint's "
                                   f"{saved['block_size']}: its position table has no rows for it")
-            shape = {k: saved[k] for k in MODEL_KEYS if k != "vocab_size"}  # the vocabulary is the dataset's
+            shape = {k: saved[k] for k in MODEL_KEYS}
+            if self.meta["tokenizer"] == "char":  # the dataset's characters; map_token_rows moves the learned rows
+                shape["vocab_size"] = model_args["vocab_size"]
             if s["mod_k"] > saved["n_layer"] or (s["mod_router_input"] == "input" and s["mod_k"] == saved["n_layer"]):
                 raise ConfigError(f"mod_k {s['mod_k']} does not fit the checkpoint's {saved['n_layer']} layers "
                                   f"(at most n_layer, less than n_layer with mod_router_input='input')")
@@ -263,7 +265,10 @@ class Trainer:
         torch.manual_seed(s["seed"])
         gpt = GPT(GPTConfig(**model_args))
         if tune:  # the GPT's weights come from the checkpoint; the techniques' modules start fresh around them
-            gpt.load_state_dict(map_token_rows(tuned_gpt_weights(checkpoint), tuned_vocab, self.meta, gpt.state_dict()))
+            weights = tuned_gpt_weights(checkpoint)
+            if self.meta["tokenizer"] == "char":
+                weights = map_token_rows(weights, tuned_vocab, self.meta, gpt.state_dict())
+            gpt.load_state_dict(weights)
             gpt.crop_block_size(s["block_size"])
             model_args["block_size"] = s["block_size"]
         self.model_args = model_args
@@ -513,18 +518,15 @@ def describe(vocab):
 
 
 def map_token_rows(weights, vocab, meta, fresh):
-    """The tuned GPT's weights with their token rows (the tied wte and lm_head) moved to the dataset's ids: a token
-    in both vocabularies keeps its learned row, a token new to the checkpoint keeps its row of `fresh` (a new GPT's
-    state_dict, so it starts as a model trained from scratch would)."""
-    if meta["tokenizer"] == "char":
-        pairs = [(i, vocab["stoi"][c]) for c, i in meta["stoi"].items() if c in vocab["stoi"]]
-        new = sorted(set(meta["stoi"]) - set(vocab["stoi"]))
-        if new or len(pairs) < len(vocab["stoi"]):
-            print(f"tuning across vocabularies: {len(pairs)} of the dataset's {len(meta['stoi'])} characters keep "
-                  f"their learned rows; {len(new)} new ones start fresh ({''.join(new[:40])!r}); "
-                  f"{len(vocab['stoi']) - len(pairs)} of the checkpoint's are not in the dataset")
-    else:  # one BPE: the same ids; rows only one of the two models pads its vocabulary with start fresh
-        pairs = [(i, i) for i in range(min(len(weights["lm_head.weight"]), len(fresh["lm_head.weight"])))]
+    """The tuned GPT's weights with their token rows (the tied wte and lm_head) moved to the dataset's character ids:
+    a character in both vocabularies keeps its learned row, a character new to the checkpoint keeps its row of
+    `fresh` (a new GPT's state_dict, so it starts as in a model trained from scratch)."""
+    pairs = [(i, vocab["stoi"][c]) for c, i in meta["stoi"].items() if c in vocab["stoi"]]
+    new = sorted(set(meta["stoi"]) - set(vocab["stoi"]))
+    if new or len(pairs) < len(vocab["stoi"]):
+        print(f"tuning across vocabularies: {len(pairs)} of the dataset's {len(meta['stoi'])} characters keep "
+              f"their learned rows; {len(new)} new ones start fresh ({''.join(new[:40])!r}); "
+              f"{len(vocab['stoi']) - len(pairs)} of the checkpoint's are not in the dataset")
     rows = fresh["lm_head.weight"].clone()
     if pairs:
         new_ids, old_ids = torch.tensor(pairs).T

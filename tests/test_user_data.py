@@ -134,6 +134,20 @@ def test_a_checkpoint_without_its_vocabulary_is_read_through_its_dataset_or_refu
         sample.main(args)
 
 
+def test_an_older_bpe_checkpoint_samples_without_its_dataset(tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    write_dataset(corpus, {"train": [FOX[:7000]], "val": [FOX[7000:]]}, "gpt2", "fox", "made by the test")
+    out_dir = tmp_path / "out"
+    train.main([*TINY, f"--dataset={corpus}", f"--out_dir={out_dir}", "--max_iters=0"])
+    checkpoint = load_checkpoint(str(out_dir / "ckpt.pt"))
+    del checkpoint["vocab"]  # the GPT-2 BPE is one vocabulary: its name is enough
+    torch.save(checkpoint, out_dir / "ckpt.pt")
+    shutil.rmtree(corpus)
+    capsys.readouterr()
+    sample.main([f"--out_dir={out_dir}", "--num_samples=1", "--max_new_tokens=5", "--device=cpu", "--start=the fox"])
+    assert capsys.readouterr().out.startswith("the fox")
+
+
 # --- tuning across vocabularies ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
