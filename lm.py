@@ -95,6 +95,9 @@ def checkpoint_vocab(checkpoint):
         return {"dataset": "GPT-2 BPE", "tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256, "stoi": None,
                 "itos": None}
     config = checkpoint["config"]
+    if "dataset" not in config:
+        raise ValueError(f"the checkpoint names neither its vocabulary nor its dataset (its tokenizer: "
+                         f"{checkpoint.get('tokenizer')!r}): it cannot be decoded or tuned here")
     try:
         return load_meta(ensure_prepared(config["dataset"], config.get("tokenizer", "char")))
     except (ValueError, FileNotFoundError) as e:

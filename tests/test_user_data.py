@@ -13,7 +13,7 @@ import train
 from configurator import ConfigError
 from data import common
 from data.common import ensure_prepared, load_checked_tokens, load_meta, load_texts, split_by_hash, write_dataset
-from lm import load_checkpoint
+from lm import checkpoint_vocab, load_checkpoint
 
 TINY = [train.PLAIN_CONFIG, "--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
         "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--log_interval=1", "--compile=False"]
@@ -146,6 +146,11 @@ def test_an_older_bpe_checkpoint_samples_without_its_dataset(tmp_path, capsys):
     capsys.readouterr()
     sample.main([f"--out_dir={out_dir}", "--num_samples=1", "--max_new_tokens=5", "--device=cpu", "--start=the fox"])
     assert capsys.readouterr().out.startswith("the fox")
+
+
+def test_a_checkpoint_naming_neither_vocabulary_nor_dataset_is_refused():
+    with pytest.raises(ValueError, match="names neither its vocabulary nor its dataset \\(its tokenizer: 'x'\\)"):
+        checkpoint_vocab({"model": {}, "model_args": {}, "config": {}, "tokenizer": "x"})
 
 
 # --- tuning across vocabularies ------------------------------------------------------------------------------------
