@@ -14,6 +14,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 import ngram
+from data.common import ensure_prepared, load_meta
 from mod import DepthEnsemble, LoRA
 from model import GPT, GPTConfig
 from planner import PlanConditioner
@@ -84,6 +85,26 @@ def load_checkpoint(path):
     except Exception as e:  # torch raises several types for a truncated or foreign file
         raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); it is truncated or not a "
                          f"checkpoint of this repository") from None
+
+
+def checkpoint_vocab(checkpoint):
+    """The vocabulary a checkpoint was trained with (a meta for data.common.get_codec). Checkpoints carry it; older
+    ones name only their tokenizer, all that GPT-2 BPE needs, and their dataset, which a character one reads."""
+    if "vocab" in checkpoint:
+        return checkpoint["vocab"]
+    if checkpoint.get("tokenizer") == "gpt2":
+        return {"dataset": "GPT-2 BPE", "tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256, "stoi": None,
+                "itos": None}
+    config = checkpoint["config"]
+    if "dataset" not in config:
+        raise ValueError(f"the checkpoint names neither its vocabulary nor its dataset (its tokenizer: "
+                         f"{checkpoint.get('tokenizer')!r}): it cannot be decoded or tuned here")
+    try:
+        return load_meta(ensure_prepared(config["dataset"], config.get("tokenizer", "char")))
+    except (ValueError, FileNotFoundError) as e:
+        raise ValueError(f"this checkpoint predates checkpoints that carry their vocabulary, and its dataset "
+                         f"'{config['dataset']}' cannot be read ({e}): put the dataset back, or train it "
+                         f"again") from None
 
 
 def load_language_model(checkpoint, device):

@@ -467,7 +467,8 @@ class PlanConditioner(nn.Module):
         super().__init__()
         self.mode, self.tau, self.ce_weight = settings["plan_mode"], settings["plan_tau"], settings["plan_lambda"]
         self.k, self.context, dim = settings["plan_k"], settings["plan_context"], EMBEDDERS[settings["plan_embedder"]]
-        self.data_settings = (settings["dataset"], self.k, settings["plan_embedder"], settings["plan_seed"])
+        self.data_settings = (settings["dataset"], settings.get("tokenizer", "char"), self.k, settings["plan_embedder"],
+                              settings["plan_seed"])
         conditioned = max(1, config.n_layer - 2)
         self.first_layer = config.n_layer - conditioned
         self.codebooks = nn.ParameterList([nn.Parameter(torch.zeros(self.k, dim)) for _ in range(conditioned)])
@@ -523,8 +524,8 @@ class PlanConditioner(nn.Module):
         if self.mode == "oracle":
             raise ConfigError("plan_mode 'oracle' conditions on the true label of the sentence being written, which "
                               "does not exist while generating: sample a model trained in 'hard', 'st' or 'soft'")
-        dataset, k, embedder, seed = self.data_settings
-        data_dir = ensure_prepared(dataset)
+        dataset, tokenizer, k, embedder, seed = self.data_settings
+        data_dir = ensure_prepared(dataset, tokenizer)
         return Replanner(self, PlanData(data_dir, k, embedder, seed), load_meta(data_dir))
 
 

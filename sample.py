@@ -12,8 +12,8 @@ import time
 import torch
 
 from configurator import ConfigError, configure
-from data.common import document_start, ensure_prepared, get_codec, load_meta
-from lm import load_checkpoint, load_language_model, pick_device, pick_precision
+from data.common import document_start, get_codec
+from lm import checkpoint_vocab, load_checkpoint, load_language_model, pick_device, pick_precision
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # sample from out_dir/ckpt.pt
@@ -37,7 +37,7 @@ def main(argv):
     run_device = pick_device(device)
     _, autocast = pick_precision(run_device.split(":")[0], dtype)
     model = load_language_model(checkpoint, run_device)
-    meta = load_meta(ensure_prepared(checkpoint["config"]["dataset"]))
+    meta = checkpoint_vocab(checkpoint)
     encode, decode = get_codec(meta)
     prompt = read_prompt(start, meta)
     idx = torch.tensor([encode(prompt)], dtype=torch.long, device=run_device)

