@@ -24,6 +24,7 @@ from tqdm import tqdm
 import ngram
 from configurator import ConfigError, configure
 from data.common import document_start, ensure_prepared, get_codec, load_meta, load_tokens
+from hf import GPT2_NAMES, gpt2_checkpoint, is_hf_source
 from lm import LanguageModel, load_checkpoint, pick_device, pick_precision
 from mod import TUNE_MODES, merge_lora
 from model import GPT, GPTConfig, configure_optimizers, estimate_mfu
@@ -36,7 +37,9 @@ eval_interval = 250
 eval_iters = 20  # batches per split in each evaluation; the same batches every time, so curves compare
 log_interval = 10  # iterations between progress-bar updates (each costs a device sync)
 eval_only = False
-init_from = "scratch"  # 'scratch', 'resume' (continue out_dir/ckpt.pt), or the path of a checkpoint to tune
+# 'scratch', 'resume' (continue out_dir/ckpt.pt), or what to tune: the path of a checkpoint, OpenAI's GPT-2
+# ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl') or a folder written by transformers' save_pretrained (hf.py)
+init_from = "scratch"
 seed = 1337
 sample_tokens = 300  # length of the sample printed at the end; 0 prints none
 # data
@@ -107,9 +110,9 @@ def validate_settings(s):
             problems.append(f"{key} must be at least 1, got {s[key]}")
     if s["max_iters"] < 0:
         problems.append(f"max_iters must be at least 0 (0 evaluates and saves the initial model), got {s['max_iters']}")
-    if s["init_from"] not in ("scratch", "resume") and not os.path.isfile(s["init_from"]):
-        problems.append(f"init_from must be 'scratch', 'resume' or an existing checkpoint file, got "
-                        f"'{s['init_from']}'")
+    if not (s["init_from"] in ("scratch", "resume") or os.path.isfile(s["init_from"]) or is_hf_source(s["init_from"])):
+        problems.append(f"init_from must be 'scratch', 'resume', an existing checkpoint file, one of {GPT2_NAMES} or "
+                        f"a folder written by save_pretrained, got '{s['init_from']}'")
     if s["dtype"] not in ("auto", "float32", "bfloat16", "float16"):
         problems.append(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got '{s['dtype']}'")
     if s["compile"] not in (None, True, False):
@@ -272,10 +275,11 @@ class Trainer:
         resume, tune = s["init_from"] == "resume", s["init_from"] not in ("scratch", "resume")
         checkpoint = None
         if resume:
-            checkpoint = load_checkpoint(os.path.join(s["out_dir"], "ckpt.pt"))
+            checkpoint = load_checkpoint(os.path.join(s["out_dir"], "ckpt.pt"), fix="start with init_from='scratch' "
+                                         "(nothing to resume), or point out_dir at a run's folder")
             check_same_run(checkpoint, {**s, "vocab_size": model_args["vocab_size"]})
         if tune:
-            checkpoint = load_checkpoint(s["init_from"])
+            checkpoint = (gpt2_checkpoint if is_hf_source(s["init_from"]) else load_checkpoint)(s["init_from"])
             check_same_tokenizer(checkpoint, self.meta)
             saved = checkpoint["model_args"]
             if s["block_size"] > saved["block_size"]:
