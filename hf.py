@@ -46,8 +46,8 @@ def import_transformers():
 def gpt2_checkpoint(source):
     """A Hugging Face GPT-2 (a model name or a save_pretrained folder) as a checkpoint of this repository, the part
     that train.py's init_from reads: model_args, the GPT's weights under 'gpt.' and the tokenizer's name. The
-    vocabulary stays at GPT-2's 50257 rows: a padded row would give its token logit 0, far above GPT-2's usual
-    logits, and the unpadded matmul costs only a little speed."""
+    vocabulary stays at GPT-2's 50257 rows: a padded row would be an output token GPT-2 never learned to push
+    down, taking probability from the real ones."""
     transformers = import_transformers()
     try:
         hf = transformers.GPT2LMHeadModel.from_pretrained(source)
