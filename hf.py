@@ -52,10 +52,12 @@ def gpt2_checkpoint(source):
     try:
         hf = transformers.GPT2LMHeadModel.from_pretrained(source)
     except OSError as e:
-        where = f"folder {source}" if os.path.isdir(source) else f"'{source}' from the Hugging Face hub"
-        raise ConfigError(f"cannot load {where}: {str(e).splitlines()[0]} Without internet, load it once where "
-                          f"there is (GPT2LMHeadModel.from_pretrained('{source}').save_pretrained('folder')), copy "
-                          f"the folder here and pass --init_from=folder") from None
+        if os.path.isdir(source):
+            raise ConfigError(f"cannot load folder {source} as a GPT-2 ({str(e).splitlines()[0]}): pass a folder "
+                              f"written by save_pretrained, or the path of a checkpoint (its ckpt.pt)") from None
+        raise ConfigError(f"cannot load '{source}' from the Hugging Face hub: {str(e).splitlines()[0]} Without "
+                          f"internet, load it once where there is (GPT2LMHeadModel.from_pretrained('{source}')"
+                          f".save_pretrained('folder')), copy the folder here and pass --init_from=folder") from None
     c = hf.config
     if c.model_type != "gpt2" or c.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ConfigError(f"{source} is a {c.model_type} with activation {c.activation_function}, not a GPT-2 "

@@ -113,3 +113,9 @@ def test_gpt2_by_name_offline_without_a_cache_says_so_in_one_line(bpe_corpus, tm
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: cannot load 'gpt2' from the Hugging Face hub")
     assert "--init_from=folder" in done.stderr
+
+
+def test_a_folder_that_holds_no_gpt2_is_refused_with_the_fix(bpe_corpus, tmp_path):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(ConfigError, match="pass a folder written by save_pretrained, or the path of a checkpoint"):
+        run(bpe_corpus, tmp_path / "out", f"--init_from={tmp_path / 'run'}")
