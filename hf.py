@@ -3,7 +3,7 @@ GPT-2 between this repository and Hugging Face transformers, both ways.
 
 In: train.py's `--init_from=gpt2` (or gpt2-medium, gpt2-large, gpt2-xl, or a folder written by `save_pretrained`)
 loads the weights with transformers and tunes them. Out: this file, run as a script, writes a trained checkpoint as
-a transformers GPT-2 folder, so that any tool that loads Hugging Face models can score it:
+a transformers GPT-2 folder (model and tokenizer), so that any tool that loads Hugging Face models can score it:
 
     python hf.py --out_dir=out-tune --to=out-tune/hf
 
@@ -18,6 +18,7 @@ import sys
 import torch
 
 from configurator import ConfigError, configure
+from data.common import TOKENIZER_DIR, gpt2_encoding
 from lm import load_checkpoint
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -106,8 +107,13 @@ def main(argv):
         weights.setdefault(name, torch.zeros_like(p))
     hf.load_state_dict(weights)
     hf.save_pretrained(folder + ".tmp")
+    gpt2_encoding()  # makes sure GPT-2's vocabulary files are in TOKENIZER_DIR
+    tokenizer = transformers.GPT2Tokenizer(vocab=str(TOKENIZER_DIR / "encoder.json"),
+                                           merges=str(TOKENIZER_DIR / "vocab.bpe"))
+    tokenizer.save_pretrained(folder + ".tmp")  # so that tools load model and tokenizer from one folder
     os.replace(folder + ".tmp", folder)
-    print(f"wrote {folder}: load it with transformers.GPT2LMHeadModel.from_pretrained('{folder}')")
+    print(f"wrote {folder}: load it with transformers' GPT2LMHeadModel.from_pretrained('{folder}') and "
+          f"AutoTokenizer.from_pretrained('{folder}')")
     return folder
 
 

@@ -13,7 +13,7 @@ import transformers
 import hf
 import train
 from configurator import ConfigError
-from data.common import write_dataset
+from data.common import gpt2_encoding, write_dataset
 from model import GPT, GPTConfig
 
 transformers.logging.set_verbosity_error()
@@ -90,6 +90,9 @@ def test_export_of_a_plain_run_cuts_the_padded_vocabulary_and_fills_zero_biases(
     with torch.no_grad():
         ours = trainer.model.gpt.eval()(idx)[0]
         torch.testing.assert_close(exported(idx).logits, ours[..., :50257], atol=1e-5, rtol=0)
+    text = "Ünïcödé 🙂 and a literal <|endoftext|>"
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert tokenizer.encode(text) == gpt2_encoding().encode(text, allowed_special="all")
     with pytest.raises(ConfigError, match="exists: remove it or pass another --to"):
         hf.main([f"--out_dir={tmp_path}", f"--to={tmp_path / 'hf'}"])
 
