@@ -277,7 +277,8 @@ class Trainer:
         if resume:
             checkpoint = load_checkpoint(os.path.join(s["out_dir"], "ckpt.pt"), fix="start with init_from='scratch' "
                                          "(nothing to resume), or point out_dir at a run's folder")
-            check_same_run(checkpoint, {**s, "vocab_size": model_args["vocab_size"]})
+            check_same_run(checkpoint, s)
+            model_args.update({k: checkpoint["model_args"][k] for k in MODEL_KEYS})  # a tuned run's: from init_from
         if tune:
             checkpoint = (gpt2_checkpoint if is_hf_source(s["init_from"]) else load_checkpoint)(s["init_from"])
             check_same_tokenizer(checkpoint, self.meta)
@@ -510,10 +511,12 @@ def save_checkpoint(path, state):
 
 
 def check_same_run(checkpoint, settings):
-    """Resuming continues one run: the settings that shape the weights and the data must be the checkpoint's."""
-    saved = {**checkpoint["config"], **checkpoint["model_args"]}
+    """Resuming continues one run: the settings that shape the weights and the data must be the checkpoint's
+    settings. (Its model shape can differ from them: a tuned run took it from init_from. vocab_size is no setting:
+    the dataset fixes it.)"""
+    saved = checkpoint["config"]
     differ = [f"{k}: checkpoint {saved.get(k)!r}, now {settings[k]!r}" for k in MODEL_KEYS + RUN_KEYS
-              if saved.get(k) != settings[k]]
+              if k in settings and saved.get(k) != settings[k]]
     if differ:
         raise ConfigError("cannot resume: the checkpoint comes from another configuration (" + "; ".join(differ)
                           + "). Pass the same config file and overrides as the original run, or use a new out_dir")

@@ -122,3 +122,16 @@ def test_a_folder_that_holds_no_gpt2_is_refused_with_the_fix(bpe_corpus, tmp_pat
     (tmp_path / "run").mkdir()
     with pytest.raises(ConfigError, match="pass a folder written by save_pretrained, or the path of a checkpoint"):
         run(bpe_corpus, tmp_path / "out", f"--init_from={tmp_path / 'run'}")
+
+
+def test_a_run_tuned_from_a_folder_resumes_exactly(bpe_corpus, tmp_path):
+    # The folder's shape (and unpadded vocabulary) differs from the settings', which a resume must not hold against it.
+    random_gpt2(vocab_size=hf.GPT2_VOCAB_SIZE, n_embd=32, n_layer=3, n_head=4).save_pretrained(tmp_path / "hf_in")
+    args = ["--eval_interval=2", "--lr_decay_iters=4"]
+    run(bpe_corpus, tmp_path / "straight", *args, f"--init_from={tmp_path / 'hf_in'}", "--max_iters=4")
+    run(bpe_corpus, tmp_path / "stopped", *args, f"--init_from={tmp_path / 'hf_in'}", "--max_iters=2")
+    run(bpe_corpus, tmp_path / "stopped", *args, "--init_from=resume", "--max_iters=4")
+    ignore = ("elapsed_s", "tokens_per_sec")
+    straight, resumed = ([{k: v for k, v in r.items() if k not in ignore} for r in train.read_log(tmp_path / d)]
+                         for d in ("straight", "stopped"))
+    assert [r["iter"] for r in resumed] == [0, 2, 4] and straight == resumed
