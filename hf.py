@@ -60,9 +60,16 @@ def gpt2_checkpoint(source):
                           f"internet, load it once where there is (GPT2LMHeadModel.from_pretrained('{source}')"
                           f".save_pretrained('folder')), copy the folder here and pass --init_from=folder") from None
     c = hf.config
-    if c.model_type != "gpt2" or c.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise ConfigError(f"{source} is a {c.model_type} with activation {c.activation_function}, not a GPT-2 "
-                          f"(model_type 'gpt2', activation 'gelu_new'): model.py cannot hold it")
+    as_model_py = {"model_type": c.model_type == "gpt2",
+                   "activation_function": c.activation_function in ("gelu_new", "gelu_pytorch_tanh"),
+                   "n_inner": c.n_inner in (None, 4 * c.n_embd),
+                   "layer_norm_epsilon": c.layer_norm_epsilon == 1e-5,
+                   "scale_attn_weights": c.scale_attn_weights,
+                   "scale_attn_by_inverse_layer_idx": not c.scale_attn_by_inverse_layer_idx}
+    unlike = [name for name, same in as_model_py.items() if not same]
+    if unlike:
+        raise ConfigError(f"{source} is not the GPT-2 that model.py computes: its config differs in "
+                          f"{', '.join(unlike)}")
     model_args = dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, vocab_size=c.vocab_size,
                       block_size=c.n_positions, bias=True)
     tokenizer = "gpt2" if c.vocab_size == GPT2_VOCAB_SIZE else f"unknown ({c.vocab_size} tokens)"

@@ -122,6 +122,10 @@ def test_a_folder_that_holds_no_gpt2_is_refused_with_the_fix(bpe_corpus, tmp_pat
     (tmp_path / "run").mkdir()
     with pytest.raises(ConfigError, match="pass a folder written by save_pretrained, or the path of a checkpoint"):
         run(bpe_corpus, tmp_path / "out", f"--init_from={tmp_path / 'run'}")
+    random_gpt2(vocab_size=hf.GPT2_VOCAB_SIZE, n_embd=16, n_layer=1, n_head=2, activation_function="relu",
+                scale_attn_by_inverse_layer_idx=True).save_pretrained(tmp_path / "variant")
+    with pytest.raises(ConfigError, match="differs in activation_function, scale_attn_by_inverse_layer_idx$"):
+        run(bpe_corpus, tmp_path / "out", f"--init_from={tmp_path / 'variant'}")
 
 
 def test_a_run_tuned_from_a_folder_resumes_exactly(bpe_corpus, tmp_path):
