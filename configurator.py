@@ -3,7 +3,7 @@ Settings the nanoGPT way: a script's settings are plain globals at its top, and 
 with config files (`config/train_wiki.py`, plain Python assignments) and `--key=value` pairs, applied left to
 right; a bare `--key` sets a True/False setting to True. Unlike a bare exec, each override is checked: an unknown
 key or a value of the wrong type stops the run with a message that names it, so a typo never silently trains the
-wrong model.
+wrong model. `--help` prints the settings with their defaults and exits.
 
     configure(globals(), sys.argv[1:])
 """
@@ -19,6 +19,12 @@ class ConfigError(ValueError):
 def configure(settings, args):
     """Apply config files and --key=value overrides from args to the settings dict (a script's globals)."""
     known = {k: v for k, v in settings.items() if is_setting(k, v)}
+    if "--help" in args or "-h" in args:
+        print("settings and their defaults (the comments at the top of the script say what they do); override "
+              "them with config files and --key=value, left to right:")
+        for key, value in known.items():
+            print(f"  --{key}={value!r}")
+        raise SystemExit(0)
     for arg in args:
         if arg.startswith("--"):
             key, sep, text = arg[2:].partition("=")

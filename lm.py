@@ -77,9 +77,10 @@ class LanguageModel(nn.Module):
                                  attn_add_fn=attn_add_fn)
 
 
-def load_checkpoint(path):
+def load_checkpoint(path, fix="train first, or point init_from at an existing file"):
+    """A checkpoint of train.py; fix says how the caller's settings point at another one."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path}: train first, or point init_from at an existing file")
+        raise FileNotFoundError(f"no checkpoint at {path}: {fix}")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # torch raises several types for a truncated or foreign file

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from configurator import ConfigError, configure
+from configurator import ConfigError, configure, is_setting
 from data.common import document_start, get_codec
 from lm import checkpoint_vocab, load_checkpoint, load_language_model, pick_device, pick_precision
 
@@ -27,29 +27,33 @@ use_cache = True  # the KV cache; False recomputes the whole context at every st
 device = "auto"
 dtype = "auto"
 # -----------------------------------------------------------------------------
+SETTINGS = {k: v for k, v in globals().items() if is_setting(k, v)}
 
 
 def main(argv):
-    configure(globals(), argv)
-    if num_samples < 1 or max_new_tokens < 1 or temperature < 0 or top_k < 0:
+    """Print samples with the settings above, overridden by argv (a copy: the defaults stay for the next call)."""
+    s = dict(SETTINGS)
+    configure(s, argv)
+    if s["num_samples"] < 1 or s["max_new_tokens"] < 1 or s["temperature"] < 0 or s["top_k"] < 0:
         raise ConfigError("num_samples and max_new_tokens must be at least 1, temperature and top_k at least 0")
-    checkpoint = load_checkpoint(f"{out_dir}/ckpt.pt")
-    run_device = pick_device(device)
-    _, autocast = pick_precision(run_device.split(":")[0], dtype)
+    checkpoint = load_checkpoint(f"{s['out_dir']}/ckpt.pt",
+                                 fix="train first (python train.py), or point out_dir at a run's folder")
+    run_device = pick_device(s["device"])
+    _, autocast = pick_precision(run_device.split(":")[0], s["dtype"])
     model = load_language_model(checkpoint, run_device)
     meta = checkpoint_vocab(checkpoint)
     encode, decode = get_codec(meta)
-    prompt = read_prompt(start, meta)
+    prompt = read_prompt(s["start"], meta)
     idx = torch.tensor([encode(prompt)], dtype=torch.long, device=run_device)
     if idx.size(1) >= model.gpt.config.block_size:
         idx = idx[:, -(model.gpt.config.block_size - 1):]  # the model only ever sees its last block_size tokens
-    torch.manual_seed(seed)
-    for _ in range(num_samples):
+    torch.manual_seed(s["seed"])
+    for _ in range(s["num_samples"]):
         t0 = time.time()
         with autocast:
-            out = model.generate(idx, max_new_tokens, temperature, top_k or None, use_cache)
+            out = model.generate(idx, s["max_new_tokens"], s["temperature"], s["top_k"] or None, s["use_cache"])
         print(decode(out[0].tolist()))
-        print(f"---------------- {max_new_tokens / (time.time() - t0):.0f} tokens/s")
+        print(f"---------------- {s['max_new_tokens'] / (time.time() - t0):.0f} tokens/s")
 
 
 def read_prompt(text, meta):

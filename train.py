@@ -26,6 +26,7 @@ import ngram
 from configurator import ConfigError, configure, parse
 from data.common import (document_start, ensure_prepared, get_codec, load_checked_tokens, load_meta, vocabulary,
                          write_atomically)
+from hf import GPT2_NAMES, gpt2_checkpoint, is_hf_source
 from lm import LanguageModel, checkpoint_vocab, load_checkpoint, pick_device, pick_precision
 import mod
 from mod import merge_lora
@@ -41,7 +42,9 @@ eval_interval = 250
 eval_iters = 20  # batches per split in each evaluation; the same batches every time, so curves compare
 log_interval = 10  # iterations between progress-bar updates (each costs a device sync)
 eval_only = False
-init_from = "scratch"  # 'scratch', 'resume' (continue out_dir/ckpt.pt), or the path of a checkpoint to tune
+# 'scratch', 'resume' (continue out_dir/ckpt.pt), or what to tune: the path of a checkpoint, OpenAI's GPT-2
+# ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl') or a folder written by transformers' save_pretrained (hf.py)
+init_from = "scratch"
 seed = 1337
 sample_tokens = 300  # length of the sample printed at the end; 0 prints none
 # data
@@ -113,9 +116,9 @@ def validate_settings(s):
             problems.append(f"{key} must be at least 1, got {s[key]}")
     if s["max_iters"] < 0:
         problems.append(f"max_iters must be at least 0 (0 evaluates and saves the initial model), got {s['max_iters']}")
-    if s["init_from"] not in ("scratch", "resume") and not os.path.isfile(s["init_from"]):
-        problems.append(f"init_from must be 'scratch', 'resume' or an existing checkpoint file, got "
-                        f"'{s['init_from']}'")
+    if not (s["init_from"] in ("scratch", "resume") or os.path.isfile(s["init_from"]) or is_hf_source(s["init_from"])):
+        problems.append(f"init_from must be 'scratch', 'resume', an existing checkpoint file, one of {GPT2_NAMES} or "
+                        f"a folder written by save_pretrained, got '{s['init_from']}'")
     if s["dtype"] not in ("auto", "float32", "bfloat16", "float16"):
         problems.append(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got '{s['dtype']}'")
     if s["compile"] not in (None, True, False):
@@ -264,10 +267,12 @@ class Trainer:
         resume, tune = s["init_from"] == "resume", s["init_from"] not in ("scratch", "resume")
         checkpoint = None
         if resume:
-            checkpoint = load_checkpoint(os.path.join(s["out_dir"], "ckpt.pt"))
-            check_same_run(checkpoint, {**s, "vocab_size": model_args["vocab_size"]})
+            checkpoint = load_checkpoint(os.path.join(s["out_dir"], "ckpt.pt"), fix="start with init_from='scratch' "
+                                         "(nothing to resume), or point out_dir at a run's folder")
+            check_same_run(checkpoint, s)
+            model_args.update({k: checkpoint["model_args"][k] for k in MODEL_KEYS})  # a tuned run's: from init_from
         if tune:
-            checkpoint = load_checkpoint(s["init_from"])
+            checkpoint = (gpt2_checkpoint if is_hf_source(s["init_from"]) else load_checkpoint)(s["init_from"])
             tuned_vocab = checkpoint_vocab(checkpoint)
             check_same_tokenizer(tuned_vocab, self.meta)
             saved = checkpoint["model_args"]
@@ -533,10 +538,12 @@ def save_checkpoint(path, state):
 
 
 def check_same_run(checkpoint, settings):
-    """Resuming continues one run: the settings that shape the weights and the data must be the checkpoint's."""
-    saved = {**checkpoint["config"], **checkpoint["model_args"]}
+    """Resuming continues one run: the settings that shape the weights and the data must be the checkpoint's
+    settings. (Its model shape can differ from them: a tuned run took it from init_from. vocab_size is no setting:
+    the dataset fixes it.)"""
+    saved = checkpoint["config"]
     differ = [f"{k}: checkpoint {saved.get(k)!r}, now {settings[k]!r}" for k in MODEL_KEYS + RUN_KEYS
-              if saved.get(k) != settings[k]]
+              if k in settings and saved.get(k) != settings[k]]
     if differ:
         raise ConfigError("cannot resume: the checkpoint comes from another configuration (" + "; ".join(differ)
                           + "). Pass the same config file and overrides as the original run, or use a new out_dir")
