@@ -575,7 +575,8 @@ def check_same_run(checkpoint, settings):
               if saved.get(k) != settings[k]]
     if differ:
         raise ConfigError("cannot resume: the checkpoint comes from another configuration (" + "; ".join(differ)
-                          + "). Pass the same config file and overrides as the original run, or use a new out_dir")
+                          + "). Pass the same config file and overrides as the original run, or continue its weights "
+                          "as a new run in a new out_dir with --init_from=<its ckpt.pt>")
 
 
 def check_same_tokenizer(checkpoint, meta):

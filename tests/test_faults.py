@@ -3,7 +3,6 @@ checkpoint, a kill at any moment resumes to the same weights and a log with each
 stops with one line naming the problem and the fix."""
 
 import errno
-import fcntl
 import os
 import random
 import subprocess
@@ -64,11 +63,14 @@ def test_overwrite_replaces_the_run_and_its_whole_log(corpus, tmp_path):
     assert [r["iter"] for r in train.read_log(tmp_path)] == [0, 2]
     checkpoint = load_checkpoint(str(tmp_path / "ckpt.pt"))
     assert checkpoint["iter_num"] == 2 and checkpoint["config"]["learning_rate"] == 3e-3
+    # Tuning a checkpoint into its own folder replaces it only after reading it.
+    run(corpus, tmp_path, "--max_iters=0", f"--init_from={tmp_path / 'ckpt.pt'}", "--overwrite")
+    assert [r["val_loss"] for r in train.read_log(tmp_path)] == [checkpoint["log_record"]["val_loss"]]
 
 
 # --- 2. one run at a time in an out_dir -------------------------------------------------------------------------
 def test_a_second_run_in_a_locked_out_dir_is_refused(corpus, tmp_path):
-    tmp_path.mkdir(exist_ok=True)
+    fcntl = pytest.importorskip("fcntl")  # without it (Windows) runs go unlocked
     with open(tmp_path / ".lock", "a") as other_run:  # what a live run in this folder holds
         fcntl.flock(other_run, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(ConfigError, match=f"another run is using out_dir {tmp_path}"):
