@@ -108,6 +108,8 @@ def pick_device(requested="auto", local_rank=None):
         if (named.index or 0) >= present:
             raise ValueError(f"device '{requested}' is not on this machine ({present} {kind} device(s) found): use "
                              f"--device=auto, which picks the best one present, or --device=cpu")
+        if requested == "cuda" and local_rank is not None:  # under DDP each process takes its own GPU
+            return f"cuda:{local_rank}"
         return requested
     if torch.cuda.is_available():
         return f"cuda:{local_rank}" if local_rank is not None else "cuda"

@@ -130,9 +130,9 @@ def validate_settings(s):
         problems.append(f"label_smoothing must be in [0, 1), got {s['label_smoothing']}")
     if s["learning_rate"] <= 0 or s["min_lr"] < 0:
         problems.append("learning_rate must be positive and min_lr non-negative")
-    if s["min_lr"] > s["learning_rate"]:
+    if s["decay_lr"] and s["min_lr"] > s["learning_rate"]:
         problems.append(f"min_lr ({s['min_lr']}) must not exceed learning_rate ({s['learning_rate']}): the cosine "
-                        f"schedule decays from learning_rate down to min_lr")
+                        f"schedule decays from learning_rate down to min_lr; lower min_lr or set decay_lr=False")
     for key in ("beta1", "beta2"):
         if not 0.0 <= s[key] < 1.0:
             problems.append(f"{key} must be in [0, 1) (AdamW's moment decay), got {s[key]}")
@@ -203,12 +203,14 @@ def claim_out_dir(s):
         raise ConfigError(f"cannot write to out_dir {out_dir} ({e.strerror}): choose another --out_dir or make it "
                           f"writable") from None
     with lock:
-        try:
-            if fcntl is not None:
+        if fcntl is not None:
+            try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"another run is using out_dir {out_dir} (it holds {lock.name}): wait for it to "
-                              f"finish, or choose another --out_dir") from None
+            except BlockingIOError:
+                raise ConfigError(f"another run is using out_dir {out_dir} (it holds {lock.name}): wait for it to "
+                                  f"finish, or choose another --out_dir") from None
+            except OSError:  # a filesystem without locks (some network mounts): the run goes unlocked
+                pass
         log = os.path.join(out_dir, "log.jsonl")
         holds_a_run = os.path.exists(os.path.join(out_dir, "ckpt.pt")) or (os.path.isfile(log) and
                                                                           os.path.getsize(log) > 0)

@@ -210,6 +210,10 @@ def test_impossible_optimizer_settings_are_refused(args, message):
         train.settings_from([train.PLAIN_CONFIG, *args])
 
 
+def test_min_lr_above_learning_rate_is_fine_without_the_decay_that_reads_it():
+    train.settings_from([train.PLAIN_CONFIG, "--min_lr=1e-2", "--learning_rate=1e-3", "--decay_lr=False"])
+
+
 def test_a_device_that_is_not_there_is_refused_by_name(corpus, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown device 'bogus': use auto, cpu"):
         run(corpus, tmp_path, "--device=bogus")
@@ -217,6 +221,11 @@ def test_a_device_that_is_not_there_is_refused_by_name(corpus, tmp_path, monkeyp
     with pytest.raises(ValueError, match="device 'cuda' is not on this machine.*--device=cpu"):
         lm.pick_device("cuda")
     assert lm.pick_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert lm.pick_device("cuda", local_rank=1) == "cuda:1"  # one GPU per DDP process, not all on the first
+    with pytest.raises(ValueError, match="device 'cuda:2' is not on this machine \\(2 cuda device"):
+        lm.pick_device("cuda:2")
 
 
 @pytest.mark.parametrize("change", ["--batch_size=8", "--gradient_accumulation_steps=2", "--seed=7"])
