@@ -148,16 +148,17 @@ def test_sigkill_at_random_moments_resumes_to_the_weights_of_an_uninterrupted_ru
     args = [*TINY, f"--dataset={corpus}", "--dropout=0.1", "--max_iters=12", "--eval_interval=2",
             "--gradient_accumulation_steps=2"]
 
-    def start(out_dir, *extra):
-        return subprocess.Popen([sys.executable, "train.py", *args, f"--out_dir={out_dir}", *extra], cwd=ROOT,
-                                env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    def start(out_dir, *extra):  # stderr to a file: a full pipe would block the process
+        with open(tmp_path / "stderr.txt", "w") as stderr:
+            return subprocess.Popen([sys.executable, "train.py", *args, f"--out_dir={out_dir}", *extra], cwd=ROOT,
+                                    env=ENV, stdout=subprocess.DEVNULL, stderr=stderr)
 
     def logged(out_dir):
         path = out_dir / "log.jsonl"
         return path.read_text().count("\n") if path.exists() else 0
 
     straight = start(tmp_path / "straight")
-    assert straight.wait() == 0, straight.stderr.read()
+    assert straight.wait() == 0, (tmp_path / "stderr.txt").read_text()
     out, rng, interrupted = tmp_path / "killed", random.Random(0), []
     for _ in range(3):
         proc = start(out, *(["--init_from=resume"] if (out / "ckpt.pt").exists() else []))
@@ -170,7 +171,7 @@ def test_sigkill_at_random_moments_resumes_to_the_weights_of_an_uninterrupted_ru
         proc.kill()
         proc.wait()
     proc = start(out, "--init_from=resume")
-    assert proc.wait() == 0, proc.stderr.read()
+    assert proc.wait() == 0, (tmp_path / "stderr.txt").read_text()
     assert any(interrupted)
     a, b = (load_checkpoint(str(tmp_path / d / "ckpt.pt")) for d in ("straight", "killed"))
     assert a["iter_num"] == b["iter_num"] == 12
