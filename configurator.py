@@ -9,6 +9,7 @@ wrong model. `--help` prints the settings with their defaults and exits.
 """
 
 import difflib
+import traceback
 from ast import literal_eval
 
 
@@ -56,7 +57,15 @@ def read_config_file(path):
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     namespace = {}
-    exec(compile(source, path, "exec"), namespace)
+    try:
+        exec(compile(source, path, "exec"), namespace)
+    except SyntaxError as e:
+        raise ConfigError(f"config file {path}, line {e.lineno}: {e.msg}: fix the file (plain Python assignments)") \
+            from None
+    except Exception as e:  # the file is Python and may raise anything; the line that raised is the file's own
+        line = next((frame.lineno for frame in reversed(traceback.extract_tb(e.__traceback__))
+                     if frame.filename == path), "?")
+        raise ConfigError(f"config file {path}, line {line}: {type(e).__name__}: {e}: fix the file") from None
     return {k: v for k, v in namespace.items() if not k.startswith("_") and is_setting(k, v)}
 
 

@@ -116,8 +116,23 @@ def load_language_model(checkpoint, device):
 
 
 def pick_device(requested="auto", local_rank=None):
-    """'auto' means CUDA (this process's GPU under DDP), then Apple's MPS, then the CPU."""
+    """'auto' means CUDA (this process's GPU under DDP), then Apple's MPS, then the CPU. A named device must exist
+    here: torch's own message for a missing one is about device indices or a build option."""
     if requested != "auto":
+        try:
+            named = torch.device(requested)
+        except RuntimeError:
+            named = None
+        if named is None or named.type not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"unknown device '{requested}': use auto, cpu, cuda, cuda:N or mps")
+        kind = named.type
+        present = {"cpu": 1, "cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+                   "mps": int(torch.backends.mps.is_available())}[kind]
+        if (named.index or 0) >= present:
+            raise ValueError(f"device '{requested}' is not on this machine ({present} {kind} device(s) found): use "
+                             f"--device=auto, which picks the best one present, or --device=cpu")
+        if requested == "cuda" and local_rank is not None:  # under DDP each process takes its own GPU
+            return f"cuda:{local_rank}"
         return requested
     if torch.cuda.is_available():
         return f"cuda:{local_rank}" if local_rank is not None else "cuda"

@@ -18,8 +18,8 @@ def read_log(out_dir):
     path = os.path.join(out_dir, "log.jsonl")
     if not os.path.isfile(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f]
+    with open(path) as f:  # a line without its newline is one a killed run was writing
+        return [json.loads(line) for line in f if line.endswith("\n")]
 
 
 def plot_log(out_dir, title=None, ngram_alpha=None):

@@ -46,7 +46,10 @@ def main(argv):
     prompt = read_prompt(s["start"], meta)
     idx = torch.tensor([encode(prompt)], dtype=torch.long, device=run_device)
     if idx.size(1) >= model.gpt.config.block_size:
-        idx = idx[:, -(model.gpt.config.block_size - 1):]  # the model only ever sees its last block_size tokens
+        keep = model.gpt.config.block_size - 1  # the model only ever sees its last block_size tokens
+        print(f"note: the prompt has {idx.size(1)} tokens, more than the model reads (block_size "
+              f"{model.gpt.config.block_size}); it is cut to its last {keep}", file=sys.stderr)
+        idx = idx[:, -keep:]
     torch.manual_seed(s["seed"])
     for _ in range(s["num_samples"]):
         t0 = time.time()

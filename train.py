@@ -6,7 +6,9 @@ Train a GPT, alone or with the techniques of this repository, on the CPU, one GP
     torchrun --standalone --nproc_per_node=4 train.py config/train_wiki.py
 
 Settings are the globals below; config files and --key=value override them (configurator.py checks names and
-types). Every eval appends a line to out_dir/log.jsonl, redraws out_dir/loss.png and writes out_dir/ckpt.pt.
+types). Every eval writes out_dir/ckpt.pt, then appends a line to out_dir/log.jsonl and redraws out_dir/loss.png.
+A run holds out_dir/.lock while it lives, and refuses an out_dir that holds another run unless told to resume it
+(--init_from=resume) or to replace it (--overwrite).
 """
 
 import json
@@ -14,13 +16,20 @@ import math
 import os
 import shlex
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
+
+try:
+    import fcntl
+except ImportError:  # Windows: runs go unlocked, so two runs in one out_dir are not caught there
+    fcntl = None
 
 import ngram
 from configurator import ConfigError, configure, parse
@@ -31,7 +40,7 @@ from lm import LanguageModel, checkpoint_vocab, load_checkpoint, pick_device, pi
 import mod
 from mod import merge_lora
 from model import GPT, GPTConfig, configure_optimizers, estimate_mfu
-from plot import plot_log
+from plot import plot_log, read_log
 import planner
 from planner import PlanData, initialise_plan
 
@@ -45,6 +54,7 @@ eval_only = False
 # 'scratch', 'resume' (continue out_dir/ckpt.pt), or what to tune: the path of a checkpoint, OpenAI's GPT-2
 # ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl') or a folder written by transformers' save_pretrained (hf.py)
 init_from = "scratch"
+overwrite = False  # a new run may replace the run already in out_dir (its ckpt.pt and log.jsonl); else it is refused
 seed = 1337
 sample_tokens = 300  # length of the sample printed at the end; 0 prints none
 # data
@@ -127,6 +137,14 @@ def validate_settings(s):
         problems.append(f"label_smoothing must be in [0, 1), got {s['label_smoothing']}")
     if s["learning_rate"] <= 0 or s["min_lr"] < 0:
         problems.append("learning_rate must be positive and min_lr non-negative")
+    if s["decay_lr"] and s["min_lr"] > s["learning_rate"]:
+        problems.append(f"min_lr ({s['min_lr']}) must not exceed learning_rate ({s['learning_rate']}): the cosine "
+                        f"schedule decays from learning_rate down to min_lr; lower min_lr or set decay_lr=False")
+    for key in ("beta1", "beta2"):
+        if not 0.0 <= s[key] < 1.0:
+            problems.append(f"{key} must be in [0, 1) (AdamW's moment decay), got {s[key]}")
+    if s["warmup_iters"] < 0:
+        problems.append(f"warmup_iters must be at least 0, got {s['warmup_iters']}")
     # Each technique checks its own settings, in its own file.
     problems += ngram.settings_problems(s) + mod.settings_problems(s) + planner.settings_problems(s)
     if problems:
@@ -136,8 +154,10 @@ def validate_settings(s):
 SETTINGS = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str,
                                                                                         type(None)))]
 # Settings that fix what the checkpoint's weights mean: resuming with different ones would be a different run.
+# batch_size, gradient_accumulation_steps and seed fix the batches and random draws an exact resume replays.
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "bias", "vocab_size")
-RUN_KEYS = ("dataset", "block_size", "label_smoothing", "ngram_mode", "ngram_n", "ngram_r", "ngram_alpha",
+RUN_KEYS = ("dataset", "block_size", "batch_size", "gradient_accumulation_steps", "seed", "label_smoothing",
+            "ngram_mode", "ngram_n", "ngram_r", "ngram_alpha",
             "mod_k", "mod_lambda", "mod_distill_frac", "mod_kl", "mod_detach_teacher", "mod_router_input",
             "mod_router_bias", "mod_tune", "lora_rank", "lora_alpha", "plan_mode", "plan_k", "plan_context",
             "plan_tau", "plan_lambda", "plan_embedder", "plan_seed", "plan_freeze_lm")
@@ -162,8 +182,10 @@ COMBINED_COMMAND = "python experiments/run.py --suite small --only combined"
 
 def main(argv):
     """Train with the settings above, overridden by argv; returns the finished Trainer."""
-    trainer = Trainer(settings_from(argv))
-    trainer.run()
+    settings = settings_from(argv)
+    with claim_out_dir(settings):
+        trainer = Trainer(settings)
+        trainer.run()
     if not argv and trainer.master:  # the main job: put its result beside the plain model's on the same settings
         print(beside_plain(trainer.last_record["val_ppl"], COMBINED_RESULTS))
     return trainer
@@ -187,6 +209,44 @@ def plain_val_ppl(path):
         return None
     column = rows[0].index("val ppl")
     return next((float(row[column]) for row in rows if row[0] == "plain"), None)
+
+
+@contextmanager
+def claim_out_dir(s):
+    """Make out_dir this run's for its whole life, before any work: it must be writable, no other live run may use
+    it (a lock the OS drops when the process dies, however it dies), and a new run must not silently replace the
+    run it holds. Only rank 0 writes to out_dir; an evaluation-only run writes nothing."""
+    if s["eval_only"] or int(os.environ.get("RANK", 0)) != 0:
+        yield
+        return
+    out_dir = s["out_dir"]
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir) as probe:
+            probe.write(b"probe")
+        lock = open(os.path.join(out_dir, ".lock"), "a")
+    except OSError as e:
+        raise ConfigError(f"cannot write to out_dir {out_dir} ({e.strerror}): choose another --out_dir or make it "
+                          f"writable") from None
+    with lock:
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(f"another run is using out_dir {out_dir} (it holds {lock.name}): wait for it to "
+                                  f"finish, or choose another --out_dir") from None
+            except OSError:  # a filesystem without locks (some network mounts): the run goes unlocked
+                pass
+        log = os.path.join(out_dir, "log.jsonl")
+        holds_a_run = os.path.exists(os.path.join(out_dir, "ckpt.pt")) or (os.path.isfile(log) and
+                                                                          os.path.getsize(log) > 0)
+        if holds_a_run and s["init_from"] != "resume" and not s["overwrite"]:
+            raise ConfigError(f"out_dir {out_dir} already holds a run (ckpt.pt, log.jsonl): continue it with "
+                              f"--init_from=resume, choose another --out_dir, or pass --overwrite to replace it")
+        for name in os.listdir(out_dir):  # the lock is ours, so these are a killed run's unfinished writes
+            if name.startswith(("ckpt.pt.", "log.jsonl.")) and name.endswith(".tmp"):
+                os.remove(os.path.join(out_dir, name))
+        yield
 
 
 class Trainer:
@@ -307,6 +367,7 @@ class Trainer:
             self.iter_num = checkpoint["iter_num"]
             self.best_val_loss = checkpoint["best_val_loss"]
             self.elapsed = checkpoint["elapsed_s"]
+            self.last_record = checkpoint.get("log_record")  # None in checkpoints written before it was kept
         self.n_trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         if self.master:
             print(f"{gpt.num_params() / 1e6:.2f}M parameters in the GPT (without positions), "
@@ -388,8 +449,7 @@ class Trainer:
             return
         if self.master:
             os.makedirs(s["out_dir"], exist_ok=True)
-            if s["init_from"] != "resume":
-                open(os.path.join(s["out_dir"], "log.jsonl"), "w").close()
+            self.start_log()
         tokens_per_iter = s["gradient_accumulation_steps"] * s["batch_size"] * s["block_size"]
         if self.master:
             print(f"{tokens_per_iter:,} tokens per iteration on {self.world} process(es), device {self.device}, "
@@ -437,6 +497,22 @@ class Trainer:
             print(self.how_to_continue())
         if self.ddp:
             dist.destroy_process_group()
+
+    def start_log(self):
+        """A new run starts an empty log, without the checkpoint of the run it replaces. A resumed run keeps the
+        records before its checkpoint plus the checkpoint's own: a kill after the checkpoint landed and before its
+        line did, or an older version's log that ran ahead of its checkpoint, leaves no evaluation missing or
+        logged twice."""
+        out_dir = self.s["out_dir"]
+        records = []
+        if self.s["init_from"] == "resume":
+            records = [r for r in read_log(out_dir) if r["iter"] <= self.iter_num]
+            if self.last_record is not None:
+                records = [r for r in records if r["iter"] < self.iter_num] + [self.last_record]
+        elif os.path.exists(os.path.join(out_dir, "ckpt.pt")):
+            os.remove(os.path.join(out_dir, "ckpt.pt"))
+        lines = "".join(json.dumps(r) + "\n" for r in records)
+        write_atomically(os.path.join(out_dir, "log.jsonl"), lambda f: f.write(lines.encode()))
 
     def train_step(self):
         """One optimizer step over this process's share of the global batch; returns the last micro-batch loss."""
@@ -487,15 +563,16 @@ class Trainer:
         if not math.isfinite(val_loss):
             raise FloatingPointError(f"the validation loss is {val_loss} at iteration {self.iter_num}; stopping "
                                      f"without overwriting the last good checkpoint in {s['out_dir']}")
-        with open(os.path.join(s["out_dir"], "log.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
-        plot_log(s["out_dir"], run_title(s), s["ngram_alpha"])
         self.best_val_loss = min(self.best_val_loss, val_loss)
         save_checkpoint(os.path.join(s["out_dir"], "ckpt.pt"), {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "model_args": self.model_args, "config": s,
             "iter_num": self.iter_num, "best_val_loss": self.best_val_loss, "elapsed_s": self.elapsed,
-            "tokenizer": self.meta["tokenizer"], "vocab": vocabulary(self.meta)})
+            "tokenizer": self.meta["tokenizer"], "vocab": vocabulary(self.meta), "log_record": record})
+        # The line follows the checkpoint, so the log never runs ahead of what a resume starts from.
+        with open(os.path.join(s["out_dir"], "log.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+        plot_log(s["out_dir"], run_title(s), s["ngram_alpha"])
 
     def warn_degenerate(self, record):
         """A technique that stops doing its job says so: the warning is kept in the record (the plot marks it) and
@@ -534,7 +611,16 @@ class Trainer:
 
 # --- checkpoints ------------------------------------------------------------------------------------------------
 def save_checkpoint(path, state):
-    write_atomically(path, lambda f: torch.save(state, f))
+    """Write state to path atomically. A failed write (a full disk, a folder gone read-only) keeps the previous
+    checkpoint and stops the run with one line."""
+    try:
+        write_atomically(path, lambda f: torch.save(state, f))
+    except (OSError, RuntimeError) as e:
+        cause = e if isinstance(e, OSError) else e.__context__  # torch wraps the file's OSError in a RuntimeError
+        if not isinstance(cause, OSError):
+            raise
+        raise OSError(f"cannot write the checkpoint to {path}: {(cause.strerror or str(cause)).lower()}; the "
+                      f"previous checkpoint is kept: free space or fix the folder, then --init_from=resume") from None
 
 
 def check_same_run(checkpoint, settings):
@@ -546,7 +632,8 @@ def check_same_run(checkpoint, settings):
               if k in settings and saved.get(k) != settings[k]]
     if differ:
         raise ConfigError("cannot resume: the checkpoint comes from another configuration (" + "; ".join(differ)
-                          + "). Pass the same config file and overrides as the original run, or use a new out_dir")
+                          + "). Pass the same config file and overrides as the original run, or continue its weights "
+                          "as a new run in a new out_dir with --init_from=<its ckpt.pt>")
 
 
 def check_same_tokenizer(vocab, meta):
@@ -612,5 +699,5 @@ def setting_text(value):
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:  # our messages name the problem and the fix
+    except (ValueError, OSError, FloatingPointError) as e:  # our messages name the problem and the fix
         sys.exit(f"error: {e}")

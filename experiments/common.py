@@ -14,12 +14,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def train_arm(out_dir, args, max_iters):
     """Run `python train.py config/plain.py *args --out_dir=out_dir --max_iters=max_iters` unless out_dir already
-    holds a log that reached max_iters; return the log's records. Every arm starts from the plain GPT, so it has
-    on exactly the techniques its own args switch on."""
+    holds a log that reached max_iters; return the log's records. An unfinished arm is trained again from its start
+    (--overwrite). Every arm starts from the plain GPT, so it has on exactly the techniques its own args switch
+    on."""
     records = read_log(out_dir)
     if not records or records[-1]["iter"] < max_iters:
         command = [sys.executable, os.path.join(ROOT, "train.py"), os.path.join(ROOT, "config", "plain.py"), *args,
-                   f"--out_dir={out_dir}", f"--max_iters={max_iters}"]
+                   "--overwrite", f"--out_dir={out_dir}", f"--max_iters={max_iters}"]
         print("$", " ".join(command[1:]), flush=True)
         subprocess.run(command, cwd=ROOT, check=True)
         records = read_log(out_dir)
