@@ -112,7 +112,7 @@ class Encoder:
         self.device = device
 
     @torch.no_grad()
-    def embed(self, texts, batch_size=128):
+    def embed(self, texts, batch_size=64):
         """(len(texts), dim) float32 embeddings, on the CPU, in the order of texts.
 
         Batches are formed from sentences of similar token count, so little compute goes into padding."""
