@@ -213,8 +213,8 @@ def bench_sentence_encoders(n=200):
             embed()
             seconds[name].append(time.perf_counter() - t0)
     per_10k = ", ".join(f"{name} {statistics.median(s) / n * 1e4:.2f} s" for name, s in seconds.items())
-    print(f"sentence embeddings per 10k wiki sentences (median of {rounds} rounds on {n}, "
-          f"{torch.get_num_threads()} torch threads, CPU): {per_10k}")
+    print(f"sentence embeddings per 10k wiki sentences (median of {rounds} rounds on {n} sentences, CPU, "
+          f"torch threads: {torch.get_num_threads()}): {per_10k}")
 
 
 def main(argv):
