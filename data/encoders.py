@@ -103,7 +103,7 @@ class Encoder:
             from transformers import AutoModel, AutoTokenizer
         except ImportError:
             raise ValueError("the pretrained sentence encoders need transformers: "
-                             "pip install transformers (or pip install -r requirements.txt)") from None
+                             "pip install transformers") from None
         check_recipe(folder)
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         self.model = AutoModel.from_pretrained(folder, local_files_only=True).to(device).eval()
