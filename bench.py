@@ -11,6 +11,8 @@ sampling, the techniques' extras, forward, backward, AdamW). Arms are timed in a
 and the median is kept, so a passing load on the machine hits every arm alike.
 """
 
+import functools
+import re
 import statistics
 import sys
 import time
@@ -24,8 +26,11 @@ import ngram
 import train
 from configurator import configure
 from data.common import ensure_prepared, load_meta, load_tokens
+from data.common import load_texts
+from data.encoders import ENCODERS, load_encoder
 from model import configure_optimizers
 from planner import PlanData, build_labels, sentence_texts
+from planner import EMBEDDERS, LSA
 
 # -----------------------------------------------------------------------------
 # the plain model measured by default: nanoGPT's CPU configuration on shakespeare_char
@@ -242,6 +247,29 @@ def bench_plan_labels():
           f"{n:,} wiki sentences)")
 
 
+def bench_sentence_encoders(n=200):
+    """Seconds per 10k wiki sentences of each sentence embedder: LSA (fit and embed, as the planner runs it) and the
+    pretrained encoders of data/encoders.py (embed only: loading happens once), timed in alternating rounds."""
+    data_dir = ensure_prepared("wiki")
+    sentences = [s for doc in load_texts(data_dir, "train") for s in re.split(r"(?<=[.!?])\s+", doc) if s]
+    sample = sentences[::len(sentences) // n][:n]  # spread over the corpus, not one article's sentences
+    arms = {"lsa": lambda: LSA.fit(sample, EMBEDDERS["lsa"], 0).embed(sample)}
+    for name in ENCODERS:
+        try:
+            arms[name] = functools.partial(load_encoder(name).embed, sample)
+        except ValueError as e:  # transformers is an optional dependency
+            print(f"{name}: not timed: {e}")
+    seconds = {name: [] for name in arms}
+    for _ in range(rounds):
+        for name, embed in arms.items():
+            t0 = time.perf_counter()
+            embed()
+            seconds[name].append(time.perf_counter() - t0)
+    per_10k = ", ".join(f"{name} {statistics.median(s) / n * 1e4:.2f} s" for name, s in seconds.items())
+    print(f"sentence embeddings per 10k wiki sentences (median of {rounds} rounds on {n} sentences, CPU, "
+          f"torch threads: {torch.get_num_threads()}): {per_10k}")
+
+
 def main(argv):
     configure(globals(), argv)
     torch.manual_seed(0)
@@ -251,6 +279,7 @@ def main(argv):
         bench_ngram_build()
         bench_ngram_loss()
         bench_plan_labels()
+        bench_sentence_encoders()
 
 
 if __name__ == "__main__":

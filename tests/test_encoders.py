@@ -1,0 +1,87 @@
+"""data/encoders.py on a tiny random BERT that each test session writes to disk: no download."""
+
+import json
+import random
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+transformers = pytest.importorskip("transformers")
+
+from data.encoders import load_encoder
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "cat", "dog", "sat", "ran", "on", "under", "mat",
+         "big", "red", "old", "house", "."]
+MAX_SEQ_LENGTH = 10  # [CLS] + 8 words + [SEP]
+TEXTS = ["the cat sat on the mat .", "a dog .", "the big red dog ran under the old house .", "cat", "the old cat sat ."]
+
+
+def write_model(folder, pooling_mode="pooling_mode_mean_tokens"):
+    """A sentence-transformers folder: random tiny BERT (dropout on, as in the real configs), its vocab, its modules."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(VOCAB), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=32)
+    transformers.BertModel(config).save_pretrained(folder)
+    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": MAX_SEQ_LENGTH}))
+    modules = [{"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
+               for i, (path, kind) in enumerate([("", "Transformer"), ("1_Pooling", "Pooling"),
+                                                 ("2_Normalize", "Normalize")])]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir()
+    modes = ["pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens"]
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({m: m == pooling_mode for m in modes}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_model(tmp_path_factory.mktemp("tiny_bert"))
+
+
+def by_hand(folder, text):
+    """The sentence-transformers recipe written out: [CLS] words [SEP] through BERT, mean over tokens, unit length."""
+    bert = transformers.BertModel.from_pretrained(folder).eval()
+    ids = [VOCAB.index("[CLS]")] + [VOCAB.index(w) for w in text.split()][:MAX_SEQ_LENGTH - 2] + [VOCAB.index("[SEP]")]
+    with torch.no_grad():
+        hidden = bert(torch.tensor([ids])).last_hidden_state[0]
+    return F.normalize(hidden.mean(0), dim=0)
+
+
+def test_embedding_is_the_normalised_mean_of_the_last_hidden_state(tiny):
+    encoder = load_encoder(str(tiny))
+    assert encoder.dim == 16
+    for text in TEXTS:
+        torch.testing.assert_close(encoder.embed([text])[0], by_hand(tiny, text))
+    long = "the big red dog ran under the old house . the cat sat ."
+    torch.testing.assert_close(encoder.embed([long])[0], by_hand(tiny, long))  # cut to MAX_SEQ_LENGTH tokens
+    # dropout is on in the config: repeated calls agree only if the model runs in eval mode
+    torch.testing.assert_close(encoder.embed(TEXTS), encoder.embed(TEXTS), rtol=0, atol=0)
+
+
+def test_padding_in_a_batch_does_not_change_an_embedding(tiny):
+    encoder = load_encoder(str(tiny))
+    one_by_one = torch.cat([encoder.embed([text]) for text in TEXTS])
+    torch.testing.assert_close(encoder.embed(TEXTS, batch_size=len(TEXTS)), one_by_one, rtol=0, atol=1e-6)
+
+
+def test_order_is_kept_when_batches_are_sorted_by_length(tiny):
+    encoder = load_encoder(str(tiny))
+    reference = torch.cat([encoder.embed([text]) for text in TEXTS])
+    order = list(range(len(TEXTS))) * 3
+    random.Random(0).shuffle(order)
+    vectors = encoder.embed([TEXTS[i] for i in order], batch_size=2)
+    assert vectors.shape == (len(order), 16) and vectors.dtype == torch.float32
+    torch.testing.assert_close(vectors, reference[order], rtol=0, atol=1e-6)
+
+
+def test_bad_encoders_are_refused_in_one_line(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="unknown sentence encoder 'minilm2'"):
+        load_encoder("minilm2")
+    with pytest.raises(ValueError, match="Pooling"):
+        load_encoder(str(write_model(tmp_path / "cls", pooling_mode="pooling_mode_cls_token")))
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were not installed
+    with pytest.raises(ValueError, match="pip install transformers"):
+        load_encoder(str(tmp_path / "cls"))
