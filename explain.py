@@ -121,7 +121,7 @@ class Reader:
                 start = i
                 break
         starts = [start + w * T for w in range(n_windows)]
-        return dict(start=start, starts=starts, **self.read("val", starts))
+        return dict(start=start, starts=starts, first=self.decode(data[start:start + 1]), **self.read("val", starts))
 
     def token_texts(self, ids):
         return [self.decode([int(t)]) for t in ids]
@@ -140,7 +140,7 @@ def token_loss_section(reader, passage):
     return section("Per-token loss", "explain_loss.png", fig,
                    "Each token of the passage is shaded by the model's loss on it (darker is more surprising), "
                    "with the loss in its tooltip. The mean over the passage is "
-                   f"{np.mean(loss):.3f} nats per token.", passage_div(spans, passage["start"]))
+                   f"{np.mean(loss):.3f} nats per token.", passage_div(spans, passage))
 
 
 def ensemble_section(reader, passage, s):
@@ -157,7 +157,7 @@ def ensemble_section(reader, passage, s):
                                    f' data-w="{w:.6f}"', "rescue" if r else "")
                         for t, w, r in zip(texts, weights[:, j].tolist(), rescued.tolist()))
         rows.append(f"<h3>layer {first + j}{' (final)' if j == mod.k - 1 else ''}: mean weight "
-                    f"{weights[:, j].mean():.3f}</h3>" + passage_div(spans, passage["start"], f"layer{first + j}"))
+                    f"{weights[:, j].mean():.3f}</h3>" + passage_div(spans, passage, f"layer{first + j}"))
     stats = validation_stats(reader, s)
     layers = list(range(first, first + mod.k))
     stats[f"layer{layers[-1]}_lens"] = stats[f"layer{layers[-1]}_ce"]  # the final layer's own norm is the final norm
@@ -315,8 +315,10 @@ def token_span(text, color, tooltip, attributes="", css_class=""):
             f"{attributes}>{shown}</span>")
 
 
-def passage_div(spans, start, name="passage"):
-    return f'<div class="passage" data-name="{name}" data-start="{start}">{spans}</div>'
+def passage_div(spans, passage, name="passage"):
+    """The passage's first token (context only, never predicted) unshaded, then the shaded predicted tokens."""
+    first = html.escape(passage["first"]).replace("\n", "&#8629;<br>")
+    return f'<div class="passage" data-name="{name}" data-start="{passage["start"]}">{first}{spans}</div>'
 
 
 def section(title, png_name, fig, how_to_read, body):
