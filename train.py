@@ -176,7 +176,7 @@ def settings_from(argv):
 
 
 # The table of plain vs all three on the main job's settings, and the command that writes it.
-COMBINED_RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "combined.md")
+COMBINED_RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "combined.json")
 COMBINED_COMMAND = "python experiments/run.py --suite small --only combined"
 
 
@@ -192,23 +192,14 @@ def main(argv):
 
 
 def beside_plain(val_ppl, results_path):
-    """The main job's validation perplexity beside the plain GPT's from the table experiments/combined.py wrote,
-    or the command that writes that table."""
+    """The main job's validation perplexity beside the plain GPT's from the results experiments/combined.py wrote,
+    or the command that writes them."""
     mine = f"validation perplexity {val_ppl:.2f} with all three techniques"
-    plain = plain_val_ppl(results_path) if os.path.isfile(results_path) else None
-    if plain is None:
+    if not os.path.isfile(results_path):
         return f"{mine}; for the plain GPT's on the same settings, run `{COMBINED_COMMAND}` (it writes {results_path})"
+    with open(results_path) as f:
+        plain = json.load(f)["plain"]["val_ppl"]
     return f"{mine}; the plain GPT on the same settings: {plain:.2f} ({results_path}, from `{COMBINED_COMMAND}`)"
-
-
-def plain_val_ppl(path):
-    """The 'plain' arm's validation perplexity in a table experiments/combined.py wrote, or None without that row."""
-    with open(path) as f:
-        rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in f if line.startswith("|")]
-    if not rows or "val ppl" not in rows[0]:
-        return None
-    column = rows[0].index("val ppl")
-    return next((float(row[column]) for row in rows if row[0] == "plain"), None)
 
 
 @contextmanager

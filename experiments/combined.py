@@ -5,9 +5,11 @@ and batches. The ensemble is also run with k = 3, which the default avoids (see 
 
     python experiments/combined.py [small|gpu]
 
-Writes results/combined{,_gpu}.md and results/combined{,_gpu}.png.
+Writes results/combined{,_gpu}.md and results/combined{,_gpu}.png, and each arm's final validation loss and
+perplexity to results/combined{,_gpu}.json (the main job, `python train.py`, prints its own beside the plain one).
 """
 
+import json
 import os
 import sys
 
@@ -41,6 +43,8 @@ def run(suite, results_dir):
     with open(os.path.join(results_dir, f"{name}.md"), "w") as f:
         f.write(f"# Plain vs all three techniques ({suite} suite, shakespeare_char, {plan['max_iters']} steps)\n\n"
                 f"{table}\ntraining seconds: training time without evaluations, on the machine and load of the run.\n")
+    with open(os.path.join(results_dir, f"{name}.json"), "w") as f:
+        json.dump({arm: {k: r[-1][k] for k in ("val_loss", "val_ppl")} for arm, r in runs.items()}, f, indent=1)
     plot_curves(runs, os.path.join(results_dir, f"{name}.png"), "shakespeare_char: plain vs all three")
     print(table)
 
