@@ -23,7 +23,7 @@ import train
 from configurator import configure
 from data.common import ensure_prepared, load_meta, load_tokens
 from model import configure_optimizers
-from planner import PlanData, build_labels, sentence_texts
+from data.sentences import PlanData, build_labels, sentence_texts
 
 # -----------------------------------------------------------------------------
 # the plain model measured by default: nanoGPT's CPU configuration on shakespeare_char
