@@ -336,11 +336,13 @@ class PlanData:
         by the sentence of token ix[b] + t + 1, the token it predicts. Each row's sentences get the slots 0..S-1
         (padding slots repeat the row's last sentence and have label -1)."""
         target = torch.from_numpy(self.token_sentence[split][ix.numpy()[:, None] + np.arange(1, block_size + 1)])
-        first, last = target[:, :1], target[:, -1:]
+        first = target[:, :1]
         slot = target - first
-        ids = torch.minimum(first + torch.arange(int(slot.max()) + 1), last)
+        planned = slot[:, -1:] + 1  # sentences planned in each row
+        slots = torch.arange(int(planned.max()))
+        ids = torch.minimum(first + slots, target[:, -1:])
         context, pos = self.context(split, ids, m)
-        label = torch.where(ids - first <= slot[:, -1:], self.labels[split][ids], -1)
+        label = torch.where(slots < planned, self.labels[split][ids], -1)
         return {"plan_slot": slot, "plan_context": context, "plan_pos": pos, "plan_label": label}
 
 

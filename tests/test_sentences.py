@@ -12,7 +12,7 @@ import torch
 from configurator import ConfigError
 from data.common import gpt2_encoding, load_cache, load_tokens, save_cache, write_dataset
 from data.sentences import PlanData, kmeans, plan_codec, sentence_breaks, sentence_starts
-from test_planner import K, fake_corpus
+from test_planner import K, M, fake_corpus
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +126,15 @@ def test_a_stale_or_unreadable_label_cache_is_rebuilt_never_used(dataset, tmp_pa
     assert all(torch.equal(again.labels[split], built.labels[split]) for split in ("train", "val"))
     assert torch.equal(again.centroids, built.centroids)
     assert load_cache(labels, again.header) is not None  # written again, whole
+
+
+# --- batches --------------------------------------------------------------------------------------------------
+def test_each_row_plans_its_own_sentences_and_padding_has_no_label(dataset):
+    data = PlanData(dataset, K, "lsa", seed=0)
+    ix = torch.arange(0, 3000, 97)
+    extra = data.batch("train", ix, 32, M)
+    for row, i in enumerate(ix.tolist()):
+        planned = torch.from_numpy(np.unique(data.token_sentence["train"][i + 1:i + 33]))
+        assert torch.equal(extra["plan_label"][row, :len(planned)], data.labels["train"][planned])
+        assert (extra["plan_label"][row, len(planned):] == -1).all()  # padding counts in no planner loss or metric
+    assert (extra["plan_label"] == -1).any()
