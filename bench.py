@@ -25,12 +25,10 @@ from torch.nn import functional as F
 import ngram
 import train
 from configurator import configure
-from data.common import ensure_prepared, load_meta, load_tokens
-from data.common import load_texts
+from data.common import ensure_prepared, load_meta, load_texts, load_tokens
 from data.encoders import ENCODERS, load_encoder
+from data.sentences import EMBEDDERS, LSA, PlanData, build_labels, sentence_texts
 from model import configure_optimizers
-from planner import PlanData, build_labels, sentence_texts
-from planner import EMBEDDERS, LSA
 
 # -----------------------------------------------------------------------------
 # the plain model measured by default: nanoGPT's CPU configuration on shakespeare_char

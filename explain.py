@@ -29,8 +29,8 @@ from torch.nn import functional as F
 import ngram
 from configurator import configure
 from data.common import ensure_prepared, get_codec, load_meta, load_tokens
+from data.sentences import PlanData
 from lm import load_checkpoint, load_language_model, pick_device
-from planner import PlanData
 
 # -----------------------------------------------------------------------------
 SETTINGS = dict(
@@ -51,7 +51,7 @@ def main(argv):
     checkpoint = load_checkpoint(Path(s["out_dir"]) / "ckpt.pt")
     config = checkpoint["config"]
     model = load_language_model(checkpoint, pick_device(s["device"]))
-    data_dir = ensure_prepared(config["dataset"])
+    data_dir = ensure_prepared(config["dataset"], config.get("tokenizer", "char"))
     meta = load_meta(data_dir)
     plan_data = PlanData(data_dir, config["plan_k"], config["plan_embedder"], config["plan_seed"]) \
         if model.plan is not None else None

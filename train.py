@@ -42,7 +42,8 @@ from mod import merge_lora
 from model import GPT, GPTConfig, configure_optimizers, estimate_mfu
 from plot import plot_log, read_log
 import planner
-from planner import PlanData, initialise_plan
+from data.sentences import PlanData
+from planner import initialise_plan
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -109,7 +110,7 @@ plan_lambda = 0.0  # weight of the planner's cross-entropy added to the LM loss 
 plan_embedder = "lsa"  # sentence encoder of the labels
 plan_seed = 0  # seed of the embedder and k-means that make the labels
 plan_freeze_lm = False  # train only the planner and adapters, as the paper does with its pretrained GPT-2
-plan_init_planner = ""  # planner.pt written by `python planner.py` (stage 2), loaded into a new run
+plan_init_planner = ""  # planner.pt written by `python pretrain_planner.py` (stage 2), loaded into a new run
 # system
 device = "auto"  # 'auto' picks cuda, then mps, then cpu; or name one, e.g. 'cuda:1'
 dtype = "auto"  # 'auto': bfloat16 on CUDA where supported, else float16 on CUDA, else float32

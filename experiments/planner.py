@@ -4,7 +4,7 @@ end-to-end ('soft') fine-tuning of the planner beat the argmax ('hard') of paper
 
 Stages (each a command; finished ones are skipped when the suite runs again):
   1. base LM, plain GPT                          python train.py config/plain.py config/planner/small.py
-  2. planner pre-training on the labels          python planner.py config/planner/pretrain.py
+  2. planner pre-training on the labels          python pretrain_planner.py config/planner/pretrain.py
   3. base LM + adapters on the pre-trained planner's argmax labels ('hard'), from 1 and 2
   4. joint fine-tuning in 'soft' or 'st' (and 'hard' again, the control) from 3
 Controls from 1 with the same number of steps after the base as 3 + 4: 'fixed' (label 0 everywhere: the extra
@@ -26,8 +26,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch
 
 from data.common import ensure_prepared
+from data.sentences import PlanData
 from experiments.common import ROOT, markdown_table, plot_curves, read_log, train_arm
-from planner import Planner, PlanData, evaluate_planner
+from planner import Planner
+from pretrain_planner import evaluate_planner
 
 SUITES = {
     "small": dict(config="config/planner/small.py", base_iters=800, planner_iters=1000, stage_iters=100,
@@ -117,7 +119,7 @@ def pretrain_planner(out_dir, max_iters):
     """Stage 2, skipped when out_dir already holds a finished planner; returns its final validation record."""
     records = read_log(out_dir)
     if not (records and records[-1]["iter"] >= max_iters and os.path.isfile(f"{out_dir}/planner.pt")):
-        command = [sys.executable, os.path.join(ROOT, "planner.py"), "config/planner/pretrain.py",
+        command = [sys.executable, os.path.join(ROOT, "pretrain_planner.py"), "config/planner/pretrain.py",
                    f"--out_dir={out_dir}", f"--max_iters={max_iters}"]
         print("$", " ".join(command[1:]), flush=True)
         subprocess.run(command, cwd=ROOT, check=True)

