@@ -173,8 +173,7 @@ def settings_problems(s):
             problems.append("plan_freeze_lm=True with plan_mode='none' leaves nothing to train")
         return problems
     if s["plan_embedder"] not in EMBEDDERS:
-        problems.append(f"plan_embedder must be one of {', '.join(EMBEDDERS)}, got '{s['plan_embedder']}' (a "
-                        "neural sentence encoder is not wired in: it would need a package that is not installed)")
+        problems.append(f"plan_embedder must be one of {', '.join(EMBEDDERS)}, got '{s['plan_embedder']}'")
     if s["plan_k"] < 2 or s["plan_context"] < 1:
         problems.append(f"plan_k must be at least 2 and plan_context at least 1, got {s['plan_k']} and "
                         f"{s['plan_context']}")

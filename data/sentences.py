@@ -6,8 +6,10 @@ its k-means cluster, built once and cached beside the dataset; PlanData reads th
      an initial, nor before a lower-case word) and at every newline run; sentence_starts moves each cut onto a
      token boundary of the document's own tokens and keeps it only if the sentences on either side encode on
      their own to exactly those tokens. A document's EOT belongs to its last sentence.
-  2. Embeddings. LSA: TF-IDF over the lower-cased words of the train sentences, projected on the top right-singular
-     vectors of the train TF-IDF matrix (EMBEDDERS['lsa'] of them), L2-normalised.
+  2. Embeddings (plan_embedder). 'lsa': TF-IDF over the lower-cased words of the train sentences, projected on the
+     top right-singular vectors of the train TF-IDF matrix (EMBEDDERS['lsa'] of them), L2-normalised: no extra
+     dependency, seconds to fit. 'minilm' (all-MiniLM-L6-v2) and 'mpnet' (all-mpnet-base-v2, the papers' encoder):
+     pretrained sentence encoders from pinned PyPI wheels (data/encoders.py; they need transformers).
   3. Labels. k-means on the train embeddings; every sentence (val included) is labelled with its nearest centroid.
      The K centroids are the codebook the planner's output layer and the LM's adapters start from.
   4. Batches. For windows of the token stream, PlanData.batch gives the sentence each position is planned by, and
@@ -17,6 +19,7 @@ Caches (data/<name>/plan_sentences.npz, plan_labels_<embedder>_K<k>_seed<seed>.n
 hash and the settings they were built from: a stale or unreadable one is rebuilt, never used.
 """
 
+import functools
 import hashlib
 import re
 from collections import Counter
@@ -29,8 +32,9 @@ from tqdm import tqdm
 
 from configurator import ConfigError
 from data.common import gpt2_encoding, load_cache, load_docs, load_meta, load_texts, load_tokens, save_cache
+from data.encoders import load_encoder
 
-EMBEDDERS = {"lsa": 128}  # name -> embedding dimension d_e
+EMBEDDERS = {"lsa": 128, "minilm": 384, "mpnet": 768}  # name -> embedding dimension d_e
 SPLITTER_VERSION = 2  # part of the caches' header: changing the splitter's rules must rebuild them
 
 # --- 1. sentences -------------------------------------------------------------------------------------------------
@@ -280,14 +284,21 @@ def sentence_texts(data_dir, meta, sentences):
     return texts
 
 
-def build_labels(texts, k, seed):
-    """Fit LSA and k-means on the train sentences; label every sentence with its nearest centroid."""
-    print(f"fitting LSA on {len(texts['train']):,} train sentences, then k-means with K = {k}")
-    lsa = LSA.fit(texts["train"], EMBEDDERS["lsa"], seed)
-    embeddings = {split: lsa.embed(t) for split, t in texts.items()}
+def build_labels(texts, k, seed, embedder="lsa"):
+    """Embed every sentence (fitting LSA on the train sentences, or with a pretrained encoder), fit k-means on the
+    train embeddings and label every sentence with its nearest centroid."""
+    print(f"embedding {len(texts['train']):,} train and {len(texts['val']):,} val sentences with {embedder}, then "
+          f"k-means with K = {k}")
+    arrays = {}
+    if embedder == "lsa":
+        encoder = LSA.fit(texts["train"], EMBEDDERS["lsa"], seed)
+        arrays.update(lsa_words=np.array(encoder.words), lsa_idf=encoder.idf.numpy(),
+                      lsa_projection=encoder.projection.numpy())
+    else:
+        encoder = load_encoder(embedder)
+    embeddings = {split: encoder.embed(t) for split, t in texts.items()}
     centroids, train_labels = kmeans(embeddings["train"], k, seed)
-    return {"centroids": centroids.numpy(), "lsa_words": np.array(lsa.words), "lsa_idf": lsa.idf.numpy(),
-            "lsa_projection": lsa.projection.numpy(),
+    return {**arrays, "centroids": centroids.numpy(),
             "train_embeddings": embeddings["train"].numpy(), "val_embeddings": embeddings["val"].numpy(),
             "train_labels": train_labels.numpy(), "val_labels": nearest_centroid(embeddings["val"], centroids).numpy()}
 
@@ -311,15 +322,23 @@ class PlanData:
         path = Path(data_dir) / f"plan_labels_{embedder}_K{k}_seed{seed}.npz"
         cached = load_cache(path, self.header)
         if cached is None:
-            cached = build_labels(sentence_texts(data_dir, meta, self.sentences), k, seed)
+            cached = build_labels(sentence_texts(data_dir, meta, self.sentences), k, seed, embedder)
             save_cache(path, self.header, cached)
+        self.cached, self.embedder_name = cached, embedder
         self.centroids = torch.from_numpy(cached["centroids"])
         self.embeddings = {s: torch.from_numpy(cached[f"{s}_embeddings"]) for s in ("train", "val")}
         self.labels = {s: torch.from_numpy(cached[f"{s}_labels"]) for s in ("train", "val")}
-        self.embedder = LSA(cached["lsa_words"].tolist(), torch.from_numpy(cached["lsa_idf"]),
-                            torch.from_numpy(cached["lsa_projection"]))
         self.token_sentence = {s: self.sentences[s]["token_sentence"] for s in ("train", "val")}
         self.sentence_pos = {s: torch.from_numpy(self.sentences[s]["sentence_pos"]) for s in ("train", "val")}
+
+    @functools.cached_property
+    def embedder(self):
+        """The labels' embedder, for sentences that were not in the data (generation): the fitted LSA, or the
+        pretrained encoder (loaded only when asked for)."""
+        if self.embedder_name == "lsa":
+            return LSA(self.cached["lsa_words"].tolist(), torch.from_numpy(self.cached["lsa_idf"]),
+                       torch.from_numpy(self.cached["lsa_projection"]))
+        return load_encoder(self.embedder_name)
 
     def context(self, split, ids, m):
         """Planner inputs for sentences ids (any shape): the embeddings of the m sentences before each, most

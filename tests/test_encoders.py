@@ -85,3 +85,22 @@ def test_bad_encoders_are_refused_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were not installed
     with pytest.raises(ValueError, match="pip install transformers"):
         load_encoder(str(tmp_path / "cls"))
+
+
+def test_plan_embedder_minilm_labels_sentences_with_the_encoders_embeddings(tiny, tmp_path, monkeypatch):
+    import data.sentences as sentences
+    from data.common import write_dataset
+    monkeypatch.setattr(sentences, "load_encoder", lambda name: load_encoder(str(tiny)))  # stands in for MiniLM
+    monkeypatch.setitem(sentences.EMBEDDERS, "minilm", 16)
+    rng = random.Random(0)
+    words = VOCAB[5:-1]
+
+    def document():
+        return " ".join(" ".join(rng.choices(words, k=rng.randint(3, 6))) + " ." for _ in range(rng.randint(2, 4)))
+    write_dataset(tmp_path, {"train": [document() for _ in range(20)], "val": [document() for _ in range(4)]},
+                  "char", "tiny", source="test")
+    data = sentences.PlanData(tmp_path, 3, "minilm", 0)
+    texts = sentences.sentence_texts(tmp_path, sentences.load_meta(tmp_path), data.sentences)
+    torch.testing.assert_close(data.embeddings["train"], load_encoder(str(tiny)).embed(texts["train"]))
+    assert torch.equal(data.labels["val"], sentences.nearest_centroid(data.embeddings["val"], data.centroids))
+    torch.testing.assert_close(data.embedder.embed(texts["val"][:2]), data.embeddings["val"][:2])  # for generation

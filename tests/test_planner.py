@@ -222,7 +222,7 @@ def test_the_stages_chain_through_train_py(data, tmp_path):
     ({"plan_mode": "softer"}, "plan_mode must be one of"),
     ({"plan_mode": "fixed", "plan_lambda": 0.1}, "plan_lambda"),
     ({"plan_freeze_lm": True}, "nothing to train"),
-    ({"plan_mode": "soft", "plan_embedder": "minilm"}, "plan_embedder must be one of lsa"),
+    ({"plan_mode": "soft", "plan_embedder": "sbert"}, "plan_embedder must be one of lsa, minilm, mpnet"),
     ({"plan_mode": "uniform", "plan_init_planner": "planner.pt"}, "plan_init_planner is only read by"),
 ])
 def test_bad_planner_settings_are_refused_with_a_message_naming_them(override, message):
