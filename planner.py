@@ -349,9 +349,10 @@ class PlanData:
                                             for i in ix.tolist()]))
         first, last = target[:, :1], target[:, -1:]
         slot = target - first
-        ids = torch.minimum(first + torch.arange(int(slot.max()) + 1), last)
+        slots = torch.arange(int(slot.max()) + 1)
+        ids = torch.minimum(first + slots, last)
         context, pos = self.context(split, ids, m)
-        label = torch.where(ids - first <= slot[:, -1:], self.labels[split][ids], -1)
+        label = torch.where(slots <= slot[:, -1:], self.labels[split][ids], -1)
         return {"plan_slot": slot, "plan_context": context, "plan_pos": pos, "plan_label": label}
 
 
@@ -386,13 +387,21 @@ def initialise_planner(planner, centroids):
         planner.output.bias.zero_()
 
 
-def planner_metrics(logits, labels):
-    """Cross-entropy, accuracy and top-5 accuracy over the sentences whose label is not -1 (padding)."""
-    real = labels >= 0
-    logits, labels = logits[real].float(), labels[real]
+def planner_metrics(logits, labels, majority=None):
+    """Cross-entropy, accuracy and top-5 accuracy over the sentences whose label is not -1 (padding), and, given
+    the most frequent train label, the accuracy of always answering it on the same sentences. Padding is masked
+    out of sums rather than indexed away: a boolean index has a data-dependent shape, which torch.compile cannot
+    trace (a graph break at every step)."""
+    logits = logits.float().flatten(0, -2)
+    labels = labels.flatten()
+    n_real = (labels >= 0).sum()
     top5 = logits.topk(min(5, logits.size(-1)), dim=-1).indices
-    return {"plan_ce": F.cross_entropy(logits, labels), "plan_acc": (logits.argmax(-1) == labels).float().mean(),
-            "plan_top5": (top5 == labels[:, None]).any(-1).float().mean()}
+    metrics = {"plan_ce": F.cross_entropy(logits, labels, ignore_index=-1),
+               "plan_acc": (logits.argmax(-1) == labels).sum() / n_real,  # a padding label -1 never matches
+               "plan_top5": (top5 == labels[:, None]).any(-1).sum() / n_real}
+    if majority is not None:
+        metrics["plan_majority_acc"] = (labels == majority).sum() / n_real
+    return metrics
 
 
 # --- 2b. planner pre-training: python planner.py [config file] [--key=value ...] ------------------------------
@@ -478,11 +487,14 @@ class PlanConditioner(nn.Module):
         self.planner = Planner(self.k, dim, self.context) if self.mode in PLANNER_MODES else None
         if self.planner is not None and self.mode == "hard" and self.ce_weight == 0:
             self.planner.requires_grad_(False)  # argmax passes no gradient: a frozen planner, said explicitly
+        # The most frequent train label: the accuracy a planner must beat to be planning at all.
+        self.register_buffer("majority_label", torch.tensor(0))
 
-    def initialise(self, centroids):
+    def initialise(self, centroids, train_labels):
         with torch.no_grad():
             for codebook in self.codebooks:
                 codebook.copy_(centroids)
+            self.majority_label.copy_(torch.bincount(train_labels, minlength=self.k).argmax())
         if self.planner is not None:
             initialise_planner(self.planner, centroids)
 
@@ -497,7 +509,7 @@ class PlanConditioner(nn.Module):
         attn_add = [None] * self.first_layer + [v.gather(1, index) for v in vectors]
         if logits is None:
             return attn_add, None, {}
-        stats = planner_metrics(logits, label)
+        stats = planner_metrics(logits, label, self.majority_label)
         loss = self.ce_weight * stats["plan_ce"] if self.ce_weight > 0 else None
         return attn_add, loss, {name: value.detach() for name, value in stats.items()}
 
@@ -569,10 +581,10 @@ def health_warning(record):
 
 
 def initialise_plan(conditioner, data, s, init_checkpoint=None):
-    """The starting weights of a new run: codebooks and planner output from the centroids; then the pre-trained
-    planner of plan_init_planner (stage 3); then the plan weights of init_from's checkpoint when it has them
-    (stage 4 starts from stage 3's adapters and planner)."""
-    conditioner.initialise(data.centroids)
+    """The starting weights of a new run: codebooks and planner output from the centroids, the majority label from
+    the train labels; then the pre-trained planner of plan_init_planner (stage 3); then the plan weights of
+    init_from's checkpoint when it has them (stage 4 starts from stage 3's adapters and planner)."""
+    conditioner.initialise(data.centroids, data.labels["train"])
     if s["plan_init_planner"]:
         saved = torch.load(s["plan_init_planner"], map_location="cpu")
         if saved["header"] != data.header or saved["plan_context"] != s["plan_context"]:

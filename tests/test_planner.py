@@ -18,7 +18,7 @@ from lm import LanguageModel
 from model import GPT, GPTConfig
 from data.common import load_cache, save_cache
 from planner import (PlanConditioner, PlanData, Planner, Replanner, initialise_plan, kmeans, plan_codec,
-                     sentence_breaks, sentence_starts)
+                     planner_metrics, sentence_breaks, sentence_starts)
 
 K, M = 4, 3
 
@@ -56,7 +56,7 @@ def make_model(mode, data, vocab_size, **overrides):
     gpt = GPT(GPTConfig(block_size=32, vocab_size=vocab_size, n_layer=3, n_head=2, n_embd=32))
     model = LanguageModel(gpt, settings(mode, **overrides))
     if model.plan is not None:
-        model.plan.initialise(data.centroids)
+        model.plan.initialise(data.centroids, data.labels["train"])
     return model
 
 
@@ -269,6 +269,60 @@ def test_freeze_lm_trains_only_the_plan(data):
     model = make_model("soft", plan_data, load_meta(path)["vocab_size"], plan_freeze_lm=True)
     assert not any(p.requires_grad for p in model.gpt.parameters())
     assert all(p.requires_grad for p in model.plan.parameters())
+
+
+# --- health and torch.compile --------------------------------------------------------------------------------
+def test_majority_baseline_is_scored_on_the_same_sentences_as_the_accuracy(data):
+    plan_data, path = data
+    model = make_model("soft", plan_data, load_meta(path)["vocab_size"], plan_lambda=1.0)
+    majority = int(torch.bincount(plan_data.labels["train"], minlength=K).argmax())
+    assert int(model.plan.majority_label) == majority
+    # A planner that always answers the majority label scores exactly the baseline, padding slots included.
+    with torch.no_grad():
+        model.plan.planner.output.weight.zero_()
+        model.plan.planner.output.bias.copy_(torch.nn.functional.one_hot(torch.tensor(majority), K) * 10.0)
+    x, y, extra = batch(plan_data, path, [0, 15, 241])
+    assert (extra["plan_label"] == -1).any()  # rows span different numbers of sentences
+    _, stats = model(x, y, extra)
+    real = extra["plan_label"][extra["plan_label"] >= 0]
+    assert stats["plan_acc"] == stats["plan_majority_acc"] == (real == majority).float().mean()
+    assert 0 < stats["plan_majority_acc"] < 1
+
+
+def test_planner_metrics_mask_padding_exactly_as_indexing_it_away():
+    # The masked sums that torch.compile can trace give the numbers of indexing the padding away, bit for bit.
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 5, 7, generator=generator)
+    labels = torch.randint(7, (6, 5), generator=generator).masked_fill(torch.rand(6, 5, generator=generator) < .4, -1)
+    real = labels >= 0
+    kept_logits, kept = logits[real], labels[real]
+    metrics = planner_metrics(logits, labels, torch.tensor(3))
+    assert torch.equal(metrics["plan_ce"], torch.nn.functional.cross_entropy(kept_logits, kept))
+    assert torch.equal(metrics["plan_acc"], (kept_logits.argmax(-1) == kept).float().mean())
+    top5 = kept_logits.topk(5, dim=-1).indices
+    assert torch.equal(metrics["plan_top5"], (top5 == kept[:, None]).any(-1).float().mean())
+    assert torch.equal(metrics["plan_majority_acc"], (kept == 3).float().mean())
+
+
+def test_a_compiled_planner_model_has_no_graph_break_and_few_recompiles(data):
+    from torch._dynamo.utils import counters
+    plan_data, path = data
+    model = make_model("soft", plan_data, load_meta(path)["vocab_size"], plan_lambda=0.5)
+    compiled = torch.compile(model, backend="aot_eager")  # dynamo decides breaks and recompiles, not the backend
+    # Windows whose next tokens span 1, 2 or 3 sentences: the planner's inputs change shape from batch to batch.
+    sentence = plan_data.token_sentence["train"]
+    spans = np.array([sentence[i + 32] - sentence[i + 1] + 1 for i in range(len(sentence) - 33)])
+    starts = {n: np.flatnonzero(spans == n)[:2].tolist() for n in (1, 2, 3)}
+    batches = [starts[2], starts[3], [starts[1][0], starts[3][0]], [starts[2][0], starts[3][1]], starts[1]]
+    torch._dynamo.reset()
+    counters.clear()
+    for ix in batches:
+        x, y, extra = batch(plan_data, path, ix)
+        loss, stats = compiled(x, y, extra)
+        loss.backward()
+        torch.testing.assert_close(loss, model(x, y, extra)[0])
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["frames"]["total"] <= 3  # static shapes, then dynamic ones, then a size-1 specialisation
 
 
 # --- the stages through train.py ------------------------------------------------------------------------------
