@@ -41,6 +41,7 @@ eval_only = False
 init_from = "scratch"  # 'scratch', 'resume' (continue out_dir/ckpt.pt), or the path of a checkpoint to tune
 seed = 1337
 sample_tokens = 300  # length of the sample printed at the end; 0 prints none
+keep_best = False  # also write out_dir/best.pt (the weights) whenever an evaluation sets a new best val loss
 # data
 dataset = "shakespeare_char"
 batch_size = 12  # sequences per micro-batch
@@ -449,6 +450,10 @@ class Trainer:
         with open(os.path.join(s["out_dir"], "log.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
         plot_log(s["out_dir"])
+        if s["keep_best"] and val_loss < self.best_val_loss:  # what to score: ckpt.pt stays the one to resume
+            save_checkpoint(os.path.join(s["out_dir"], "best.pt"), {
+                "model": self.model.state_dict(), "model_args": self.model_args, "config": s,
+                "iter_num": self.iter_num, "val_loss": val_loss, "tokenizer": self.meta["tokenizer"]})
         self.best_val_loss = min(self.best_val_loss, val_loss)
         save_checkpoint(os.path.join(s["out_dir"], "ckpt.pt"), {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
