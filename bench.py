@@ -148,8 +148,8 @@ def technique_arms(name, n):
     """The arms timed against the plain model on one dataset; n is the n-gram order that suits its tokens."""
     arms = {"ngram compact": dict(ngram_mode="compact", ngram_n=n), "ngram all": dict(ngram_mode="all", ngram_n=n),
             "mod_k=3": dict(mod_k=3), "mod_k=3, distill every position": dict(mod_k=3, mod_distill_frac=1.0),
-            "planner soft": dict(plan_mode="soft"),
-            "all three": dict(ngram_mode="compact", ngram_n=n, mod_k=3, plan_mode="soft")}
+            "planner soft": dict(plan_mode="soft", plan_lambda=1.0),
+            "all three": dict(ngram_mode="compact", ngram_n=n, mod_k=3, plan_mode="soft", plan_lambda=1.0)}
     return {arm: make_trainer(dataset=name, **settings) for arm, settings in arms.items()}
 
 

@@ -566,7 +566,17 @@ def settings_problems(s):
     if s["plan_lambda"] < 0 or (s["plan_lambda"] > 0 and mode not in PLANNER_MODES):
         problems.append(f"plan_lambda (the planner's cross-entropy weight) must be >= 0, and 0 in mode '{mode}', "
                         f"which has no planner; got {s['plan_lambda']}")
+    if mode in PLANNER_MODES and s["plan_lambda"] == 0 and not s["plan_init_planner"] and s["init_from"] == "scratch":
+        problems.append(untrained_planner_problem(mode, "the run starts from scratch"))
     return problems
+
+
+def untrained_planner_problem(mode, why):
+    # Pulled by the LM loss alone, a planner that starts untrained drifts anywhere (val_plan_acc far below the
+    # majority label's in the main job), and the LM learns to read noise.
+    return (f"plan_mode '{mode}' would condition the LM on an untrained planner ({why}): pre-train it (`python "
+            "planner.py`, then plan_init_planner=<its planner.pt>), start from a checkpoint that has one (init_from), "
+            "or train it on its labels alongside the LM with plan_lambda > 0 (the main job uses 1.0)")
 
 
 def health_warning(record):
@@ -604,9 +614,9 @@ def initialise_plan(conditioner, data, s, init_checkpoint=None):
                               + "): use the same plan settings, or start from a checkpoint without a planner")
         own = conditioner.state_dict()
         conditioner.load_state_dict({k: v for k, v in weights.items() if k in own}, strict=False)
-    if conditioner.planner is not None and not s["plan_init_planner"] and "planner.start" not in weights:
-        print(f"note: the planner starts untrained and learns with the LM (plan_mode '{s['plan_mode']}'); the papers "
-              "pre-train it first: `python planner.py`, then plan_init_planner=<its planner.pt>")
+    if conditioner.planner is not None and not s["plan_init_planner"] and "planner.start" not in weights \
+            and s["plan_lambda"] == 0:
+        raise ConfigError(untrained_planner_problem(s["plan_mode"], f"init_from {s['init_from']} has no planner"))
 
 
 # --- generation ---------------------------------------------------------------------------------------------------

@@ -348,6 +348,9 @@ def test_the_stages_chain_through_train_py(data, tmp_path):
     with pytest.raises(ConfigError, match="other labels"):
         train.main([*tiny, f"--out_dir={tmp_path / 'k5'}", "--max_iters=0", "--plan_mode=soft", "--plan_k=5",
                     f"--init_from={tmp_path / 'hard' / 'ckpt.pt'}"])
+    with pytest.raises(ConfigError, match="untrained planner .init_from .* has no planner"):
+        train.main([*tiny, f"--out_dir={tmp_path / 'untrained'}", "--max_iters=0", "--plan_mode=soft",
+                    f"--init_from={tmp_path / 'base' / 'ckpt.pt'}"])
 
 
 @pytest.mark.parametrize("override, message", [
@@ -356,6 +359,7 @@ def test_the_stages_chain_through_train_py(data, tmp_path):
     ({"plan_freeze_lm": True}, "nothing to train"),
     ({"plan_mode": "soft", "plan_embedder": "minilm"}, "plan_embedder must be one of lsa"),
     ({"plan_mode": "uniform", "plan_init_planner": "planner.pt"}, "plan_init_planner is only read by"),
+    ({"plan_mode": "soft", "plan_lambda": 0.0}, "untrained planner .the run starts from scratch"),
 ])
 def test_bad_planner_settings_are_refused_with_a_message_naming_them(override, message):
     import train
