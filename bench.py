@@ -3,8 +3,9 @@ Speed, measured in one run so that every ratio compares like with like on the sa
 
     python bench.py          # the plain model: ms/iter and tokens/s, against a bare PyTorch loop of the same
                              # model, and generation with and without the KV cache
-    python bench.py --all    # also every technique's step time as a ratio to the plain model, build times, and
-                             # the n-gram loss against the plain cross-entropy on a 65- and a 50304-token head
+    python bench.py --all    # also every technique's step time as a ratio to the plain model, the planner's
+                             # generation speed as a ratio to the plain model's, build times, sentence encoders,
+                             # and the n-gram loss against the plain cross-entropy on a 65- and a 50304-token head
 
 Training steps run through train.py's own Trainer, so what is timed is exactly what training does (batch
 sampling, the techniques' extras, forward, backward, AdamW). Arms are timed in alternation over several rounds
@@ -25,7 +26,7 @@ from torch.nn import functional as F
 import ngram
 import train
 from configurator import configure
-from data.common import ensure_prepared, load_meta, load_texts, load_tokens
+from data.common import document_start, ensure_prepared, get_codec, load_meta, load_texts, load_tokens
 from data.encoders import ENCODERS, load_encoder
 from data.sentences import EMBEDDERS, LSA, PlanData, build_labels, sentence_texts
 from model import configure_optimizers
@@ -153,8 +154,8 @@ def technique_arms(name, n):
     """The arms timed against the plain model on one dataset; n is the n-gram order that suits its tokens."""
     arms = {"ngram compact": dict(ngram_mode="compact", ngram_n=n), "ngram all": dict(ngram_mode="all", ngram_n=n),
             "mod_k=3": dict(mod_k=3), "mod_k=3, distill every position": dict(mod_k=3, mod_distill_frac=1.0),
-            "planner soft": dict(plan_mode="soft"),
-            "all three": dict(ngram_mode="compact", ngram_n=n, mod_k=3, plan_mode="soft")}
+            "planner soft": dict(plan_mode="soft", plan_lambda=1.0),
+            "all three": dict(ngram_mode="compact", ngram_n=n, mod_k=3, plan_mode="soft", plan_lambda=1.0)}
     return {arm: make_trainer(dataset=name, **settings) for arm, settings in arms.items()}
 
 
@@ -268,12 +269,34 @@ def bench_sentence_encoders(n=200):
           f"torch threads: {torch.get_num_threads()}): {per_10k}")
 
 
+@torch.no_grad()
+def bench_planner_generation(new_tokens=300):
+    """sample.py's speed with the planner, which re-plans at every sentence end, as a ratio to the plain model's."""
+    print(f"\ngeneration of {new_tokens} tokens as sample.py runs it (target for the planner: at least 0.5x plain)")
+    models = {"plain": make_trainer().model, "planner soft": make_trainer(plan_mode="soft", plan_lambda=1.0).model}
+    meta = load_meta(ensure_prepared(dataset))
+    prompt = torch.tensor([get_codec(meta)[0](document_start(meta))], device=next(models["plain"].parameters()).device)
+    seconds = {arm: [] for arm in models}
+    for _ in range(rounds):
+        for arm, model in models.items():
+            model.eval()
+            torch.manual_seed(0)
+            t0 = time.perf_counter()
+            model.generate(prompt, new_tokens, temperature=0.8, top_k=200)
+            seconds[arm].append(time.perf_counter() - t0)
+    print("| arm | tokens/s | ratio |\n|---|---|---|")
+    plain = statistics.median(seconds["plain"])
+    for arm, times in seconds.items():
+        print(f"| {arm} | {new_tokens / statistics.median(times):,.0f} | {plain / statistics.median(times):.2f} |")
+
+
 def main(argv):
     configure(globals(), argv)
     torch.manual_seed(0)
     bench_plain()
     if all:
         bench_techniques()
+        bench_planner_generation()
         bench_ngram_build()
         bench_ngram_loss()
         bench_plan_labels()

@@ -77,13 +77,21 @@ def initialise_planner(planner, centroids):
         planner.output.bias.zero_()
 
 
-def planner_metrics(logits, labels):
-    """Cross-entropy, accuracy and top-5 accuracy over the sentences whose label is not -1 (padding)."""
-    real = labels >= 0
-    logits, labels = logits[real].float(), labels[real]
+def planner_metrics(logits, labels, majority=None):
+    """Cross-entropy, accuracy and top-5 accuracy over the sentences whose label is not -1 (padding), and, given
+    the most frequent train label, the accuracy of always answering it on the same sentences. Padding is masked
+    out of sums rather than indexed away: a boolean index has a data-dependent shape, which torch.compile cannot
+    trace (a graph break at every step)."""
+    logits = logits.float().flatten(0, -2)
+    labels = labels.flatten()
+    n_real = (labels >= 0).sum()
     top5 = logits.topk(min(5, logits.size(-1)), dim=-1).indices
-    return {"plan_ce": F.cross_entropy(logits, labels), "plan_acc": (logits.argmax(-1) == labels).float().mean(),
-            "plan_top5": (top5 == labels[:, None]).any(-1).float().mean()}
+    metrics = {"plan_ce": F.cross_entropy(logits, labels, ignore_index=-1),
+               "plan_acc": (logits.argmax(-1) == labels).sum() / n_real,  # a padding label -1 never matches
+               "plan_top5": (top5 == labels[:, None]).any(-1).sum() / n_real}
+    if majority is not None:
+        metrics["plan_majority_acc"] = (labels == majority).sum() / n_real
+    return metrics
 
 
 # --- 3 and 4. conditioning the GPT ----------------------------------------------------------------------------
@@ -107,11 +115,14 @@ class PlanConditioner(nn.Module):
         self.planner = Planner(self.k, dim, self.context) if self.mode in PLANNER_MODES else None
         if self.planner is not None and self.mode == "hard" and self.ce_weight == 0:
             self.planner.requires_grad_(False)  # argmax passes no gradient: a frozen planner, said explicitly
+        # The most frequent train label: the accuracy a planner must beat to be planning at all.
+        self.register_buffer("majority_label", torch.tensor(0))
 
-    def initialise(self, centroids):
+    def initialise(self, centroids, train_labels):
         with torch.no_grad():
             for codebook in self.codebooks:
                 codebook.copy_(centroids)
+            self.majority_label.copy_(torch.bincount(train_labels, minlength=self.k).argmax())
         if self.planner is not None:
             initialise_planner(self.planner, centroids)
 
@@ -126,7 +137,7 @@ class PlanConditioner(nn.Module):
         attn_add = [None] * self.first_layer + [v.gather(1, index) for v in vectors]
         if logits is None:
             return attn_add, None, {}
-        stats = planner_metrics(logits, label)
+        stats = planner_metrics(logits, label, self.majority_label)
         loss = self.ce_weight * stats["plan_ce"] if self.ce_weight > 0 else None
         return attn_add, loss, {name: value.detach() for name, value in stats.items()}
 
@@ -182,13 +193,25 @@ def settings_problems(s):
     if s["plan_lambda"] < 0 or (s["plan_lambda"] > 0 and mode not in PLANNER_MODES):
         problems.append(f"plan_lambda (the planner's cross-entropy weight) must be >= 0, and 0 in mode '{mode}', "
                         f"which has no planner; got {s['plan_lambda']}")
+    if mode in PLANNER_MODES and s["plan_lambda"] == 0 and not s["plan_init_planner"] and s["init_from"] == "scratch":
+        problems.append(untrained_planner_problem(mode, "the run starts from scratch"))
     return problems
+
+
+def untrained_planner_problem(mode, why):
+    # Pulled by the LM loss alone, a planner that starts untrained drifts anywhere (val_plan_acc far below the
+    # majority label's in the main job), and the LM learns to read noise.
+    return (f"plan_mode '{mode}' would condition the LM on an untrained planner ({why}): pre-train it (`python "
+            "planner.py`, then plan_init_planner=<its planner.pt>), start from a checkpoint that has one (init_from), "
+            "or train it on its labels alongside the LM with plan_lambda > 0 (the main job uses 1.0)")
 
 
 def health_warning(record):
     """A warning when the planner is no better than always answering the most frequent train label on the same
     validation sentences, else None. record is an evaluation's log record."""
     if "val_plan_acc" not in record or "val_plan_majority_acc" not in record:
+        return None
+    if record.get("iter") == 0:  # before the first step a planner trained from scratch has learned nothing yet
         return None
     if record["val_plan_acc"] > record["val_plan_majority_acc"]:
         return None
@@ -197,10 +220,10 @@ def health_warning(record):
 
 
 def initialise_plan(conditioner, data, s, init_checkpoint=None):
-    """The starting weights of a new run: codebooks and planner output from the centroids; then the pre-trained
-    planner of plan_init_planner (stage 3); then the plan weights of init_from's checkpoint when it has them
-    (stage 4 starts from stage 3's adapters and planner)."""
-    conditioner.initialise(data.centroids)
+    """The starting weights of a new run: codebooks and planner output from the centroids, the majority label from
+    the train labels; then the pre-trained planner of plan_init_planner (stage 3); then the plan weights of
+    init_from's checkpoint when it has them (stage 4 starts from stage 3's adapters and planner)."""
+    conditioner.initialise(data.centroids, data.labels["train"])
     if s["plan_init_planner"]:
         saved = torch.load(s["plan_init_planner"], map_location="cpu")
         if saved["header"] != data.header or saved["plan_context"] != s["plan_context"]:
@@ -220,80 +243,98 @@ def initialise_plan(conditioner, data, s, init_checkpoint=None):
                               + "): use the same plan settings, or start from a checkpoint without a planner")
         own = conditioner.state_dict()
         conditioner.load_state_dict({k: v for k, v in weights.items() if k in own}, strict=False)
-    if conditioner.planner is not None and not s["plan_init_planner"] and "planner.start" not in weights:
-        print(f"note: the planner starts untrained and learns with the LM (plan_mode '{s['plan_mode']}'); the papers "
-              "pre-train it first: `python pretrain_planner.py`, then plan_init_planner=<its planner.pt>")
+    if conditioner.planner is not None and not s["plan_init_planner"] and "planner.start" not in weights \
+            and s["plan_lambda"] == 0:
+        raise ConfigError(untrained_planner_problem(s["plan_mode"], f"init_from {s['init_from']} has no planner"))
 
 
 # --- generation ---------------------------------------------------------------------------------------------------
 class Replanner:
-    """attn_add_fn for GPT.generate. Keeps each row's whole text so far, splits its documents into sentences as the
-    data was split, embeds them with the labels' embedder, and conditions every position on the plan of the
-    sentence its next token belongs to. For the last position that token is not written yet: it opens a new
-    sentence when the text so far ends one (the splitter would break right after it), which re-plans."""
+    """attn_add_fn for GPT.generate: conditions every position on the plan of the sentence its next token belongs
+    to, splitting the generated text into sentences as the data was split and embedding them with the labels'
+    embedder. Per row it keeps the sentences finished so far (their plans) and re-splits only the open sentence,
+    so the planner runs once per sentence, not per token. Splitting the open sentence alone splits as the whole
+    document would: a sentence starts at whitespace, which ends every look-back of the splitter's rules.
+
+    For the last position the next token is not written yet: it opens a new sentence when the text so far ends
+    one (the splitter would break right after it), and that guessed sentence is planned from the open one."""
 
     def __init__(self, conditioner, data, meta):
         self.conditioner, self.data = conditioner, data
         self.encode, self.decode, self.token_nbytes = plan_codec(meta)
         self.eot = meta["eot_token"]
-        self.history = None
+        self.device = conditioner.codebooks[0].device
+        self.rows = None
         self.embedded = {}  # sentence text -> embedding, so each sentence is embedded once
 
     def __call__(self, window, start):
-        if self.history is None:
-            self.history = window.tolist()
+        if self.rows is None:
+            self.rows = [self.new_row() for _ in range(window.size(0))]
+            for row, tokens in zip(self.rows, window.tolist()):
+                for token in tokens:  # the prompt, as if generated: its sentences end one by one
+                    self.append(row, token)
         else:  # one call per generated token: the window's last token is the new one
-            for row, token in zip(self.history, window[:, -1].tolist()):
-                row.append(token)
-        first = len(self.history[0]) - window.size(1) + start
-        per_row = [self.row_vectors(row) for row in self.history]
-        return [None] * self.conditioner.first_layer + [torch.stack([v[first:] for v in layer])
-                                                        for layer in zip(*per_row)]
+            for row, token in zip(self.rows, window[:, -1].tolist()):
+                self.append(row, token)
+        first = len(self.rows[0]["tokens"]) - window.size(1) + start
+        per_row = torch.stack([self.row_vectors(row, first) for row in self.rows])  # (B, T, layers, n_embd)
+        return [None] * self.conditioner.first_layer + list(per_row.unbind(2))
 
-    def row_vectors(self, tokens):
-        """Per conditioned layer, (len(tokens), n_embd): position t gets the plan of token t+1's sentence."""
-        sentence_of, contexts = [], []  # sentence of tokens 0..len (the last: the unwritten next token)
-        doc_start = 0
-        for doc_end in [i for i, token in enumerate(tokens) if token == self.eot] + [len(tokens)]:
-            is_open = doc_end == len(tokens)
-            ids, doc_contexts = self.plan_document(tokens[doc_start:doc_end], is_open)
-            sentence_of += [len(contexts) + i for i in ids]
-            contexts += doc_contexts
-            if not is_open:
-                sentence_of.append(len(contexts) - 1)  # the EOT belongs to its document's last sentence
-            doc_start = doc_end + 1
-        device = self.conditioner.codebooks[0].device
-        context = torch.stack([c for c, _ in contexts]).to(device)
-        pos = torch.tensor([p for _, p in contexts], device=device)
+    def new_row(self):
+        """tokens: the text so far; sentence_of: each token's sentence; plans: (sentences, layers, n_embd), the
+        plan vectors of every sentence so far; open_start: where the open sentence starts; doc_embeddings: the
+        finished sentences of the open document."""
+        row = {"tokens": [], "sentence_of": [], "plans": None, "open_start": 0, "doc_embeddings": []}
+        self.open_sentence(row)
+        return row
+
+    def append(self, row, token):
+        row["tokens"].append(token)
+        row["sentence_of"].append(len(row["plans"]) - 1)  # in the open sentence, until a re-split says otherwise
+        if token == self.eot:  # the EOT ends its document's last sentence; the next token starts a document
+            row["open_start"], row["doc_embeddings"] = len(row["tokens"]), []
+            self.open_sentence(row)
+        else:
+            self.resplit(row)
+
+    def resplit(self, row):
+        """Split the open sentence's tokens; every sentence that ended in them is embedded and the next planned."""
+        tail = np.array(row["tokens"][row["open_start"]:], dtype=np.int64)
+        if len(tail) == 0:
+            return
+        starts = sentence_starts(tail, self.decode(tail), self.encode, self.token_nbytes)
+        for a, b in zip(starts[:-1], starts[1:]):
+            row["doc_embeddings"].append(self.embed(self.decode(tail[a:b])))
+            row["sentence_of"][row["open_start"] + b:] = [len(row["plans"])] * (len(tail) - b)
+            self.open_sentence(row)
+        row["open_start"] += starts[-1]
+
+    def open_sentence(self, row):
+        """Plan the sentence after the open document's finished ones and add its vectors to the row's plans."""
+        plan = self.plan(row["doc_embeddings"])
+        row["plans"] = plan if row["plans"] is None else torch.cat([row["plans"], plan])
+
+    def plan(self, embeddings):
+        """(1, layers, n_embd): the plan vectors of the sentence that follows these sentences of its document,
+        from the planner's input as PlanData.context gives it (most recent first, zeros past the start)."""
+        m, dim = self.conditioner.context, self.data.centroids.size(1)
+        before = embeddings[max(0, len(embeddings) - m):][::-1]
+        context = torch.stack(before + [torch.zeros(dim)] * (m - len(before)))[None].to(self.device)
+        pos = torch.tensor([len(embeddings)], device=self.device)
         planner = self.conditioner.planner
         logits = planner(context, pos) if planner is not None else None
-        vectors = self.conditioner.plan_vectors(logits, torch.zeros_like(pos))
-        next_sentence = torch.tensor(sentence_of[1:], device=device)
-        return [v[next_sentence] for v in vectors]
+        return torch.stack(self.conditioner.plan_vectors(logits, torch.zeros_like(pos)), dim=1)
 
-    def plan_document(self, tokens, is_open):
-        """The sentence index of each token of one document (plus the unwritten next token when the document is
-        still open), and each sentence's planner input (context, position) as PlanData.context gives them."""
-        tokens = np.array(tokens, dtype=np.int64)
-        starts, texts = [0], [""]
-        if len(tokens):
-            text = self.decode(tokens)
-            starts = sentence_starts(tokens, text, self.encode, self.token_nbytes)
-            bounds = starts + [len(tokens)]
-            texts = [self.decode(tokens[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-        ids = np.repeat(np.arange(len(starts)), np.diff(starts + [len(tokens)])).tolist()
-        n_sentences = len(starts)
-        if is_open:
-            if len(tokens) and len(sentence_breaks(text + " X")) > len(sentence_breaks(text)):
-                n_sentences += 1
-            ids.append(n_sentences - 1)
-        embeddings = [self.embed(t) for t in texts[:n_sentences - 1]]
-        m, dim = self.conditioner.context, self.data.centroids.size(1)
-        contexts = []
-        for i in range(n_sentences):
-            before = embeddings[max(0, i - m):i][::-1]  # most recent first
-            contexts.append((torch.stack(before + [torch.zeros(dim)] * (m - len(before))), i))
-        return ids, contexts
+    def row_vectors(self, row, first):
+        """(len(tokens) - first, layers, n_embd): position t gets the plan of token t+1's sentence."""
+        tokens = row["tokens"]
+        written = row["plans"][torch.tensor(row["sentence_of"][first + 1:], dtype=torch.long, device=self.device)]
+        text = self.decode(tokens[row["open_start"]:])
+        if text and len(sentence_breaks(text + " X")) > len(sentence_breaks(text)):
+            upcoming = self.plan(row["doc_embeddings"] + [self.embed(text)])
+        else:
+            upcoming = row["plans"][-1:]
+        return torch.cat([written, upcoming])
 
     def embed(self, text):
         if text not in self.embedded:

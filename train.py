@@ -58,6 +58,7 @@ init_from = "scratch"
 overwrite = False  # a new run may replace the run already in out_dir (its ckpt.pt and log.jsonl); else it is refused
 seed = 1337
 sample_tokens = 300  # length of the sample printed at the end; 0 prints none
+keep_best = False  # also write out_dir/best.pt (the weights) whenever an evaluation sets a new best val loss
 # data
 dataset = "shakespeare_char"  # a name in data/, your own text (a .txt file or a folder of them), or a prepared folder
 tokenizer = "char"  # how your own text is tokenized: 'char' or 'gpt2' (BPE); other datasets bring their own
@@ -106,7 +107,7 @@ plan_mode = "soft"  # none | fixed | uniform | oracle (sees the future: an upper
 plan_k = 64  # number of sentence labels (k-means clusters)
 plan_context = 8  # the planner reads this many sentences before the one it plans
 plan_tau = 1.0  # softmax temperature of 'soft' and 'st'
-plan_lambda = 0.0  # weight of the planner's cross-entropy added to the LM loss (0: LM loss only, as the paper)
+plan_lambda = 1.0  # weight of the planner's label cross-entropy in the loss: a planner trained from scratch needs it
 plan_embedder = "lsa"  # sentence encoder of the labels
 plan_seed = 0  # seed of the embedder and k-means that make the labels
 plan_freeze_lm = False  # train only the planner and adapters, as the paper does with its pretrained GPT-2
@@ -555,6 +556,11 @@ class Trainer:
         if not math.isfinite(val_loss):
             raise FloatingPointError(f"the validation loss is {val_loss} at iteration {self.iter_num}; stopping "
                                      f"without overwriting the last good checkpoint in {s['out_dir']}")
+        if s["keep_best"] and val_loss < self.best_val_loss:  # what to score: ckpt.pt stays the one to resume
+            save_checkpoint(os.path.join(s["out_dir"], "best.pt"), {
+                "model": self.model.state_dict(), "model_args": self.model_args, "config": s,
+                "iter_num": self.iter_num, "val_loss": val_loss, "tokenizer": self.meta["tokenizer"],
+                "vocab": vocabulary(self.meta)})
         self.best_val_loss = min(self.best_val_loss, val_loss)
         save_checkpoint(os.path.join(s["out_dir"], "ckpt.pt"), {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),

@@ -4,3 +4,4 @@
 ngram_mode = "off"
 mod_k = 0
 plan_mode = "none"
+plan_lambda = 0.0

@@ -23,7 +23,7 @@ SUITES = {
                 max_iters=5000),
 }
 # train_arm starts every arm from config/plain.py; the flags are train.py's defaults for each technique.
-NGRAM, MOD, PLANNER = ["--ngram_mode=compact"], ["--mod_k=2"], ["--plan_mode=soft"]
+NGRAM, MOD, PLANNER = ["--ngram_mode=compact"], ["--mod_k=2"], ["--plan_mode=soft", "--plan_lambda=1.0"]
 ARMS = {"plain": [], "n-gram targets alone": NGRAM, "ensemble alone (k=2)": MOD,
         "ensemble alone (k=3)": ["--mod_k=3"], "planner alone (soft)": PLANNER,
         "all three (the default run)": NGRAM + MOD + PLANNER}

@@ -61,19 +61,21 @@ def run(suite, results_dir, variants=None):
     base = train_arm(f"{out}/base", [cfg["config"]], cfg["base_iters"])
     planner = pretrain_planner(f"{out}/planner", cfg["planner_iters"])
     for variant in variants or cfg["variants"]:
-        runs = train_arms(f"{out}/{variant}", [cfg["config"], VARIANTS[variant]], base, stage, variant == "frozen")
+        runs, bests = train_arms(f"{out}/{variant}", [cfg["config"], VARIANTS[variant]], base, stage,
+                                 variant == "frozen")
         rows = []
         for arm, what in ARMS.items():
-            last = runs[arm][-1]
-            scores = planner_scores(f"{out}/{variant}/{arm}/ckpt.pt") if arm in ("hard", "st", "soft") else None
+            best = bests[arm]
+            scores = planner_scores(f"{out}/{variant}/{arm}/best.pt") if arm in ("hard", "st", "soft") else None
             acc, top5 = (f"{scores['val_plan_acc']:.3f}", f"{scores['val_plan_top5']:.3f}") if scores else ("-", "-")
-            rows.append([arm, what, f"{last['val_ppl']:.2f}", f"{last['val_loss']:.4f}", acc, top5])
+            rows.append([arm, what, f"{best['val_ppl']:.2f}", f"{best['val_loss']:.4f}", acc, top5])
         table = markdown_table(["arm", "position t is conditioned on", "val ppl", "val loss", "planner acc",
                                 "planner top-5"], rows)
         lm = f"{'frozen' if variant == 'frozen' else 'trained too'} ({VARIANTS[variant]})"
         note = (f"\nBase LM: {cfg['base_iters']} steps ({cfg['config']}); every other arm then trains {2 * stage} "
                 f"more steps from it on the same batches, in two runs of {stage} ('hard', 'st', 'soft': the first in "
-                f"'hard'), with the base LM {lm}. 'none' is "
+                f"'hard'), with the base LM {lm}; the second run starts from the first's checkpoint with the best "
+                f"validation loss, and the table shows the second's best (best.pt). 'none' is "
                 f"{'the base itself' if variant == 'frozen' else 'its plain continuation'}. Planner accuracy is over "
                 f"every validation sentence: the pre-trained planner ({cfg['planner_iters']} steps) scores "
                 f"{planner['val_plan_acc']:.3f} (top-5 {planner['val_plan_top5']:.3f}); always answering the most "
@@ -89,23 +91,27 @@ def run(suite, results_dir, variants=None):
 
 def train_arms(out, tune, base, stage, frozen):
     """Every arm of one variant (in out/<arm>), from the base LM beside out; returns arm -> log records, their
-    iterations counted from the base. Every arm is two runs of `stage` steps, so each restarts its optimizer once:
-    a control runs twice in its own mode; 'hard', 'st' and 'soft' share a first run in 'hard' (stage 3)."""
+    iterations counted from the base, and arm -> the record of its best checkpoint. Every arm is two runs of
+    `stage` steps, so each restarts its optimizer once: a control runs twice in its own mode; 'hard', 'st' and
+    'soft' share a first run in 'hard' (stage 3). The second run starts from the first's best checkpoint."""
     suite_dir = os.path.dirname(out)
     from_base = tune + [f"--init_from={suite_dir}/base/ckpt.pt"]
     runs = {"none": [dict(base[-1], iter=0), dict(base[-1], iter=2 * stage)]} if frozen else {}
+    bests = {"none": base[-1]} if frozen else {}
     for mode in [arm for arm in ARMS if arm not in runs]:
         first = "hard" if mode in ("hard", "st", "soft") else mode
         planner = [f"--plan_init_planner={suite_dir}/planner/planner.pt"] if first == "hard" else []
         stage3 = train_arm(f"{out}/{first}_stage3", from_base + [f"--plan_mode={first}", *planner], stage)
-        stage4 = train_arm(f"{out}/{mode}", tune + [f"--init_from={out}/{first}_stage3/ckpt.pt", f"--plan_mode={mode}"],
+        stage4 = train_arm(f"{out}/{mode}", tune + [f"--init_from={out}/{first}_stage3/best.pt", f"--plan_mode={mode}"],
                            stage)
         runs[mode] = stage3 + [dict(r, iter=r["iter"] + stage) for r in stage4[1:]]
-    return runs
+        bests[mode] = min(stage4, key=lambda r: r["val_loss"])  # the first of equals, as best.pt keeps it
+    return runs, bests
 
 
 def planner_scores(checkpoint_path):
-    """Accuracy and top-5 of the planner inside a train.py checkpoint, over every validation sentence."""
+    """Accuracy and top-5 of the planner inside a train.py checkpoint (ckpt.pt or best.pt), over every validation
+    sentence."""
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     s = checkpoint["config"]
     data = PlanData(ensure_prepared(s["dataset"]), s["plan_k"], s["plan_embedder"], s["plan_seed"])

@@ -19,7 +19,7 @@ TINY = [train.PLAIN_CONFIG, "--n_layer=3", "--n_head=2", "--n_embd=16", "--block
 TECHNIQUES = {
     "ngram": ["--ngram_mode=compact", "--ngram_n=3", "--ngram_r=4"],
     "mod": ["--mod_k=2"],
-    "planner": ["--plan_mode=soft", "--plan_k=4", "--plan_context=3"],
+    "planner": ["--plan_mode=soft", "--plan_k=4", "--plan_context=3", "--plan_lambda=1.0"],
 }
 ALL = [*TECHNIQUES["ngram"], *TECHNIQUES["mod"], *TECHNIQUES["planner"]]
 

@@ -12,11 +12,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configurator import ConfigError
 from data.common import load_docs, load_meta, load_texts, load_tokens, write_dataset
-from data.sentences import PlanData, sentence_breaks
+from data.sentences import PlanData, sentence_breaks, sentence_starts
 from lm import LanguageModel
 from model import GPT, GPTConfig
 from plot import read_log
-from planner import PlanConditioner, Planner, Replanner, initialise_plan
+from planner import Planner, Replanner, health_warning, initialise_plan, planner_metrics
 
 K, M = 4, 3
 
@@ -54,7 +54,7 @@ def make_model(mode, data, vocab_size, **overrides):
     gpt = GPT(GPTConfig(block_size=32, vocab_size=vocab_size, n_layer=3, n_head=2, n_embd=32))
     model = LanguageModel(gpt, settings(mode, **overrides))
     if model.plan is not None:
-        model.plan.initialise(data.centroids)
+        model.plan.initialise(data.centroids, data.labels["train"])
     return model
 
 
@@ -116,23 +116,106 @@ def test_plan_of_sentence_i_ignores_sentence_i_and_later(data):
     assert not torch.allclose(before[0, ~same], after[0, ~same])  # later sentences read sentence i: it matters
 
 
+def replan_token_by_token(replanner, tokens, prompt_length):
+    """Feed a Replanner as GPT.generate does with the KV cache, a prompt then one token per call; the last call
+    asks for every position. Returns the last conditioned layer's vectors (len(tokens), n_embd)."""
+    for n in range(prompt_length, len(tokens) + 1):
+        vectors = replanner(torch.tensor([tokens[:n]]), 0 if n == len(tokens) else n - 1)
+    return vectors[-1][0]
+
+
 def test_generation_replans_like_training_and_without_leaks(data):
     plan_data, path = data
     meta = load_meta(path)
     model = make_model("soft", plan_data, meta["vocab_size"]).eval()
-    tokens = load_tokens(path, "train").astype(np.int64)
-    replanner = Replanner(model.plan, plan_data, meta)
+    tokens = load_tokens(path, "train").astype(np.int64).tolist()
     x, y, extra = batch(plan_data, path, [0])
     trained = model.plan(extra)[0][-1][0]
-    generated = replanner.row_vectors(tokens[:33].tolist())[-1][:32]
-    assert torch.allclose(trained, generated, atol=1e-5)
+    for prompt_length in (1, 17, 33):  # sentences finished while generating, or already in the prompt
+        generated = replan_token_by_token(Replanner(model.plan, plan_data, meta), tokens[:33], prompt_length)
+        assert torch.allclose(trained, generated[:32], atol=1e-5)
     # The plans of a prefix do not depend on what follows, and a finished sentence is re-planned at once.
     end = int(plan_data.sentences["train"]["sentence_span"][1, 1])
-    prefix = tokens[:end].tolist()
-    alone = replanner.row_vectors(prefix)[-1]
-    for continuation in (tokens[end:end + 40].tolist(), [meta["stoi"][" "]] + [meta["stoi"]["B"]] * 5):
-        assert torch.allclose(replanner.row_vectors(prefix + continuation)[-1][:len(prefix)], alone)
+    prefix = tokens[:end]
+    alone = replan_token_by_token(Replanner(model.plan, plan_data, meta), prefix, 1)
+    for continuation in (tokens[end:end + 40], [meta["stoi"][" "]] + [meta["stoi"]["B"]] * 5):
+        again = replan_token_by_token(Replanner(model.plan, plan_data, meta), prefix + continuation, 1)
+        assert torch.allclose(again[:len(prefix)], alone)
     assert not torch.allclose(alone[-1], alone[-2])
+
+
+class EveryTokenReplanner(Replanner):
+    """The reference: at every token, split the whole text so far into documents and sentences again and plan
+    every sentence (what Replanner did before it kept the finished sentences)."""
+
+    def __call__(self, window, start):
+        self.history = window.tolist() if self.rows is None else [h + [t] for h, t in zip(self.history,
+                                                                                         window[:, -1].tolist())]
+        self.rows = True
+        first = len(self.history[0]) - window.size(1) + start
+        return [None] * self.conditioner.first_layer + list(torch.stack(
+            [self.whole_text_vectors(row)[first:] for row in self.history]).unbind(2))
+
+    def whole_text_vectors(self, tokens):
+        sentence_of, plans, doc_start = [], [], 0  # sentence of tokens 0..len (the last: the unwritten next one)
+        for doc_end in [i for i, token in enumerate(tokens) if token == self.eot] + [len(tokens)]:
+            doc = np.array(tokens[doc_start:doc_end], dtype=np.int64)
+            starts = sentence_starts(doc, self.decode(doc), self.encode, self.token_nbytes) if len(doc) else [0]
+            bounds = starts + [len(doc)]
+            texts = [self.decode(doc[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+            ids = np.repeat(np.arange(len(starts)), np.diff(bounds)).tolist()
+            is_open = doc_end == len(tokens)
+            n = len(starts)
+            if is_open and len(doc) and len(sentence_breaks(texts[-1] + " X")) > len(sentence_breaks(texts[-1])):
+                n += 1
+            embeddings = [self.embed(text) for text in texts[:n - 1]]
+            sentence_of += [len(plans) + i for i in ids] + [len(plans) + n - 1]  # the EOT, or the next token
+            plans += [self.plan(embeddings[:i]) for i in range(n)]
+            doc_start = doc_end + 1
+        return torch.cat(plans)[sentence_of[1:]]
+
+
+@pytest.fixture(scope="module")
+def gpt2_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_gpt2")
+    write_dataset(path, {"train": fake_corpus(30), "val": fake_corpus(3, seed=1)}, "gpt2", "t", source="t")
+    return PlanData(path, K, "lsa", seed=0), path
+
+
+def test_generated_gpt2_text_is_planned_as_training_plans_it_across_documents(gpt2_data):
+    # With BPE, the tokens of a text cut short need not be how the shorter text encodes on its own ("!\n\n" is one
+    # token alone, two before a word): splitting the whole text again would then drop finished sentences until
+    # the text goes on. Finished sentences stay finished, and the plans end as the training batch's.
+    plan_data, path = gpt2_data
+    meta = load_meta(path)
+    model = make_model("soft", plan_data, meta["vocab_size"]).eval()
+    tokens = load_tokens(path, "train").astype(np.int64).tolist()
+    text = tokens[:tokens.index(meta["eot_token"]) + 50]  # a document, its EOT and the start of the next
+    trained = model.plan(plan_data.batch("train", torch.tensor([0]), len(text) - 1, M))[0][-1][0]
+    sentence = plan_data.token_sentence["train"]
+    settled = int(np.flatnonzero(sentence == sentence[len(text) - 1])[0]) - 1  # the cut sentence may not split yet
+    for prompt_length in (1, 20, len(text) - 30, len(text)):
+        generated = replan_token_by_token(Replanner(model.plan, plan_data, meta), text, prompt_length)
+        assert torch.allclose(trained[:settled], generated[:settled], atol=1e-5)
+
+
+def test_replanning_at_sentence_ends_gives_the_tokens_of_replanning_at_every_token(data):
+    plan_data, path = data
+    meta = load_meta(path)
+    model = make_model("soft", plan_data, meta["vocab_size"]).eval()
+    tokens = load_tokens(path, "train").astype(np.int64).tolist()
+    text = tokens[:150]
+    kept, every = (replanner(model.plan, plan_data, meta) for replanner in (Replanner, EveryTokenReplanner))
+    for n in range(10, len(text) + 1):  # the plans at every step of writing a text, then of the whole window
+        window, start = torch.tensor([text[:n]]), n - 1 if n < len(text) else 0
+        assert torch.equal(kept(window, start)[-1], every(window, start)[-1])
+    prompt = torch.tensor([tokens[:20], tokens[100:120]])  # two rows, generating past block_size 32
+    generated = []
+    for replanner in (Replanner, EveryTokenReplanner):
+        torch.manual_seed(0)
+        generated.append(model.gpt.generate(prompt, 80, temperature=1.0, attn_add_fn=replanner(model.plan,
+                                                                                               plan_data, meta)))
+    assert torch.equal(*generated)
 
 
 # --- modes ----------------------------------------------------------------------------------------------------
@@ -193,6 +276,67 @@ def test_freeze_lm_trains_only_the_plan(data):
     assert all(p.requires_grad for p in model.plan.parameters())
 
 
+# --- health and torch.compile --------------------------------------------------------------------------------
+def test_majority_baseline_is_scored_on_the_same_sentences_as_the_accuracy(data):
+    plan_data, path = data
+    model = make_model("soft", plan_data, load_meta(path)["vocab_size"], plan_lambda=1.0)
+    majority = int(torch.bincount(plan_data.labels["train"], minlength=K).argmax())
+    assert int(model.plan.majority_label) == majority
+    # A planner that always answers the majority label scores exactly the baseline, padding slots included.
+    with torch.no_grad():
+        model.plan.planner.output.weight.zero_()
+        model.plan.planner.output.bias.copy_(torch.nn.functional.one_hot(torch.tensor(majority), K) * 10.0)
+    x, y, extra = batch(plan_data, path, [0, 15, 241])
+    assert (extra["plan_label"] == -1).any()  # rows span different numbers of sentences
+    _, stats = model(x, y, extra)
+    real = extra["plan_label"][extra["plan_label"] >= 0]
+    assert stats["plan_acc"] == stats["plan_majority_acc"] == (real == majority).float().mean()
+    assert 0 < stats["plan_majority_acc"] < 1
+
+
+def test_the_health_warning_waits_for_training_and_names_both_accuracies():
+    stuck = {"val_plan_acc": 0.0, "val_plan_majority_acc": 0.17}
+    assert health_warning({**stuck, "iter": 0}) is None  # an untrained planner before its first step
+    assert "0.000 is not above the 0.170" in health_warning({**stuck, "iter": 250})
+    assert health_warning({**stuck, "iter": 250, "val_plan_acc": 0.2}) is None
+
+
+def test_planner_metrics_mask_padding_exactly_as_indexing_it_away():
+    # The masked sums that torch.compile can trace give the numbers of indexing the padding away, bit for bit.
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 5, 7, generator=generator)
+    labels = torch.randint(7, (6, 5), generator=generator).masked_fill(torch.rand(6, 5, generator=generator) < .4, -1)
+    real = labels >= 0
+    kept_logits, kept = logits[real], labels[real]
+    metrics = planner_metrics(logits, labels, torch.tensor(3))
+    assert torch.equal(metrics["plan_ce"], torch.nn.functional.cross_entropy(kept_logits, kept))
+    assert torch.equal(metrics["plan_acc"], (kept_logits.argmax(-1) == kept).float().mean())
+    top5 = kept_logits.topk(5, dim=-1).indices
+    assert torch.equal(metrics["plan_top5"], (top5 == kept[:, None]).any(-1).float().mean())
+    assert torch.equal(metrics["plan_majority_acc"], (kept == 3).float().mean())
+
+
+def test_a_compiled_planner_model_has_no_graph_break_and_few_recompiles(data):
+    from torch._dynamo.utils import counters
+    plan_data, path = data
+    model = make_model("soft", plan_data, load_meta(path)["vocab_size"], plan_lambda=0.5)
+    compiled = torch.compile(model, backend="aot_eager")  # dynamo decides breaks and recompiles, not the backend
+    # Windows whose next tokens span 1, 2 or 3 sentences: the planner's inputs change shape from batch to batch.
+    sentence = plan_data.token_sentence["train"]
+    spans = np.array([sentence[i + 32] - sentence[i + 1] + 1 for i in range(len(sentence) - 33)])
+    starts = {n: np.flatnonzero(spans == n)[:2].tolist() for n in (1, 2, 3)}
+    batches = [starts[2], starts[3], [starts[1][0], starts[3][0]], [starts[2][0], starts[3][1]], starts[1]]
+    torch._dynamo.reset()
+    counters.clear()
+    for ix in batches:
+        x, y, extra = batch(plan_data, path, ix)
+        loss, stats = compiled(x, y, extra)
+        loss.backward()
+        torch.testing.assert_close(loss, model(x, y, extra)[0])
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["frames"]["total"] <= 3  # static shapes, then dynamic ones, then a size-1 specialisation
+
+
 # --- the stages through train.py ------------------------------------------------------------------------------
 def test_the_stages_chain_through_train_py(data, tmp_path):
     import pretrain_planner
@@ -216,6 +360,9 @@ def test_the_stages_chain_through_train_py(data, tmp_path):
     with pytest.raises(ConfigError, match="other labels"):
         train.main([*tiny, f"--out_dir={tmp_path / 'k5'}", "--max_iters=0", "--plan_mode=soft", "--plan_k=5",
                     f"--init_from={tmp_path / 'hard' / 'ckpt.pt'}"])
+    with pytest.raises(ConfigError, match="untrained planner .init_from .* has no planner"):
+        train.main([*tiny, f"--out_dir={tmp_path / 'untrained'}", "--max_iters=0", "--plan_mode=soft",
+                    f"--init_from={tmp_path / 'base' / 'ckpt.pt'}"])
 
 
 @pytest.mark.parametrize("override, message", [
@@ -224,6 +371,7 @@ def test_the_stages_chain_through_train_py(data, tmp_path):
     ({"plan_freeze_lm": True}, "nothing to train"),
     ({"plan_mode": "soft", "plan_embedder": "sbert"}, "plan_embedder must be one of lsa, minilm, mpnet"),
     ({"plan_mode": "uniform", "plan_init_planner": "planner.pt"}, "plan_init_planner is only read by"),
+    ({"plan_mode": "soft", "plan_lambda": 0.0}, "untrained planner .the run starts from scratch"),
 ])
 def test_bad_planner_settings_are_refused_with_a_message_naming_them(override, message):
     import train

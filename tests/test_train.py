@@ -79,6 +79,20 @@ def test_tuning_starts_from_a_checkpoints_weights(corpus, tmp_path):
     assert torch.equal(tuned["gpt.lm_head.weight"], pretrained["gpt.lm_head.weight"])
 
 
+def test_keep_best_writes_the_weights_of_the_best_evaluation_beside_the_checkpoint(corpus, tmp_path):
+    # A learning rate this high makes every later evaluation worse than the first: the best is iteration 0.
+    diverging = ["--eval_interval=2", "--learning_rate=3.0", "--warmup_iters=0", "--decay_lr=False", "--grad_clip=0.0"]
+    run(corpus, tmp_path / "start", *diverging, "--max_iters=0")
+    run(corpus, tmp_path / "kept", *diverging, "--max_iters=4", "--keep_best=True")
+    losses = [r["val_loss"] for r in train.read_log(tmp_path / "kept")]
+    assert losses[0] < min(losses[1:])
+    best, last = (load_checkpoint(str(tmp_path / "kept" / name)) for name in ("best.pt", "ckpt.pt"))
+    start = load_checkpoint(str(tmp_path / "start" / "ckpt.pt"))
+    assert best["iter_num"] == 0 and best["val_loss"] == losses[0] and last["iter_num"] == 4
+    assert all(torch.equal(best["model"][k], start["model"][k]) for k in start["model"])
+    assert not (tmp_path / "start" / "best.pt").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--n_embd=10", "--n_head=3"], "divisible by n_head"),
     (["--max_itres=10"], "unknown setting 'max_itres'.*did you mean max_iters"),

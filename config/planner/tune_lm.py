@@ -1,7 +1,11 @@
-# Stages 3 and 4 with the LM trained too (after small.py or gpu.py): the base LM keeps learning at its final
-# learning rate's scale while the adapters and (in 'st' and 'soft') the planner learn to use the plan with it.
+# Stages 3 and 4 with the LM trained too (after small.py or gpu.py): the base LM keeps learning while the adapters
+# and (in 'st' and 'soft') the planner learn to use the plan with it.
 plan_freeze_lm = False
-learning_rate = 3e-4
-warmup_iters = 20
-min_lr = 1e-4
+# The authors' recipe, which they use for full fine-tuning too: Adam at 1e-4, constant, no warmup, no weight decay,
+# the checkpoint with the best validation loss kept and scored (best.pt).
+learning_rate = 1e-4
+decay_lr = False  # a constant rate: warmup_iters and min_lr are not read
+weight_decay = 0.0
+beta2 = 0.999
+keep_best = True
 eval_interval = 100
