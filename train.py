@@ -25,8 +25,8 @@ import ngram
 from configurator import ConfigError, configure
 from data.common import document_start, ensure_prepared, get_codec, load_meta, load_tokens, write_atomically
 from lm import LanguageModel, load_checkpoint, pick_device, pick_precision
+from lora import merge_lora
 import mod
-from mod import merge_lora
 from model import GPT, GPTConfig, configure_optimizers, estimate_mfu
 import planner
 from planner import PlanData, initialise_plan
@@ -39,6 +39,9 @@ eval_iters = 20  # batches per split in each evaluation; the same batches every 
 log_interval = 10  # iterations between progress-bar updates (each costs a device sync)
 eval_only = False
 init_from = "scratch"  # 'scratch', 'resume' (continue out_dir/ckpt.pt), or the path of a checkpoint to tune
+base = "train"  # the base GPT: 'train', 'frozen' (only the techniques' own parameters train) or 'lora' (lora.py)
+lora_rank = 8
+lora_alpha = 16.0
 seed = 1337
 sample_tokens = 300  # length of the sample printed at the end; 0 prints none
 # data
@@ -76,13 +79,8 @@ ngram_alpha = 0.5  # weight of the n-gram target; the observed token gets 1 - al
 mod_k = 2  # from scratch the ensemble trails the plain model (+0.12 nats with k = 2, +0.34 with k = 3: README)
 mod_lambda = 0.5  # weight of the distillation KL from the final layer to the other late layers
 mod_distill_frac = 0.125  # share of a batch's positions the distillation uses in training: its cost and memory
-mod_kl = "forward"  # 'forward': KL(P_final || P_layer); 'reverse': KL(P_layer || P_final)
-mod_detach_teacher = True  # the final layer teaches without being pulled towards the students
 mod_router_input = "final"  # 'final': ln_f of the last block's output; 'input': the input to the late stack
 mod_router_bias = 0.0  # initial routing logit of the final layer (0: uniform routing at the start)
-mod_tune = "full"  # what trains: 'full', 'mod_only' (router + norms), 'lora', 'lora_mod' (LoRA + router + norms)
-lora_rank = 8
-lora_alpha = 16.0
 # sentence planner (planner.py); 'none' is the plain GPT
 plan_mode = "soft"  # none | fixed | uniform | oracle (sees the future: an upper bound) | hard | st | soft
 plan_k = 64  # number of sentence labels (k-means clusters)
@@ -91,7 +89,6 @@ plan_tau = 1.0  # softmax temperature of 'soft' and 'st'
 plan_lambda = 0.0  # weight of the planner's cross-entropy added to the LM loss (0: LM loss only, as the paper)
 plan_embedder = "lsa"  # sentence encoder of the labels
 plan_seed = 0  # seed of the embedder and k-means that make the labels
-plan_freeze_lm = False  # train only the planner and adapters, as the paper does with its pretrained GPT-2
 plan_init_planner = ""  # planner.pt written by `python planner.py` (stage 2), loaded into a new run
 # system
 device = "auto"  # 'auto' picks cuda, then mps, then cpu; or name one, e.g. 'cuda:1'
@@ -112,6 +109,16 @@ def validate_settings(s):
     if s["init_from"] not in ("scratch", "resume") and not os.path.isfile(s["init_from"]):
         problems.append(f"init_from must be 'scratch', 'resume' or an existing checkpoint file, got "
                         f"'{s['init_from']}'")
+    if s["base"] not in ("train", "frozen", "lora"):
+        problems.append(f"base must be 'train', 'frozen' or 'lora', got '{s['base']}'")
+    if s["base"] != "train" and s["init_from"] == "scratch":
+        problems.append(f"base='{s['base']}' freezes the base GPT: tune a pretrained one with "
+                        f"--init_from=<path of a ckpt.pt>, or use base='train'")
+    if s["base"] == "frozen" and s["mod_k"] < 2 and s["plan_mode"] == "none":
+        problems.append("base='frozen' with no technique on leaves nothing to train: set mod_k >= 2 or a "
+                        "plan_mode, or use base='lora'")
+    if s["lora_rank"] < 1:
+        problems.append(f"lora_rank must be at least 1, got {s['lora_rank']}")
     if s["dtype"] not in ("auto", "float32", "bfloat16", "float16"):
         problems.append(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got '{s['dtype']}'")
     if s["compile"] not in (None, True, False):
@@ -130,10 +137,10 @@ SETTINGS = [k for k, v in globals().items() if not k.startswith("_") and isinsta
                                                                                         type(None)))]
 # Settings that fix what the checkpoint's weights mean: resuming with different ones would be a different run.
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "bias", "vocab_size")
-RUN_KEYS = ("dataset", "block_size", "label_smoothing", "ngram_mode", "ngram_n", "ngram_r", "ngram_alpha",
-            "mod_k", "mod_lambda", "mod_distill_frac", "mod_kl", "mod_detach_teacher", "mod_router_input",
-            "mod_router_bias", "mod_tune", "lora_rank", "lora_alpha", "plan_mode", "plan_k", "plan_context",
-            "plan_tau", "plan_lambda", "plan_embedder", "plan_seed", "plan_freeze_lm")
+RUN_KEYS = ("dataset", "block_size", "base", "lora_rank", "lora_alpha", "label_smoothing", "ngram_mode", "ngram_n",
+            "ngram_r", "ngram_alpha", "mod_k", "mod_lambda", "mod_distill_frac", "mod_router_input",
+            "mod_router_bias", "plan_mode", "plan_k", "plan_context", "plan_tau", "plan_lambda", "plan_embedder",
+            "plan_seed")
 
 
 PLAIN_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "plain.py")
@@ -251,9 +258,9 @@ class Trainer:
                 raise ConfigError(f"block_size {s['block_size']} is longer than the checkpoint's "
                                   f"{saved['block_size']}: its position table has no rows for it")
             shape = {k: saved[k] for k in MODEL_KEYS}
-            if s["mod_k"] > saved["n_layer"] or (s["mod_router_input"] == "input" and s["mod_k"] == saved["n_layer"]):
-                raise ConfigError(f"mod_k {s['mod_k']} does not fit the checkpoint's {saved['n_layer']} layers "
-                                  f"(at most n_layer, less than n_layer with mod_router_input='input')")
+            depth = mod.depth_problem(s["mod_k"], saved["n_layer"], s["mod_router_input"])
+            if depth:
+                raise ConfigError(f"{depth} (n_layer is the checkpoint's)")
             if self.master:
                 print(f"tuning {s['init_from']}: model shape {shape} taken from the checkpoint")
             model_args.update(shape, block_size=saved["block_size"])

@@ -8,7 +8,7 @@ import train
 from configurator import ConfigError
 from data.common import write_dataset
 from lm import LanguageModel, load_checkpoint, load_language_model
-from mod import merge_lora
+from lora import merge_lora
 from model import GPT, GPTConfig, configure_optimizers
 
 V, C, L, B, T = 40, 16, 4, 3, 10
@@ -79,9 +79,9 @@ def test_router_bias_favours_the_final_layer():
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_mod_only_trains_only_router_and_norms(bias):
+def test_a_frozen_base_trains_only_router_and_norms(bias):
     k = 3
-    lm = make_lm(bias=bias, mod_k=k, mod_tune="mod_only")
+    lm = make_lm(bias=bias, mod_k=k, base="frozen")
     trainable = sum(p.numel() for p in lm.parameters() if p.requires_grad)
     norm_params = C * (2 if bias else 1)  # LayerNorm gain (and bias), like ln_f
     assert trainable == (k - 1) * norm_params + (C * k + k)  # norms + router weight and bias
@@ -99,7 +99,7 @@ def test_lora_starts_at_the_base_model_and_counts_its_parameters():
     x, y = batch()
     plain = make_lm(mod_k=0)
     rank = 2
-    lora = make_lm(mod_k=0, mod_tune="lora", lora_rank=rank)
+    lora = make_lm(mod_k=0, base="lora", lora_rank=rank)
     assert torch.equal(lora(x, y, {})[0], plain(x, y, {})[0])  # B is zero: step 0 is the base
     per_block = rank * ((C + 3 * C) + (C + C) + (C + 4 * C) + (4 * C + C))  # c_attn, attn.c_proj, c_fc, c_proj
     assert sum(p.numel() for p in lora.parameters() if p.requires_grad) == L * per_block
@@ -107,7 +107,7 @@ def test_lora_starts_at_the_base_model_and_counts_its_parameters():
     assert all(p.grad is None for p in lora.gpt.parameters())
     assert all(b.grad.abs().sum() > 0 for b in lora.lora.B.values())  # every adapter is on the path
 
-    both = make_lm(mod_k=3, mod_tune="lora_mod", lora_rank=rank)
+    both = make_lm(mod_k=3, base="lora", lora_rank=rank)
     assert sum(p.numel() for p in both.parameters() if p.requires_grad) == L * per_block + 2 * C + 3 * C + 3
 
 
@@ -182,8 +182,8 @@ def test_overfits_one_batch_with_the_ensemble_on():
 
 
 def test_settings_reject_impossible_ensembles():
-    for bad in ({"mod_tune": "mod_only", "mod_k": 1}, {"mod_tune": "lora_mod", "mod_k": 0},
-                {"mod_k": L + 1}, {"mod_tune": "mod_only", "mod_k": 3}, {"mod_tune": "adapter"},
+    for bad in ({"base": "frozen", "mod_k": 1, "init_from": "resume"}, {"mod_k": L + 1}, {"mod_k": -1},
+                {"base": "frozen", "mod_k": 3}, {"base": "adapter"}, {"base": "lora", "lora_rank": 0},
                 {"mod_router_input": "input", "mod_k": L}, {"mod_distill_frac": 0.0}):
         settings = {**DEFAULTS, "n_layer": L, **bad}
         with pytest.raises(ConfigError):
@@ -201,11 +201,11 @@ def tiny_run(tmp_path, n_layer):
             "--sample_tokens=0", "--compile=False"]
 
 
-def test_tuning_a_checkpoint_with_mod_only_through_train_py(tmp_path):
+def test_tuning_a_checkpoint_with_a_frozen_base_through_train_py(tmp_path):
     tiny = tiny_run(tmp_path, n_layer=3)
     train.main([*tiny, f"--out_dir={tmp_path / 'pre'}"])
     tune = [*tiny, f"--out_dir={tmp_path / 'tune'}", f"--init_from={tmp_path / 'pre' / 'ckpt.pt'}", "--mod_k=2",
-            "--mod_tune=mod_only"]
+            "--base=frozen"]
     train.main(tune)
     last = train.read_log(tmp_path / "tune")[-1]
     assert last["trainable_params"] == 16 + (16 * 2 + 2)  # one norm (no bias) + the router
@@ -215,11 +215,11 @@ def test_tuning_a_checkpoint_with_mod_only_through_train_py(tmp_path):
     model = load_language_model(tuned, "cpu")  # what sample.py decodes from: the mixed logits
     assert model.mod is not None and model.generate(torch.zeros(1, 1, dtype=torch.long), 4).shape == (1, 5)
     with pytest.raises(ConfigError, match="mod_k: checkpoint 2, now 3"):
-        train.main([*tune[:-2], "--init_from=resume", "--mod_k=3", "--mod_tune=mod_only", "--max_iters=8"])
+        train.main([*tune[:-2], "--init_from=resume", "--mod_k=3", "--base=frozen", "--max_iters=8"])
 
 
 def test_merged_lora_weights_are_the_tuned_model():
-    lm = make_lm(mod_k=0, mod_tune="lora", lora_rank=4)
+    lm = make_lm(mod_k=0, base="lora", lora_rank=4)
     with torch.no_grad():
         for b in lm.lora.B.values():
             b.normal_()  # a tuned run's adapters, no longer zero
@@ -237,7 +237,7 @@ def test_a_run_from_a_lora_checkpoint_starts_where_the_lora_run_ended(tmp_path):
     tiny = tiny_run(tmp_path, n_layer=2)
     train.main([*tiny, f"--out_dir={tmp_path / 'pre'}"])
     train.main([*tiny, f"--out_dir={tmp_path / 'lora'}", f"--init_from={tmp_path / 'pre' / 'ckpt.pt'}",
-                "--mod_tune=lora", "--learning_rate=0.05"])
+                "--base=lora", "--learning_rate=0.05"])
     train.main([*tiny, f"--out_dir={tmp_path / 'full'}", f"--init_from={tmp_path / 'lora' / 'ckpt.pt'}"])
     pre, lora, full = (train.read_log(tmp_path / d) for d in ("pre", "lora", "full"))
     assert abs(lora[-1]["val_loss"] - pre[-1]["val_loss"]) > 1e-3  # the adapters learned something
