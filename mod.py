@@ -20,18 +20,19 @@ get different tokens right. So with h_j the output of block j and J the last k b
 The paper tunes a pretrained model this way, alone ("MoD only": base frozen, only the norms and the router train,
 a few thousand parameters) or on top of another tuning method (full fine-tuning, LoRA).
 
-Decisions where the paper is silent (ours):
+Decisions where the paper is silent (ours; docs/mod.md gives the reasons and the measurements):
   - One vocabulary matmul for the mixture: lm_head is linear without bias, so
     sum_j g_j * lm_head(n_j) == lm_head(sum_j g_j * n_j); the mixed logits cost one head call.
   - The router's weights start at zero, so routing starts uniform; `router_bias` optionally starts the final
     layer's routing logit higher.
-  - The distillation needs each layer's own logits, k head calls on a 50k vocabulary. During training it is
-    computed on a random subset of the batch's positions (`distill_frac`), an unbiased estimate of the mean KL
-    that bounds both its memory and its cost; evaluation uses every position, one layer at a time.
-  - The distillation moves the late layers and their norms, never the shared LM head: the head serves the
-    mixture and the teacher too, so letting the students' KL pull it would move the teacher's distribution, which
-    the detach is there to prevent. (It also saves the head's weight-gradient matmul for each student.)
-  - The distillation is the paper's: forward KL(P_final || P_j), the teacher detached, temperature 1.
+  - The loss also subtracts router_entropy * mean over tokens of H(g) = -sum_j g_j log g_j (0.01 by default).
+    Without it the router collapses onto one late layer: the final layer learns only through the mixture, its
+    gradient scaled by its routing weight g_final (the teacher is detached), so once the router leans away from it
+    the final layer is starved, falls behind and is left for good. The term is the smallest remedy our ablation
+    found that holds over a whole run.
+  - The distillation is the paper's forward KL(P_final || P_j), teacher detached, temperature 1, computed in
+    training on a random share `distill_frac` of the positions (every position in evaluation, one layer at a
+    time). It moves the late layers and their norms, never the shared LM head, which also makes the teacher.
   - k = 1 is the plain model: no ensemble is built.
   - What the base GPT does (trains, frozen, frozen under LoRA adapters) is train.py's `base` setting; LoRA, the
     baseline the paper combines MoD with, is in lora.py.
@@ -66,9 +67,9 @@ def settings_problems(s):
             problems.append(depth)
     if s["mod_router_input"] not in ("final", "input"):
         problems.append(f"mod_router_input must be 'final' or 'input', got '{s['mod_router_input']}'")
-    if s["mod_lambda"] < 0 or not 0.0 < s["mod_distill_frac"] <= 1.0:
-        problems.append(f"mod_lambda must be >= 0 and mod_distill_frac in (0, 1], got {s['mod_lambda']} and "
-                        f"{s['mod_distill_frac']}")
+    if s["mod_lambda"] < 0 or s["mod_router_entropy"] < 0 or not 0.0 < s["mod_distill_frac"] <= 1.0:
+        problems.append(f"mod_lambda and mod_router_entropy must be >= 0 and mod_distill_frac in (0, 1], got "
+                        f"{s['mod_lambda']}, {s['mod_router_entropy']} and {s['mod_distill_frac']}")
     return problems
 
 
@@ -92,10 +93,12 @@ class DepthEnsemble(nn.Module):
     """Norms and router of the ensemble over the last k layers; the GPT (its ln_f and lm_head) is passed in, not
     owned, so its weights stay in one place and the LM head is the shared, tied one."""
 
-    def __init__(self, gpt, k, router_input="final", router_bias=0.0, distill_lambda=0.5, distill_frac=0.125):
+    def __init__(self, gpt, k, router_input="final", router_bias=0.0, distill_lambda=0.5, distill_frac=0.125,
+                 router_entropy=0.01):
         super().__init__()
         self.k, self.first = k, gpt.config.n_layer - k
         self.router_input, self.distill_lambda, self.distill_frac = router_input, distill_lambda, distill_frac
+        self.router_entropy = router_entropy
         ln_f = gpt.transformer.ln_f
         self.norms = nn.ModuleList()
         for _ in range(k - 1):  # fresh parameters (trainable even when the GPT is frozen) holding ln_f's values
@@ -119,8 +122,9 @@ class DepthEnsemble(nn.Module):
         return gpt.lm_head(mixed), weights, normed
 
     def aux_loss(self, gpt, hidden, normed, weights, y):
-        """lambda * distillation, and the stats to log: during training only the cheap ones (the distillation on
-        a random subset of positions), in evaluation every per-layer diagnostic on every position."""
+        """lambda * distillation - router_entropy * the routing weights' mean entropy, and the stats to log: during
+        training only the cheap ones (the distillation on a random subset of positions), in evaluation every
+        per-layer diagnostic on every position."""
         stats = {f"route{self.first + j}": w.detach() for j, w in enumerate(weights.flatten(0, -2).mean(0))}
         if self.training:
             flat = [n.flatten(0, -2) for n in normed]
@@ -130,7 +134,8 @@ class DepthEnsemble(nn.Module):
         else:
             distill = self.evaluate_layers(gpt, hidden, normed, y, stats)
         stats["distill"] = distill.detach()
-        return self.distill_lambda * distill, stats
+        entropy = torch.special.entr(weights).sum(-1).mean()
+        return self.distill_lambda * distill - self.router_entropy * entropy, stats
 
     def distillation(self, layer_logits):
         """Sum over the non-final late layers of the mean KL between the final layer's distribution and theirs."""
