@@ -48,8 +48,8 @@ from torch.nn import functional as F
 
 
 def depth_problem(mod_k, n_layer, router_input):
-    """What is wrong with an ensemble of the last mod_k layers of a GPT of n_layer blocks, or None. train.py asks
-    on the settings, and again against a tuned checkpoint's n_layer."""
+    """What is wrong with an ensemble of the last mod_k layers of a GPT of n_layer blocks, or None: asked of the
+    settings, and again by train.py of a tuned checkpoint's n_layer."""
     if not 0 <= mod_k <= n_layer:
         return f"mod_k must be between 0 and n_layer ({n_layer}), got {mod_k}"
     if router_input == "input" and mod_k == n_layer:
