@@ -76,7 +76,7 @@ ngram_n = 5  # context of n-1 tokens: 4 characters here; 3 for GPT-2 BPE, whose 
 ngram_r = 8  # top tokens kept per context by 'compact'
 ngram_alpha = 0.5  # weight of the n-gram target; the observed token gets 1 - alpha
 # mixture-of-depths ensemble (mod.py): the last mod_k layers vote through a router; 0 or 1 is the plain model
-mod_k = 2  # from scratch the ensemble trails the plain model (+0.12 nats with k = 2, +0.34 with k = 3: README)
+mod_k = 2  # from scratch, k = 2 alone ends level with the plain model (README)
 mod_lambda = 0.5  # weight of the distillation KL from the final layer to the other late layers
 mod_distill_frac = 0.125  # share of a batch's positions the distillation uses in training: its cost and memory
 mod_router_input = "final"  # 'final': ln_f of the last block's output; 'input': the input to the late stack
