@@ -81,8 +81,7 @@ mod_lambda = 0.5  # weight of the distillation KL from the final layer to the ot
 mod_distill_frac = 0.125  # share of a batch's positions the distillation uses in training: its cost and memory
 mod_router_input = "final"  # 'final': ln_f of the last block's output; 'input': the input to the late stack
 mod_router_bias = 0.0  # initial routing logit of the final layer (0: uniform routing at the start)
-mod_router_entropy = 0.01  # weight of the routing weights' mean entropy, subtracted from the loss: without it the
-# router collapses onto one layer (mod.py)
+mod_router_entropy = 0.01  # weight of the routing entropy subtracted from the loss; 0 lets the router collapse (mod.py)
 # sentence planner (planner.py); 'none' is the plain GPT
 plan_mode = "soft"  # none | fixed | uniform | oracle (sees the future: an upper bound) | hard | st | soft
 plan_k = 64  # number of sentence labels (k-means clusters)
@@ -141,8 +140,8 @@ SETTINGS = [k for k, v in globals().items() if not k.startswith("_") and isinsta
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "bias", "vocab_size")
 RUN_KEYS = ("dataset", "block_size", "base", "lora_rank", "lora_alpha", "label_smoothing", "ngram_mode", "ngram_n",
             "ngram_r", "ngram_alpha", "mod_k", "mod_lambda", "mod_distill_frac", "mod_router_input",
-            "mod_router_bias", "mod_router_entropy", "plan_mode", "plan_k", "plan_context", "plan_tau", "plan_lambda", "plan_embedder",
-            "plan_seed")
+            "mod_router_bias", "mod_router_entropy", "plan_mode", "plan_k", "plan_context", "plan_tau",
+            "plan_lambda", "plan_embedder", "plan_seed")
 
 
 PLAIN_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "plain.py")
