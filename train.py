@@ -532,7 +532,8 @@ def read_log(out_dir):
 
 
 def plot_log(out_dir):
-    """Redraw out_dir/loss.png from log.jsonl: train and validation loss against iterations."""
+    """Redraw out_dir/loss.png from log.jsonl: train and validation loss against iterations, with a red cross on
+    every evaluation where a technique had degenerated."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -540,6 +541,9 @@ def plot_log(out_dir):
     fig, ax = plt.subplots(figsize=(6, 4))
     for key in ("train_loss", "val_loss"):
         ax.plot([r["iter"] for r in records], [r[key] for r in records], marker=".", label=key.replace("_", " "))
+    warned = [r for r in records if r.get("warnings")]
+    if warned:
+        ax.plot([r["iter"] for r in warned], [r["val_loss"] for r in warned], "rx", label="degenerate: warnings in log.jsonl")
     ax.set_xlabel("iteration")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.set_title(os.path.basename(os.path.abspath(out_dir)))
