@@ -543,7 +543,8 @@ def plot_log(out_dir):
         ax.plot([r["iter"] for r in records], [r[key] for r in records], marker=".", label=key.replace("_", " "))
     warned = [r for r in records if r.get("warnings")]
     if warned:
-        ax.plot([r["iter"] for r in warned], [r["val_loss"] for r in warned], "rx", label="degenerate: warnings in log.jsonl")
+        ax.plot([r["iter"] for r in warned], [r["val_loss"] for r in warned], "rx",
+                label="degenerate: warnings in log.jsonl")
     ax.set_xlabel("iteration")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.set_title(os.path.basename(os.path.abspath(out_dir)))
