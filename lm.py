@@ -15,7 +15,8 @@ from torch.nn import functional as F
 
 import ngram
 from data.common import ensure_prepared, load_meta
-from mod import DepthEnsemble, LoRA
+from lora import LoRA
+from mod import DepthEnsemble
 from model import GPT, GPTConfig
 from planner import PlanConditioner
 
@@ -27,14 +28,15 @@ class LanguageModel(nn.Module):
         self.gpt = gpt
         self.label_smoothing = settings.get("label_smoothing", 0.0)
         self.ngram_alpha = settings.get("ngram_alpha", 0.0)
-        mod_k, mod_tune = settings.get("mod_k", 0), settings.get("mod_tune", "full")
+        mod_k = settings.get("mod_k", 0)
         self.mod = DepthEnsemble(gpt, mod_k, settings["mod_router_input"], settings["mod_router_bias"],
-                                 settings["mod_lambda"], settings["mod_distill_frac"], settings["mod_kl"],
-                                 settings["mod_detach_teacher"]) if mod_k > 1 else None
+                                 settings["mod_lambda"], settings["mod_distill_frac"],
+                                 settings["mod_router_entropy"]) if mod_k > 1 else None
         self.plan = PlanConditioner(settings, gpt.config) if settings.get("plan_mode", "none") != "none" else None
-        if mod_tune != "full" or settings.get("plan_freeze_lm", False):
-            gpt.requires_grad_(False)  # the base is frozen; only the techniques' own parameters train
-        self.lora = LoRA(gpt, settings["lora_rank"], settings["lora_alpha"]) if "lora" in mod_tune else None
+        base = settings.get("base", "train")
+        if base != "train":
+            gpt.requires_grad_(False)  # the base is frozen; only the techniques' own parameters (and LoRA's) train
+        self.lora = LoRA(gpt, settings["lora_rank"], settings["lora_alpha"]) if base == "lora" else None
 
     def forward(self, x, y, extra):
         """Training loss for inputs x and next tokens y (B, T), and a dict of scalars to log.

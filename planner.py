@@ -180,8 +180,6 @@ def settings_problems(s):
     if s["plan_init_planner"] and not os.path.isfile(s["plan_init_planner"]):
         problems.append(f"plan_init_planner: no file {s['plan_init_planner']}; run `python pretrain_planner.py` first")
     if mode == "none":
-        if s["plan_freeze_lm"]:
-            problems.append("plan_freeze_lm=True with plan_mode='none' leaves nothing to train")
         return problems
     if s["plan_embedder"] not in EMBEDDERS:
         problems.append(f"plan_embedder must be one of {', '.join(EMBEDDERS)}, got '{s['plan_embedder']}'")

@@ -37,8 +37,8 @@ from data.common import (document_start, ensure_prepared, get_codec, load_checke
                          write_atomically)
 from hf import GPT2_NAMES, gpt2_checkpoint, is_hf_source
 from lm import LanguageModel, checkpoint_vocab, load_checkpoint, pick_device, pick_precision
+from lora import merge_lora
 import mod
-from mod import merge_lora
 from model import GPT, GPTConfig, configure_optimizers, estimate_mfu
 from plot import plot_log, read_log
 import planner
@@ -56,6 +56,9 @@ eval_only = False
 # ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl') or a folder written by transformers' save_pretrained (hf.py)
 init_from = "scratch"
 overwrite = False  # a new run may replace the run already in out_dir (its ckpt.pt and log.jsonl); else it is refused
+base = "train"  # the base GPT: 'train', 'frozen' (only the techniques' own parameters train) or 'lora' (lora.py)
+lora_rank = 8
+lora_alpha = 16.0
 seed = 1337
 sample_tokens = 300  # length of the sample printed at the end; 0 prints none
 keep_best = False  # also write out_dir/best.pt (the weights) whenever an evaluation sets a new best val loss
@@ -92,16 +95,12 @@ ngram_n = 5  # context of n-1 tokens: 4 characters here; 3 for GPT-2 BPE, whose 
 ngram_r = 8  # top tokens kept per context by 'compact'
 ngram_alpha = 0.5  # weight of the n-gram target; the observed token gets 1 - alpha
 # mixture-of-depths ensemble (mod.py): the last mod_k layers vote through a router; 0 or 1 is the plain model
-mod_k = 2  # from scratch the ensemble trails the plain model (+0.12 nats with k = 2, +0.34 with k = 3: README)
+mod_k = 2  # from scratch, k = 2 alone ends level with the plain model (README)
 mod_lambda = 0.5  # weight of the distillation KL from the final layer to the other late layers
 mod_distill_frac = 0.125  # share of a batch's positions the distillation uses in training: its cost and memory
-mod_kl = "forward"  # 'forward': KL(P_final || P_layer); 'reverse': KL(P_layer || P_final)
-mod_detach_teacher = True  # the final layer teaches without being pulled towards the students
 mod_router_input = "final"  # 'final': ln_f of the last block's output; 'input': the input to the late stack
 mod_router_bias = 0.0  # initial routing logit of the final layer (0: uniform routing at the start)
-mod_tune = "full"  # what trains: 'full', 'mod_only' (router + norms), 'lora', 'lora_mod' (LoRA + router + norms)
-lora_rank = 8
-lora_alpha = 16.0
+mod_router_entropy = 0.01  # weight of the routing entropy subtracted from the loss; 0 lets the router collapse (mod.py)
 # sentence planner (planner.py); 'none' is the plain GPT
 plan_mode = "soft"  # none | fixed | uniform | oracle (sees the future: an upper bound) | hard | st | soft
 plan_k = 64  # number of sentence labels (k-means clusters)
@@ -110,7 +109,6 @@ plan_tau = 1.0  # softmax temperature of 'soft' and 'st'
 plan_lambda = 1.0  # weight of the planner's label cross-entropy in the loss: a planner trained from scratch needs it
 plan_embedder = "lsa"  # sentence encoder of the labels
 plan_seed = 0  # seed of the embedder and k-means that make the labels
-plan_freeze_lm = False  # train only the planner and adapters, as the paper does with its pretrained GPT-2
 plan_init_planner = ""  # planner.pt written by `python pretrain_planner.py` (stage 2), loaded into a new run
 # system
 device = "auto"  # 'auto' picks cuda, then mps, then cpu; or name one, e.g. 'cuda:1'
@@ -131,6 +129,16 @@ def validate_settings(s):
     if not (s["init_from"] in ("scratch", "resume") or os.path.isfile(s["init_from"]) or is_hf_source(s["init_from"])):
         problems.append(f"init_from must be 'scratch', 'resume', an existing checkpoint file, one of {GPT2_NAMES} or "
                         f"a folder written by save_pretrained, got '{s['init_from']}'")
+    if s["base"] not in ("train", "frozen", "lora"):
+        problems.append(f"base must be 'train', 'frozen' or 'lora', got '{s['base']}'")
+    if s["base"] != "train" and s["init_from"] == "scratch":
+        problems.append(f"base='{s['base']}' freezes the base GPT: tune a pretrained one with "
+                        f"--init_from=<path of a ckpt.pt>, or use base='train'")
+    if s["base"] == "frozen" and s["mod_k"] < 2 and s["plan_mode"] == "none":
+        problems.append("base='frozen' with no technique on leaves nothing to train: set mod_k >= 2 or a "
+                        "plan_mode, or use base='lora'")
+    if s["lora_rank"] < 1:
+        problems.append(f"lora_rank must be at least 1, got {s['lora_rank']}")
     if s["dtype"] not in ("auto", "float32", "bfloat16", "float16"):
         problems.append(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got '{s['dtype']}'")
     if s["compile"] not in (None, True, False):
@@ -158,11 +166,10 @@ SETTINGS = [k for k, v in globals().items() if not k.startswith("_") and isinsta
 # Settings that fix what the checkpoint's weights mean: resuming with different ones would be a different run.
 # batch_size, gradient_accumulation_steps and seed fix the batches and random draws an exact resume replays.
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "bias", "vocab_size")
-RUN_KEYS = ("dataset", "block_size", "batch_size", "gradient_accumulation_steps", "seed", "label_smoothing",
-            "ngram_mode", "ngram_n", "ngram_r", "ngram_alpha",
-            "mod_k", "mod_lambda", "mod_distill_frac", "mod_kl", "mod_detach_teacher", "mod_router_input",
-            "mod_router_bias", "mod_tune", "lora_rank", "lora_alpha", "plan_mode", "plan_k", "plan_context",
-            "plan_tau", "plan_lambda", "plan_embedder", "plan_seed", "plan_freeze_lm")
+RUN_KEYS = ("dataset", "block_size", "batch_size", "gradient_accumulation_steps", "seed", "base", "lora_rank",
+            "lora_alpha", "label_smoothing", "ngram_mode", "ngram_n", "ngram_r", "ngram_alpha", "mod_k", "mod_lambda",
+            "mod_distill_frac", "mod_router_input", "mod_router_bias", "mod_router_entropy", "plan_mode", "plan_k",
+            "plan_context", "plan_tau", "plan_lambda", "plan_embedder", "plan_seed")
 
 
 PLAIN_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "plain.py")
@@ -335,9 +342,9 @@ class Trainer:
             shape = {k: saved[k] for k in MODEL_KEYS}
             if self.meta["tokenizer"] == "char":  # the dataset's characters; map_token_rows moves the learned rows
                 shape["vocab_size"] = model_args["vocab_size"]
-            if s["mod_k"] > saved["n_layer"] or (s["mod_router_input"] == "input" and s["mod_k"] == saved["n_layer"]):
-                raise ConfigError(f"mod_k {s['mod_k']} does not fit the checkpoint's {saved['n_layer']} layers "
-                                  f"(at most n_layer, less than n_layer with mod_router_input='input')")
+            depth = mod.depth_problem(s["mod_k"], saved["n_layer"], s["mod_router_input"])
+            if depth:
+                raise ConfigError(f"{depth} (n_layer is the checkpoint's)")
             if self.master:
                 print(f"tuning {s['init_from']}: model shape {shape} taken from the checkpoint")
             model_args.update(shape, block_size=saved["block_size"])

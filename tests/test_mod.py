@@ -1,15 +1,18 @@
 """Tests of the mixture-of-depths ensemble (mod.py) and its tuning modes, on tiny models and random tokens."""
 
+import random
+
 import pytest
 import torch
 from torch.nn import functional as F
 
+import mod
 import train
 from plot import read_log
 from configurator import ConfigError
 from data.common import write_dataset
 from lm import LanguageModel, load_checkpoint, load_language_model
-from mod import merge_lora
+from lora import merge_lora
 from model import GPT, GPTConfig, configure_optimizers
 
 V, C, L, B, T = 40, 16, 4, 3, 10
@@ -80,9 +83,9 @@ def test_router_bias_favours_the_final_layer():
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_mod_only_trains_only_router_and_norms(bias):
+def test_a_frozen_base_trains_only_router_and_norms(bias):
     k = 3
-    lm = make_lm(bias=bias, mod_k=k, mod_tune="mod_only")
+    lm = make_lm(bias=bias, mod_k=k, base="frozen")
     trainable = sum(p.numel() for p in lm.parameters() if p.requires_grad)
     norm_params = C * (2 if bias else 1)  # LayerNorm gain (and bias), like ln_f
     assert trainable == (k - 1) * norm_params + (C * k + k)  # norms + router weight and bias
@@ -100,7 +103,7 @@ def test_lora_starts_at_the_base_model_and_counts_its_parameters():
     x, y = batch()
     plain = make_lm(mod_k=0)
     rank = 2
-    lora = make_lm(mod_k=0, mod_tune="lora", lora_rank=rank)
+    lora = make_lm(mod_k=0, base="lora", lora_rank=rank)
     assert torch.equal(lora(x, y, {})[0], plain(x, y, {})[0])  # B is zero: step 0 is the base
     per_block = rank * ((C + 3 * C) + (C + C) + (C + 4 * C) + (4 * C + C))  # c_attn, attn.c_proj, c_fc, c_proj
     assert sum(p.numel() for p in lora.parameters() if p.requires_grad) == L * per_block
@@ -108,12 +111,12 @@ def test_lora_starts_at_the_base_model_and_counts_its_parameters():
     assert all(p.grad is None for p in lora.gpt.parameters())
     assert all(b.grad.abs().sum() > 0 for b in lora.lora.B.values())  # every adapter is on the path
 
-    both = make_lm(mod_k=3, mod_tune="lora_mod", lora_rank=rank)
+    both = make_lm(mod_k=3, base="lora", lora_rank=rank)
     assert sum(p.numel() for p in both.parameters() if p.requires_grad) == L * per_block + 2 * C + 3 * C + 3
 
 
 def test_distillation_is_zero_when_the_late_layers_agree():
-    lm = make_lm(mod_k=3)
+    lm = make_lm(mod_k=3, mod_router_entropy=0.0)
     x, y = batch()
     hidden = lm.gpt.body(x)
     agreeing = hidden[:-3] + [hidden[-1]] * 3  # same state, and every norm starts as a copy of ln_f
@@ -128,19 +131,30 @@ def test_distillation_is_zero_when_the_late_layers_agree():
 
 
 def test_distillation_is_the_kl_from_the_detached_final_layer():
-    lm = make_lm(mod_k=2, mod_lambda=1.0)
+    lm = make_lm(mod_k=2, mod_lambda=1.0, mod_router_entropy=0.0)
     x, y = batch()
     hidden = [h.detach() for h in lm.gpt.body(x)]  # so that gradients can only reach the norms and the head
     _, weights, normed = lm.mod(hidden, lm.gpt)
     student, teacher = (F.log_softmax(lm.gpt.lm_head(n), -1) for n in normed)
     expected = (teacher.exp() * (teacher - student)).sum(-1).mean()  # KL(P_final || P_student)
     lm.mod.distill_frac = 1.0
-    distill, _ = lm.mod.aux_loss(lm.gpt, hidden, normed, weights, y)
+    distill, _ = lm.mod.aux_loss(lm.gpt, hidden, normed, weights.detach(), y)  # the router's input is ln_f's
     assert torch.allclose(distill, expected, atol=1e-6)
     distill.backward()
     assert lm.gpt.transformer.ln_f.weight.grad is None  # the teacher is not pulled towards the student
     assert lm.gpt.lm_head.weight.grad is None  # nor is the shared head, which makes the teacher too
     assert lm.mod.norms[0].weight.grad.abs().sum() > 0
+
+
+def test_the_routing_entropy_is_subtracted_from_the_loss():
+    lm = make_lm(mod_k=3, mod_router_entropy=0.1)
+    randomize_router(lm)
+    x, y = batch()
+    hidden = lm.gpt.body(x)
+    _, weights, normed = lm.mod(hidden, lm.gpt)
+    loss, stats = lm.mod.eval().aux_loss(lm.gpt, hidden, normed, weights, y)
+    entropy = -(weights * weights.log()).sum(-1).mean()
+    assert torch.allclose(loss, lm.mod.distill_lambda * stats["distill"] - 0.1 * entropy)
 
 
 def test_evaluation_logs_every_late_layer():
@@ -183,9 +197,9 @@ def test_overfits_one_batch_with_the_ensemble_on():
 
 
 def test_settings_reject_impossible_ensembles():
-    for bad in ({"mod_tune": "mod_only", "mod_k": 1}, {"mod_tune": "lora_mod", "mod_k": 0},
-                {"mod_k": L + 1}, {"mod_tune": "mod_only", "mod_k": 3}, {"mod_tune": "adapter"},
-                {"mod_router_input": "input", "mod_k": L}, {"mod_distill_frac": 0.0}):
+    for bad in ({"base": "frozen", "mod_k": 1, "init_from": "resume"}, {"mod_k": L + 1}, {"mod_k": -1},
+                {"base": "frozen", "mod_k": 3}, {"base": "adapter"}, {"base": "lora", "lora_rank": 0},
+                {"mod_router_input": "input", "mod_k": L}, {"mod_distill_frac": 0.0}, {"mod_router_entropy": -0.1}):
         settings = {**DEFAULTS, "n_layer": L, **bad}
         with pytest.raises(ConfigError):
             train.validate_settings(settings)
@@ -202,11 +216,11 @@ def tiny_run(tmp_path, n_layer):
             "--sample_tokens=0", "--compile=False"]
 
 
-def test_tuning_a_checkpoint_with_mod_only_through_train_py(tmp_path):
+def test_tuning_a_checkpoint_with_a_frozen_base_through_train_py(tmp_path):
     tiny = tiny_run(tmp_path, n_layer=3)
     train.main([*tiny, f"--out_dir={tmp_path / 'pre'}"])
     tune = [*tiny, f"--out_dir={tmp_path / 'tune'}", f"--init_from={tmp_path / 'pre' / 'ckpt.pt'}", "--mod_k=2",
-            "--mod_tune=mod_only"]
+            "--base=frozen"]
     train.main(tune)
     last = read_log(tmp_path / "tune")[-1]
     assert last["trainable_params"] == 16 + (16 * 2 + 2)  # one norm (no bias) + the router
@@ -216,11 +230,13 @@ def test_tuning_a_checkpoint_with_mod_only_through_train_py(tmp_path):
     model = load_language_model(tuned, "cpu")  # what sample.py decodes from: the mixed logits
     assert model.mod is not None and model.generate(torch.zeros(1, 1, dtype=torch.long), 4).shape == (1, 5)
     with pytest.raises(ConfigError, match="mod_k: checkpoint 2, now 3"):
-        train.main([*tune[:-2], "--init_from=resume", "--mod_k=3", "--mod_tune=mod_only", "--max_iters=8"])
+        train.main([*tune[:-2], "--init_from=resume", "--mod_k=3", "--base=frozen", "--max_iters=8"])
+    with pytest.raises(ConfigError, match=r"between 0 and n_layer \(3\).*the checkpoint's"):  # n_layer=4 is ignored
+        train.main([*tune[:-2], "--n_layer=4", "--mod_k=4", "--base=frozen", "--overwrite"])
 
 
 def test_merged_lora_weights_are_the_tuned_model():
-    lm = make_lm(mod_k=0, mod_tune="lora", lora_rank=4)
+    lm = make_lm(mod_k=0, base="lora", lora_rank=4)
     with torch.no_grad():
         for b in lm.lora.B.values():
             b.normal_()  # a tuned run's adapters, no longer zero
@@ -238,8 +254,29 @@ def test_a_run_from_a_lora_checkpoint_starts_where_the_lora_run_ended(tmp_path):
     tiny = tiny_run(tmp_path, n_layer=2)
     train.main([*tiny, f"--out_dir={tmp_path / 'pre'}"])
     train.main([*tiny, f"--out_dir={tmp_path / 'lora'}", f"--init_from={tmp_path / 'pre' / 'ckpt.pt'}",
-                "--mod_tune=lora", "--learning_rate=0.05"])
+                "--base=lora", "--learning_rate=0.05"])
     train.main([*tiny, f"--out_dir={tmp_path / 'full'}", f"--init_from={tmp_path / 'lora' / 'ckpt.pt'}"])
     pre, lora, full = (read_log(tmp_path / d) for d in ("pre", "lora", "full"))
     assert abs(lora[-1]["val_loss"] - pre[-1]["val_loss"]) > 1e-3  # the adapters learned something
     assert full[0]["val_loss"] == pytest.approx(lora[-1]["val_loss"], abs=1e-5)
+
+
+def collapse_run(tmp_path):
+    """train.py arguments for 300 steps of a 2-layer GPT with the ensemble of both layers, on made-up words, at a
+    learning rate high enough for the router to collapse within those steps without the entropy term."""
+    rng = random.Random(0)
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "and", "runs", "far", "away", "cat",
+             "sat", "on", "mat"]
+    text = " ".join(rng.choice(words) for _ in range(3000))
+    write_dataset(tmp_path / "words", {"train": [text[:12000]], "val": [text[12000:]]}, "char", "words", "the test")
+    return [train.PLAIN_CONFIG, f"--dataset={tmp_path / 'words'}", "--n_layer=2", "--n_head=2", "--n_embd=16",
+            "--block_size=16", "--batch_size=8", "--eval_iters=2", "--eval_interval=300", "--max_iters=300",
+            "--sample_tokens=0", "--compile=False", "--learning_rate=0.015", "--warmup_iters=0", "--mod_k=2"]
+
+
+def test_the_router_collapses_and_says_so_without_the_entropy_term_and_does_not_with_it(tmp_path):
+    run = collapse_run(tmp_path)
+    bare = train.main([*run, f"--out_dir={tmp_path / 'bare'}", "--mod_router_entropy=0"]).last_record
+    assert bare["val_route0"] >= mod.COLLAPSED and "collapsed onto layer 0" in bare["warnings"][0]
+    default = train.main([*run, f"--out_dir={tmp_path / 'default'}"]).last_record
+    assert max(default["val_route0"], default["val_route1"]) < 0.8 and "warnings" not in default

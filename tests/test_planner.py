@@ -45,7 +45,7 @@ def data(tmp_path_factory):
 
 def settings(mode, **overrides):
     return {"dataset": "tiny", "plan_mode": mode, "plan_k": K, "plan_context": M, "plan_tau": 1.0,
-            "plan_lambda": 0.0, "plan_embedder": "lsa", "plan_seed": 0, "plan_freeze_lm": False,
+            "plan_lambda": 0.0, "plan_embedder": "lsa", "plan_seed": 0,
             "plan_init_planner": "", **overrides}
 
 
@@ -269,9 +269,9 @@ def test_controls_fixed_uniform_oracle(data):
     assert oracle.plan(extra)[0][:oracle.plan.first_layer] == [None] * oracle.plan.first_layer
 
 
-def test_freeze_lm_trains_only_the_plan(data):
+def test_a_frozen_base_trains_only_the_plan(data):
     plan_data, path = data
-    model = make_model("soft", plan_data, load_meta(path)["vocab_size"], plan_freeze_lm=True)
+    model = make_model("soft", plan_data, load_meta(path)["vocab_size"], base="frozen")
     assert not any(p.requires_grad for p in model.gpt.parameters())
     assert all(p.requires_grad for p in model.plan.parameters())
 
@@ -350,7 +350,7 @@ def test_the_stages_chain_through_train_py(data, tmp_path):
                            f"--plan_context={M}", "--max_iters=3", "--eval_interval=3"])
     planner_weights = torch.load(tmp_path / "planner" / "planner.pt")["planner"]
     hard = train.main([*tiny, f"--out_dir={tmp_path / 'hard'}", "--max_iters=2", "--plan_mode=hard",
-                       f"--init_from={tmp_path / 'base' / 'ckpt.pt'}", "--plan_freeze_lm=True",
+                       f"--init_from={tmp_path / 'base' / 'ckpt.pt'}", "--base=frozen",
                        f"--plan_init_planner={tmp_path / 'planner' / 'planner.pt'}"])
     assert all(torch.equal(v, planner_weights[k]) for k, v in hard.model.plan.planner.state_dict().items())
     soft = train.main([*tiny, f"--out_dir={tmp_path / 'soft'}", "--max_iters=0", "--plan_mode=soft",
@@ -368,7 +368,6 @@ def test_the_stages_chain_through_train_py(data, tmp_path):
 @pytest.mark.parametrize("override, message", [
     ({"plan_mode": "softer"}, "plan_mode must be one of"),
     ({"plan_mode": "fixed", "plan_lambda": 0.1}, "plan_lambda"),
-    ({"plan_freeze_lm": True}, "nothing to train"),
     ({"plan_mode": "soft", "plan_embedder": "sbert"}, "plan_embedder must be one of lsa, minilm, mpnet"),
     ({"plan_mode": "uniform", "plan_init_planner": "planner.pt"}, "plan_init_planner is only read by"),
     ({"plan_mode": "soft", "plan_lambda": 0.0}, "untrained planner .the run starts from scratch"),

@@ -2,4 +2,4 @@
 # python train.py config/plain.py config/mod/tune.py config/mod/tune_full.py   (after config/mod/pretrain_wiki.py)
 out_dir = "out/mod-small/tune_full"
 learning_rate = 1e-3
-mod_tune = "full"
+base = "train"

@@ -3,4 +3,4 @@
 # python train.py config/plain.py config/mod/tune.py config/mod/tune_lora.py   (after config/mod/pretrain_wiki.py)
 out_dir = "out/mod-small/tune_lora"
 learning_rate = 3e-3
-mod_tune = "lora"
+base = "lora"

@@ -2,5 +2,5 @@
 # python train.py config/plain.py config/mod/tune.py config/mod/tune_lora_mod.py   (after config/mod/pretrain_wiki.py)
 out_dir = "out/mod-small/tune_lora_mod"
 learning_rate = 3e-3
-mod_tune = "lora_mod"
+base = "lora"
 mod_k = 3

@@ -2,5 +2,5 @@
 # python train.py config/plain.py config/mod/tune.py config/mod/tune_mod_only.py   (after config/mod/pretrain_wiki.py)
 out_dir = "out/mod-small/tune_mod_only"
 learning_rate = 3e-3
-mod_tune = "mod_only"
+base = "frozen"
 mod_k = 3

@@ -1,6 +1,6 @@
 # Stages 3 and 4 with the LM trained too (after small.py or gpu.py): the base LM keeps learning while the adapters
 # and (in 'st' and 'soft') the planner learn to use the plan with it.
-plan_freeze_lm = False
+base = "train"
 # The authors' recipe, which they use for full fine-tuning too: Adam at 1e-4, constant, no warmup, no weight decay,
 # the checkpoint with the best validation loss kept and scored (best.pt).
 learning_rate = 1e-4
