@@ -12,7 +12,7 @@ get different tokens right. So with h_j the output of block j and J the last k b
     (initialised as a copy of ln_f), while the final layer keeps ln_f;
   - all of them share the LM head: l_j = lm_head(n_j);
   - a router gives per-token weights over the k layers, g = softmax(W_r x + b_r), with x the final normalised
-    hidden state (or, as an option, the input to the late stack);
+    hidden state;
   - the prediction is the mixture of logits  logits = sum_j g_j * l_j;
   - the loss is CE(logits, y) + lambda * sum over the non-final late layers of KL(P_final || P_j), a distillation
     from the final layer's distribution (the teacher, detached) that teaches the earlier late layers to speak the
@@ -47,14 +47,11 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 
-def depth_problem(mod_k, n_layer, router_input):
+def depth_problem(mod_k, n_layer):
     """What is wrong with an ensemble of the last mod_k layers of a GPT of n_layer blocks, or None: asked of the
     settings, and again by train.py of a tuned checkpoint's n_layer."""
     if not 0 <= mod_k <= n_layer:
         return f"mod_k must be between 0 and n_layer ({n_layer}), got {mod_k}"
-    if router_input == "input" and mod_k == n_layer:
-        return ("mod_router_input='input' reads the input to the late stack, the embedding when mod_k == n_layer: "
-                "lower mod_k or use mod_router_input='final'")
     return None
 
 
@@ -62,11 +59,9 @@ def settings_problems(s):
     """What is wrong with the ensemble settings of train.py, each naming the setting and the fix."""
     problems = []
     if s["init_from"] in ("scratch", "resume"):  # else n_layer is the checkpoint's: train.build_model asks then
-        depth = depth_problem(s["mod_k"], s["n_layer"], s["mod_router_input"])
+        depth = depth_problem(s["mod_k"], s["n_layer"])
         if depth:
             problems.append(depth)
-    if s["mod_router_input"] not in ("final", "input"):
-        problems.append(f"mod_router_input must be 'final' or 'input', got '{s['mod_router_input']}'")
     if s["mod_lambda"] < 0 or s["mod_router_entropy"] < 0 or not 0.0 < s["mod_distill_frac"] <= 1.0:
         problems.append(f"mod_lambda and mod_router_entropy must be >= 0 and mod_distill_frac in (0, 1], got "
                         f"{s['mod_lambda']}, {s['mod_router_entropy']} and {s['mod_distill_frac']}")
@@ -93,11 +88,10 @@ class DepthEnsemble(nn.Module):
     """Norms and router of the ensemble over the last k layers; the GPT (its ln_f and lm_head) is passed in, not
     owned, so its weights stay in one place and the LM head is the shared, tied one."""
 
-    def __init__(self, gpt, k, router_input="final", router_bias=0.0, distill_lambda=0.5, distill_frac=0.125,
-                 router_entropy=0.01):
+    def __init__(self, gpt, k, router_bias=0.0, distill_lambda=0.5, distill_frac=0.125, router_entropy=0.01):
         super().__init__()
         self.k, self.first = k, gpt.config.n_layer - k
-        self.router_input, self.distill_lambda, self.distill_frac = router_input, distill_lambda, distill_frac
+        self.distill_lambda, self.distill_frac = distill_lambda, distill_frac
         self.router_entropy = router_entropy
         ln_f = gpt.transformer.ln_f
         self.norms = nn.ModuleList()
@@ -116,8 +110,7 @@ class DepthEnsemble(nn.Module):
         the routing weights (..., k) and the k normalised late states, final layer last."""
         late = hidden[self.first:]
         normed = [norm(h) for norm, h in zip(self.norms, late[:-1])] + [gpt.transformer.ln_f(late[-1])]
-        router_in = normed[-1] if self.router_input == "final" else hidden[self.first - 1]
-        weights = F.softmax(self.router(router_in).float(), dim=-1)
+        weights = F.softmax(self.router(normed[-1]).float(), dim=-1)
         mixed = sum(weights[..., j, None].to(n.dtype) * n for j, n in enumerate(normed))
         return gpt.lm_head(mixed), weights, normed
 

@@ -98,7 +98,6 @@ ngram_alpha = 0.5  # weight of the n-gram target; the observed token gets 1 - al
 mod_k = 2  # from scratch, k = 2 alone ends level with the plain model (README)
 mod_lambda = 0.5  # weight of the distillation KL from the final layer to the other late layers
 mod_distill_frac = 0.125  # share of a batch's positions the distillation uses in training: its cost and memory
-mod_router_input = "final"  # 'final': ln_f of the last block's output; 'input': the input to the late stack
 mod_router_bias = 0.0  # initial routing logit of the final layer (0: uniform routing at the start)
 mod_router_entropy = 0.01  # weight of the routing entropy subtracted from the loss; 0 lets the router collapse (mod.py)
 # sentence planner (planner.py); 'none' is the plain GPT
@@ -168,8 +167,8 @@ SETTINGS = [k for k, v in globals().items() if not k.startswith("_") and isinsta
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "bias", "vocab_size")
 RUN_KEYS = ("dataset", "block_size", "batch_size", "gradient_accumulation_steps", "seed", "base", "lora_rank",
             "lora_alpha", "label_smoothing", "ngram_mode", "ngram_n", "ngram_r", "ngram_alpha", "mod_k", "mod_lambda",
-            "mod_distill_frac", "mod_router_input", "mod_router_bias", "mod_router_entropy", "plan_mode", "plan_k",
-            "plan_context", "plan_tau", "plan_lambda", "plan_embedder", "plan_seed")
+            "mod_distill_frac", "mod_router_bias", "mod_router_entropy", "plan_mode", "plan_k", "plan_context",
+            "plan_tau", "plan_lambda", "plan_embedder", "plan_seed")
 
 
 PLAIN_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "plain.py")
@@ -342,7 +341,7 @@ class Trainer:
             shape = {k: saved[k] for k in MODEL_KEYS}
             if self.meta["tokenizer"] == "char":  # the dataset's characters; map_token_rows moves the learned rows
                 shape["vocab_size"] = model_args["vocab_size"]
-            depth = mod.depth_problem(s["mod_k"], saved["n_layer"], s["mod_router_input"])
+            depth = mod.depth_problem(s["mod_k"], saved["n_layer"])
             if depth:
                 raise ConfigError(f"{depth} (n_layer is the checkpoint's)")
             if self.master:

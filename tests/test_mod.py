@@ -62,9 +62,8 @@ def test_mixed_logits_from_one_head_call_equal_the_mixture_of_layer_logits():
     assert not torch.allclose(logits, lm.gpt.head(hidden[-1]), atol=1e-3)  # the other layers do take part
 
 
-@pytest.mark.parametrize("router_input", ["final", "input"])
-def test_routing_weights_are_a_distribution_per_token(router_input):
-    lm = make_lm(mod_k=3, mod_router_input=router_input)
+def test_routing_weights_are_a_distribution_per_token():
+    lm = make_lm(mod_k=3)
     x, _ = batch()
     _, weights, _ = lm.mod(lm.gpt.body(x), lm.gpt)
     assert torch.allclose(weights, torch.full((B, T, 3), 1 / 3))  # zero-initialised router: uniform at the start
@@ -199,7 +198,7 @@ def test_overfits_one_batch_with_the_ensemble_on():
 def test_settings_reject_impossible_ensembles():
     for bad in ({"base": "frozen", "mod_k": 1, "init_from": "resume"}, {"mod_k": L + 1}, {"mod_k": -1},
                 {"base": "frozen", "mod_k": 3}, {"base": "adapter"}, {"base": "lora", "lora_rank": 0},
-                {"mod_router_input": "input", "mod_k": L}, {"mod_distill_frac": 0.0}, {"mod_router_entropy": -0.1}):
+                {"mod_distill_frac": 0.0}, {"mod_router_entropy": -0.1}):
         settings = {**DEFAULTS, "n_layer": L, **bad}
         with pytest.raises(ConfigError):
             train.validate_settings(settings)
