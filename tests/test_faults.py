@@ -17,29 +17,11 @@ import sample
 import train
 from plot import read_log
 from configurator import ConfigError
-from data.common import write_dataset
 from lm import load_checkpoint
+from test_train import TINY, comparable, run
 
-TINY = [train.PLAIN_CONFIG, "--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
-        "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--log_interval=1", "--compile=False"]
 ROOT = os.path.dirname(os.path.abspath(train.__file__))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread in every process, so their floats agree bit for bit
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus")
-    text = "the quick brown fox jumps over the lazy dog. " * 200
-    write_dataset(path, {"train": [text[:7000]], "val": [text[7000:]]}, "char", "tiny", "made by the test")
-    return str(path)
-
-
-def run(corpus, out_dir, *args):
-    return train.main([*TINY, f"--dataset={corpus}", f"--out_dir={out_dir}", *args])
-
-
-def comparable(record):
-    return {k: v for k, v in record.items() if k not in ("elapsed_s", "tokens_per_sec")}
 
 
 def files_of(out_dir):

@@ -5,23 +5,13 @@ import importlib
 import shlex
 
 import matplotlib
-import pytest
 
 import sample
 import train
 from plot import plot_log, read_log
-from data.common import write_dataset
 
 TINY = [train.PLAIN_CONFIG, "--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
         "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--compile=False"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus")
-    text = "the quick brown fox jumps over the lazy dog. " * 200
-    write_dataset(path, {"train": [text[:7000]], "val": [text[7000:]]}, "char", "tiny", "made by the test")
-    return str(path)
 
 
 def made_up_log(out_dir, **extra):
