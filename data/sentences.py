@@ -6,10 +6,12 @@ its k-means cluster, built once and cached beside the dataset; PlanData reads th
      an initial, nor before a lower-case word) and at every newline run; sentence_starts moves each cut onto a
      token boundary of the document's own tokens and keeps it only if the sentences on either side encode on
      their own to exactly those tokens. A document's EOT belongs to its last sentence.
-  2. Embeddings (plan_embedder). 'lsa': TF-IDF over the lower-cased words of the train sentences, projected on the
-     top right-singular vectors of the train TF-IDF matrix (EMBEDDERS['lsa'] of them), L2-normalised: no extra
-     dependency, seconds to fit. 'minilm' (all-MiniLM-L6-v2) and 'mpnet' (all-mpnet-base-v2, the papers' encoder):
-     pretrained sentence encoders from pinned PyPI wheels (data/encoders.py; they need transformers).
+  2. Embeddings (plan_embedder). 'lsa': TF-IDF over the terms of the train sentences (each word lower-cased, each
+     word's shape: all caps, capitalised, lower-case or digits, and each punctuation mark, so that a sentence of
+     unseen words still embeds by its form), projected on the top right-singular vectors of the train TF-IDF matrix
+     (EMBEDDERS['lsa'] of them), L2-normalised: no extra dependency, seconds to fit. 'minilm' (all-MiniLM-L6-v2)
+     and 'mpnet' (all-mpnet-base-v2, the papers' encoder): pretrained sentence encoders from pinned PyPI wheels
+     (data/encoders.py; they need transformers).
   3. Labels. k-means on the train embeddings; every sentence (val included) is labelled with its nearest centroid.
      The K centroids are the codebook the planner's output layer and the LM's adapters start from.
   4. Batches. For windows of the token stream, PlanData.batch gives the sentence each position is planned by, and
@@ -191,11 +193,31 @@ def load_sentences(data_dir, meta, header):
 
 # --- 2. sentence embeddings: LSA ----------------------------------------------------------------------------------
 WORD = re.compile(r"\w+")
+MARK = re.compile(r"[^\w\s]")
 LSA_MAX_VOCAB = 20_000
+LSA_TERMS_VERSION = 2  # part of the LSA labels' header: changing lsa_terms must rebuild them
+
+
+def lsa_terms(text):
+    """The terms of a sentence's TF-IDF row: each word lower-cased, each word's shape and each punctuation mark.
+    Words alone leave a sentence of words unseen in train with an empty row (8% of shakespeare_char's val sentences,
+    speaker lines of a new play such as "PETRUCHIO:"), which all fell into one cluster; its shapes and marks place
+    it by its form, near the train sentences of that form ("LUCENTIO:")."""
+    words = WORD.findall(text)
+    return [w.lower() for w in words] + [word_shape(w) for w in words] + MARK.findall(text)
+
+
+def word_shape(word):
+    """<XX> all caps, <Xx> capitalised, <d> digits, <x> the rest: in brackets, so that no lower-cased word is one."""
+    if word.isdigit():
+        return "<d>"
+    if word.isupper() and len(word) > 1:  # "I" and "A" are capitalised words, not acronyms
+        return "<XX>"
+    return "<Xx>" if word[0].isupper() else "<x>"
 
 
 class LSA:
-    """TF-IDF over lower-cased words, projected on the top right-singular vectors of the train TF-IDF matrix."""
+    """TF-IDF over lsa_terms, projected on the top right-singular vectors of the train TF-IDF matrix."""
 
     def __init__(self, words, idf, projection):
         self.words, self.idf, self.projection = list(words), idf, projection
@@ -203,12 +225,12 @@ class LSA:
 
     @classmethod
     def fit(cls, texts, dim, seed):
-        document_frequency = Counter(w for t in texts for w in set(WORD.findall(t.lower())))
-        # Words seen in one sentence only carry no similarity between sentences.
+        document_frequency = Counter(w for t in texts for w in set(lsa_terms(t)))
+        # Terms seen in one sentence only carry no similarity between sentences.
         common = sorted((w for w, c in document_frequency.items() if c >= 2),
                         key=lambda w: (-document_frequency[w], w))[:LSA_MAX_VOCAB]
         if len(common) < dim:
-            raise ConfigError(f"only {len(common)} words occur in two or more train sentences, fewer than the "
+            raise ConfigError(f"only {len(common)} terms occur in two or more train sentences, fewer than the "
                               f"{dim} LSA dimensions: the corpus is too small for the planner")
         df = torch.tensor([document_frequency[w] for w in common], dtype=torch.float64)
         idf = (torch.log((1 + len(texts)) / (1 + df)) + 1).float()
@@ -223,7 +245,7 @@ class LSA:
         """Sparse (n, vocab) matrix of sublinear tf x idf, rows L2-normalised."""
         rows, cols, counts = [], [], []
         for i, text in enumerate(texts):
-            for w, c in Counter(self.index[w] for w in WORD.findall(text.lower()) if w in self.index).items():
+            for w, c in Counter(self.index[w] for w in lsa_terms(text) if w in self.index).items():
                 rows.append(i)
                 cols.append(w)
                 counts.append(c)
@@ -315,6 +337,8 @@ class PlanData:
         base_header = {"data": data_hash(data_dir), "splitter": SPLITTER_VERSION}
         self.sentences = load_sentences(data_dir, meta, base_header)
         self.header = {**base_header, "embedder": embedder, "k": k, "seed": seed, "dim": EMBEDDERS[embedder]}
+        if embedder == "lsa":
+            self.header["lsa_terms"] = LSA_TERMS_VERSION
         n_train = len(self.sentences["train"]["sentence_pos"])
         if k > n_train:
             raise ConfigError(f"plan_k = {k} is larger than the {n_train} train sentences of {meta['dataset']}: "

@@ -11,7 +11,7 @@ import torch
 
 from configurator import ConfigError
 from data.common import gpt2_encoding, load_cache, load_tokens, save_cache, write_dataset
-from data.sentences import PlanData, kmeans, plan_codec, sentence_breaks, sentence_starts
+from data.sentences import LSA, PlanData, kmeans, plan_codec, sentence_breaks, sentence_starts
 from test_planner import K, M, fake_corpus
 
 
@@ -103,6 +103,20 @@ def test_texts_that_no_longer_match_the_tokens_stop_at_once_with_the_fix(tmp_pat
 
 
 # --- labels ---------------------------------------------------------------------------------------------------
+def test_a_sentence_of_unseen_words_embeds_by_its_form_near_train_sentences_of_that_form():
+    # A play's speaker lines and its verse; val brings a speaker train never saw, as shakespeare_char's val does.
+    rng = np.random.default_rng(0)
+    speakers = [f"\n\n{name}:" for name in ("LUCENTIO", "TRANIO", "BIANCA", "GREMIO", "HORTENSIO")]
+    words = "good sir my lord the love of her father and you will not be so fair a maid in this".split()
+    verse = [f"\n{' '.join(rng.choice(words, 6)).capitalize()}{rng.choice([',', '.', '?'])}" for _ in range(40)]
+    train = speakers * 4 + verse
+    lsa = LSA.fit(train, dim=8, seed=0)
+    unseen, seen = lsa.embed(["\n\nPETRUCHIO:"])[0], lsa.embed(train)
+    assert unseen.norm() == pytest.approx(1.0)  # words alone would leave it an empty row: the zero vector
+    similarity = seen @ unseen
+    assert similarity[:len(speakers)].min() > similarity[len(speakers) * 4:].max()
+
+
 def test_kmeans_recovers_separated_clusters_deterministically():
     generator = torch.Generator().manual_seed(0)
     centres = torch.randn(5, 8, generator=generator) * 10
