@@ -209,8 +209,6 @@ def health_warning(record):
     validation sentences, else None. record is an evaluation's log record."""
     if "val_plan_acc" not in record or "val_plan_majority_acc" not in record:
         return None
-    if record.get("iter") == 0:  # before the first step a planner trained from scratch has learned nothing yet
-        return None
     if record["val_plan_acc"] > record["val_plan_majority_acc"]:
         return None
     return (f"the planner is not planning: its label accuracy {record['val_plan_acc']:.3f} is not above the "

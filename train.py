@@ -248,6 +248,9 @@ def claim_out_dir(s):
         yield
 
 
+HEALTH_FROM = 0.2  # share of max_iters after which the techniques' health is judged
+
+
 class Trainer:
     """One training run. A class only to keep the run's state (model, optimizer, data) in one place."""
 
@@ -580,7 +583,10 @@ class Trainer:
 
     def warn_degenerate(self, record):
         """A technique that stops doing its job says so: the warning is kept in the record (the plot marks it) and
-        printed the first time each technique degenerates."""
+        printed the first time each technique degenerates. Judged from HEALTH_FROM of the run on: a router still
+        finding its layers or a planner still learning its labels in the first steps is not degenerate."""
+        if record["iter"] < HEALTH_FROM * self.s["max_iters"]:
+            return
         warnings = {name: w for name, w in (("mod", mod.health_warning(record)),
                                              ("planner", planner.health_warning(record))) if w}
         if warnings:

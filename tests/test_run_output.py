@@ -33,7 +33,7 @@ def test_the_plot_has_a_panel_per_technique_that_is_on_with_its_health_figure_an
     records[2].update(val_route2=0.97, val_route3=0.03)  # collapsed onto layer 2 at the last evaluation
     records[1].update(val_plan_acc=0.1)  # below the majority label at the middle one
     trainer = train.Trainer.__new__(train.Trainer)
-    trainer.warned = set()
+    trainer.warned, trainer.s = set(), {"max_iters": 20}
     for record in records:
         trainer.warn_degenerate(record)
     (tmp_path / "log.jsonl").write_text("\n".join(map(train.json.dumps, records)) + "\n")
