@@ -170,6 +170,9 @@ def ensemble_section(reader, passage, s):
     bars.bar(np.arange(mod.k) - width / 2, [stats[f"layer{j}_ce"] for j in layers], width, label="own norm")
     bars.bar(np.arange(mod.k) + width / 2, [stats[f"layer{j}_lens"] for j in layers], width, label="final norm")
     bars.axhline(stats["ce"], color="k", lw=0.8, ls="--", label="mixture")
+    shown = [stats[f"layer{j}_{kind}"] for j in layers for kind in ("ce", "lens")] + [stats["ce"]]
+    margin = 0.5 * (max(shown) - min(shown)) + 0.01  # the layers differ by hundredths: zoom in on them
+    bars.set_ylim(min(shown) - margin, max(shown) + margin)
     bars.set(xticks=range(mod.k), xticklabels=layers, xlabel="layer", ylabel="validation loss",
              title="Loss per layer")
     bars.legend(fontsize=7)

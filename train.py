@@ -600,7 +600,8 @@ class Trainer:
         """Where the checkpoint is, and the commands that sample from it and resume it."""
         changed = changed_settings(self.s)
         launcher = f"torchrun --standalone --nproc_per_node={self.world}" if self.ddp else "python"
-        resume = [f"--{k}={setting_text(v)}" for k, v in changed.items() if k != "init_from"] + ["--init_from=resume"]
+        resume = [f"--{k}={setting_text(v)}" for k, v in changed.items() if k not in ("init_from", "overwrite")]
+        resume.append("--init_from=resume")
         out_dir = self.s["out_dir"]
         return (f"checkpoint: {os.path.join(out_dir, 'ckpt.pt')} (iteration {self.iter_num}), curves: "
                 f"{os.path.join(out_dir, 'loss.png')}\n"
