@@ -29,8 +29,7 @@ class LanguageModel(nn.Module):
         self.label_smoothing = settings.get("label_smoothing", 0.0)
         self.ngram_alpha = settings.get("ngram_alpha", 0.0)
         mod_k = settings.get("mod_k", 0)
-        self.mod = DepthEnsemble(gpt, mod_k, settings["mod_router_bias"],
-                                 settings["mod_lambda"], settings["mod_distill_frac"],
+        self.mod = DepthEnsemble(gpt, mod_k, settings["mod_lambda"], settings["mod_distill_frac"],
                                  settings["mod_router_entropy"]) if mod_k > 1 else None
         self.plan = PlanConditioner(settings, gpt.config) if settings.get("plan_mode", "none") != "none" else None
         base = settings.get("base", "train")

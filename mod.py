@@ -23,8 +23,7 @@ a few thousand parameters) or on top of another tuning method (full fine-tuning,
 Decisions where the paper is silent (ours; docs/mod.md gives the reasons and the measurements):
   - One vocabulary matmul for the mixture: lm_head is linear without bias, so
     sum_j g_j * lm_head(n_j) == lm_head(sum_j g_j * n_j); the mixed logits cost one head call.
-  - The router's weights start at zero, so routing starts uniform; `router_bias` optionally starts the final
-    layer's routing logit higher.
+  - The router starts at zero, so routing starts uniform.
   - The loss also subtracts router_entropy * mean over tokens of H(g) = -sum_j g_j log g_j (0.01 by default).
     Without it the router collapses onto one late layer: the final layer learns only through the mixture, its
     gradient scaled by its routing weight g_final (the teacher is detached), so once the router leans away from it
@@ -88,7 +87,7 @@ class DepthEnsemble(nn.Module):
     """Norms and router of the ensemble over the last k layers; the GPT (its ln_f and lm_head) is passed in, not
     owned, so its weights stay in one place and the LM head is the shared, tied one."""
 
-    def __init__(self, gpt, k, router_bias=0.0, distill_lambda=0.5, distill_frac=0.125, router_entropy=0.01):
+    def __init__(self, gpt, k, distill_lambda=0.5, distill_frac=0.125, router_entropy=0.01):
         super().__init__()
         self.k, self.first = k, gpt.config.n_layer - k
         self.distill_lambda, self.distill_frac = distill_lambda, distill_frac
@@ -101,9 +100,7 @@ class DepthEnsemble(nn.Module):
             self.norms.append(norm)
         self.router = nn.Linear(gpt.config.n_embd, k)
         nn.init.zeros_(self.router.weight)
-        with torch.no_grad():
-            self.router.bias.zero_()
-            self.router.bias[-1] = router_bias
+        nn.init.zeros_(self.router.bias)
 
     def forward(self, hidden, gpt):
         """hidden: every block's output (a list of n_layer tensors (..., n_embd)). Returns the mixed logits,

@@ -98,7 +98,6 @@ ngram_alpha = 0.5  # weight of the n-gram target; the observed token gets 1 - al
 mod_k = 2  # from scratch, k = 2 alone ends level with the plain model (README)
 mod_lambda = 0.5  # weight of the distillation KL from the final layer to the other late layers
 mod_distill_frac = 0.125  # share of a batch's positions the distillation uses in training: its cost and memory
-mod_router_bias = 0.0  # initial routing logit of the final layer (0: uniform routing at the start)
 mod_router_entropy = 0.01  # weight of the routing entropy subtracted from the loss; 0 lets the router collapse (mod.py)
 # sentence planner (planner.py); 'none' is the plain GPT
 plan_mode = "soft"  # none | fixed | uniform | oracle (sees the future: an upper bound) | hard | st | soft
@@ -167,7 +166,7 @@ SETTINGS = [k for k, v in globals().items() if not k.startswith("_") and isinsta
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "bias", "vocab_size")
 RUN_KEYS = ("dataset", "block_size", "batch_size", "gradient_accumulation_steps", "seed", "base", "lora_rank",
             "lora_alpha", "label_smoothing", "ngram_mode", "ngram_n", "ngram_r", "ngram_alpha", "mod_k", "mod_lambda",
-            "mod_distill_frac", "mod_router_bias", "mod_router_entropy", "plan_mode", "plan_k", "plan_context",
+            "mod_distill_frac", "mod_router_entropy", "plan_mode", "plan_k", "plan_context",
             "plan_tau", "plan_lambda", "plan_embedder", "plan_seed")
 
 

@@ -74,13 +74,6 @@ def test_routing_weights_are_a_distribution_per_token():
     assert weights.std(dim=(0, 1)).min() > 1e-3  # per token, not one global mixture
 
 
-def test_router_bias_favours_the_final_layer():
-    lm = make_lm(mod_k=3, mod_router_bias=2.0)
-    x, _ = batch()
-    _, weights, _ = lm.mod(lm.gpt.body(x), lm.gpt)
-    assert torch.allclose(weights[0, 0], F.softmax(torch.tensor([0.0, 0.0, 2.0]), dim=0))
-
-
 @pytest.mark.parametrize("bias", [False, True])
 def test_a_frozen_base_trains_only_router_and_norms(bias):
     k = 3
