@@ -264,9 +264,9 @@ def soft_target_loss(logits, targets, ids, probs, alpha):
 
 class SparseCrossEntropy(torch.autograd.Function):
     """Mean over rows of -sum_j weights[:, j] * log_softmax(logits)[ids[:, j]] for targets that sum to 1, and the
-    log-probabilities it picked (rows, k), without gradient. The gradient is (softmax(logits) - target) / rows, written out: backward then builds one
-    vocabulary-sized tensor beside the saved log-probabilities, where autograd's backward of the same expression
-    builds two (gather's scattered gradient, then log_softmax's)."""
+    log-probabilities it picked (rows, k), without gradient. The gradient is (softmax(logits) - target) / rows,
+    written out: backward then builds one vocabulary-sized tensor beside the saved log-probabilities, where
+    autograd's backward of the same expression builds two (gather's scattered gradient, then log_softmax's)."""
 
     @staticmethod
     def forward(ctx, logits, ids, weights):

@@ -15,7 +15,8 @@ from data.common import write_dataset
 from lm import load_checkpoint, load_language_model
 
 TINY = [train.PLAIN_CONFIG, "--n_layer=3", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
-        "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--log_interval=1", "--compile=False", "--device=cpu"]
+        "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--log_interval=1", "--compile=False",
+        "--device=cpu"]
 TECHNIQUES = {
     "ngram": ["--ngram_mode=compact", "--ngram_n=3", "--ngram_r=4"],
     "mod": ["--mod_k=2"],

@@ -104,7 +104,8 @@ def test_the_run_ends_with_commands_that_sample_from_it_and_resume_it(corpus, tm
 def test_the_main_job_reads_the_plain_gpts_perplexity_from_the_results_the_experiment_wrote(tmp_path, monkeypatch):
     import experiments.combined as combined
     monkeypatch.setattr(combined, "train_arm", lambda out_dir, args, max_iters: [  # the plain arm has no flags
-        {"iter": max_iters, "val_loss": 2.0, "val_ppl": 7.0 if args else 6.25, "trainable_params": 1, "elapsed_s": 1.0}])
+        {"iter": max_iters, "val_loss": 2.0, "val_ppl": 7.0 if args else 6.25, "trainable_params": 1,
+         "elapsed_s": 1.0}])
     path = tmp_path / "combined.json"
     assert "run `python experiments/run.py --suite small --only combined`" in train.beside_plain(6.5, str(path))
     combined.run("small", str(tmp_path))
