@@ -62,6 +62,9 @@ lora_alpha = 16.0
 seed = 1337
 sample_tokens = 300  # length of the sample printed at the end; 0 prints none
 keep_best = False  # also write out_dir/best.pt (the weights) whenever an evaluation sets a new best val loss
+# after the last step, score the weights the run keeps (best.pt with keep_best, else the last) on every token of the
+# validation split, in consecutive block_size windows, and write out_dir/score.json: what experiments compare
+score_whole_val = False
 # data
 dataset = "shakespeare_char"  # a name in data/, your own text (a .txt file or a folder of them), or a prepared folder
 tokenizer = "char"  # how your own text is tokenized: 'char' or 'gpt2' (BPE); other datasets bring their own
@@ -193,20 +196,21 @@ def main(argv):
     with claim_out_dir(settings):
         trainer = Trainer(settings)
         trainer.run()
-    if not argv and trainer.master:  # the main job: put its result beside the plain model's on the same settings
-        print(beside_plain(trainer.last_record["val_ppl"], COMBINED_RESULTS))
+    if not argv and trainer.master:  # the main job: its result beside the plain model's, on the same settings
+        print(beside_plain(math.exp(trainer.score_whole_val()["val_loss"]), COMBINED_RESULTS))
     return trainer
 
 
 def beside_plain(val_ppl, results_path):
-    """The main job's validation perplexity beside the plain GPT's from the results experiments/combined.py wrote,
-    or the command that writes them."""
-    mine = f"validation perplexity {val_ppl:.2f} with all three techniques"
+    """The main job's validation perplexity on the whole split beside the plain GPT's (mean over seeds) from the
+    results experiments/combined.py wrote, or the command that writes them."""
+    mine = f"validation perplexity {val_ppl:.2f} (whole split) with all three techniques"
     if not os.path.isfile(results_path):
         return f"{mine}; for the plain GPT's on the same settings, run `{COMBINED_COMMAND}` (it writes {results_path})"
     with open(results_path) as f:
         plain = json.load(f)["plain"]["val_ppl"]
-    return f"{mine}; the plain GPT on the same settings: {plain:.2f} ({results_path}, from `{COMBINED_COMMAND}`)"
+    return (f"{mine}; the plain GPT on the same settings: {plain:.2f}, mean over seeds ({results_path}, from "
+            f"`{COMBINED_COMMAND}`)")
 
 
 @contextmanager
@@ -390,9 +394,13 @@ class Trainer:
     # --- data -----------------------------------------------------------------------------------------------
     def get_batch(self, split, generator, n):
         """n random windows of block_size tokens from a split: inputs x, next tokens y and the techniques' extras."""
+        ix = torch.randint(len(self.tokens[split]) - self.s["block_size"], (n,), generator=generator)
+        return self.batch_at(split, ix)
+
+    def batch_at(self, split, ix):
+        """The windows of block_size tokens that start at positions ix of a split."""
         T = self.s["block_size"]
         data = self.tokens[split]
-        ix = torch.randint(len(data) - T, (n,), generator=generator)
         x = torch.from_numpy(np.stack([data[i:i + T] for i in ix.tolist()]).astype(np.int64))
         y = torch.from_numpy(np.stack([data[i + 1:i + 1 + T] for i in ix.tolist()]).astype(np.int64))
         extra = {}
@@ -425,20 +433,43 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self):
         """Mean of every logged scalar over eval_iters fixed batches of each split."""
-        self.model.eval()
         results = {}
         for split in ("train", "val"):
             generator = torch.Generator().manual_seed(self.s["seed"] + 1)
-            sums = {}
-            for _ in range(self.s["eval_iters"]):
-                x, y, extra = self.get_batch(split, generator, self.s["batch_size"])
-                with self.autocast:
-                    _, stats = self.model(x, y, extra)
-                for name, value in stats.items():
-                    sums[name] = sums.get(name, 0.0) + value.float().item()
-            results[split] = {name: total / self.s["eval_iters"] for name, total in sums.items()}
-        self.model.train()
+            results[split] = self.mean_stats(self.get_batch(split, generator, self.s["batch_size"])
+                                             for _ in range(self.s["eval_iters"]))
         return results
+
+    @torch.no_grad()
+    def mean_stats(self, batches):
+        """Mean of every scalar the model reports over batches, each weighted by its number of windows."""
+        self.model.eval()
+        sums, windows = {}, 0
+        for x, y, extra in batches:
+            with self.autocast:
+                _, stats = self.model(x, y, extra)
+            for name, value in stats.items():
+                sums[name] = sums.get(name, 0.0) + value.float().item() * len(x)
+            windows += len(x)
+        self.model.train()
+        return {name: total / windows for name, total in sums.items()}
+
+    def score_whole_val(self):
+        """The kept weights' mean of every reported scalar over all consecutive block_size windows of the
+        validation split (every token but the last window's remainder), written to out_dir/score.json."""
+        s = self.s
+        if s["keep_best"]:
+            best = torch.load(os.path.join(s["out_dir"], "best.pt"), map_location=self.device, weights_only=False)
+            self.model.load_state_dict(best["model"])
+        T = s["block_size"]
+        starts = torch.arange(0, len(self.tokens["val"]) - T, T)
+        stats = self.mean_stats(self.batch_at("val", ix) for ix in torch.split(starts, s["batch_size"]))
+        score = {"val_loss": stats.pop("ce"), "val_tokens": len(starts) * T, "iter": self.iter_num,
+                 "weights": "best.pt" if s["keep_best"] else "ckpt.pt", **{f"val_{k}": v for k, v in stats.items()}}
+        write_atomically(os.path.join(s["out_dir"], "score.json"), lambda f: f.write(json.dumps(score).encode()))
+        print(f"validation loss over the whole split ({score['val_tokens']:,} tokens, {score['weights']}): "
+              f"{score['val_loss']:.4f}")
+        return score
 
     # --- the loop -------------------------------------------------------------------------------------------
     def run(self):
@@ -492,6 +523,8 @@ class Trainer:
                 t_last, iters_since = now, 0
                 bar.set_postfix(loss=f"{lossf:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
         bar.close()
+        if s["score_whole_val"] and self.master:
+            self.score_whole_val()
         if self.master and s["sample_tokens"] > 0:
             self.print_sample()
         if self.master:

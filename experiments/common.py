@@ -1,30 +1,85 @@
 """
-What every experiment script shares: train one arm with train.py in a subprocess (skipped when its finished log is
-already there, so an interrupted suite picks up where it stopped), read its log, plot curves, write a table.
+What every experiment script shares: train one arm with train.py in a subprocess (skipped when its finished log and
+score are already there, so an interrupted suite picks up where it stopped), read its log and its score on the whole
+validation split, compare arms over paired seeds, plot curves, write a table.
+
+How a table's verdict is reached (the README states the same rule): every arm runs with each seed of SEEDS, and a
+seed fixes the initialisation and the order of the batches, so the arms of one seed are paired. For an arm against
+its baseline, take the per-seed differences of the validation loss on the whole split; the arm "helps" when the 95%
+Student-t interval of their mean lies below zero, "hurts" when it lies above, and otherwise there is "no resolvable
+difference".
 """
 
+import json
+import math
 import os
 import subprocess
 import sys
 
+import numpy as np
+
 from plot import draw_curves, new_figure, read_log, series
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEEDS = (1337, 1338, 1339)
+T95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}  # by sample size
 
 
-def train_arm(out_dir, args, max_iters):
-    """Run `python train.py config/plain.py *args --out_dir=out_dir --max_iters=max_iters` unless out_dir already
-    holds a log that reached max_iters; return the log's records. An unfinished arm is trained again from its start
-    (--overwrite). Every arm starts from the plain GPT, so it has on exactly the techniques its own args switch
-    on."""
+def train_arm(out_dir, args, max_iters, seed=SEEDS[0]):
+    """Run `python train.py config/plain.py *args --seed=seed --out_dir=out_dir --max_iters=max_iters`, scoring the
+    kept weights on the whole validation split, unless out_dir already holds a log that reached max_iters and its
+    score; return the log's records. An unfinished arm is trained again from its start (--overwrite). Every arm
+    starts from the plain GPT, so it has on exactly the techniques its own args switch on."""
     records = read_log(out_dir)
-    if not records or records[-1]["iter"] < max_iters:
+    if not records or records[-1]["iter"] < max_iters or read_score(out_dir) is None:
         command = [sys.executable, os.path.join(ROOT, "train.py"), os.path.join(ROOT, "config", "plain.py"), *args,
-                   "--overwrite", f"--out_dir={out_dir}", f"--max_iters={max_iters}"]
+                   f"--seed={seed}", "--score_whole_val=True", "--overwrite", f"--out_dir={out_dir}",
+                   f"--max_iters={max_iters}"]
         print("$", " ".join(command[1:]), flush=True)
         subprocess.run(command, cwd=ROOT, check=True)
         records = read_log(out_dir)
     return records
+
+
+def read_score(out_dir):
+    """The score.json train.py wrote after an arm's last step (validation loss on the whole split), or None."""
+    path = os.path.join(out_dir, "score.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def mean_sd(values):
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def verdict(differences):
+    """The rule of the module docstring, on an arm's per-seed differences to its baseline (lower is better)."""
+    mean, sd = mean_sd(differences)
+    half_width = T95[len(differences)] * sd / math.sqrt(len(differences)) if len(differences) > 1 else math.inf
+    if mean + half_width < 0:
+        return "helps"
+    if mean - half_width > 0:
+        return "hurts"
+    return "no resolvable difference"
+
+
+def paired_columns(values, baseline):
+    """The cells 'mean ± sd over seeds', 'paired difference to the baseline, mean ± sd' and the verdict, for one
+    arm's per-seed values and its baseline's values on the same seeds."""
+    differences = [v - b for v, b in zip(values, baseline)]
+    (mean, sd), (diff, diff_sd) = mean_sd(values), mean_sd(differences)
+    if not any(differences):
+        return [f"{mean:.4f} ± {sd:.4f}", "(baseline)", ""]
+    return [f"{mean:.4f} ± {sd:.4f}", f"{diff:+.4f} ± {diff_sd:.4f}", verdict(differences)]
+
+
+VERDICT_NOTE = (f"Each arm ran with seeds {', '.join(map(str, SEEDS))}; a seed fixes initialisation and batch order, "
+                "so arms are paired by seed. Validation loss is over the whole validation split (score.json). "
+                "'vs baseline' is the mean ± sd of the per-seed differences; the verdict is 'helps' (or 'hurts') "
+                "when the 95% Student-t interval of that mean lies below (above) zero, else 'no resolvable "
+                "difference'.")
 
 
 def first_iter_reaching(records, loss, key="val_loss"):
@@ -32,10 +87,16 @@ def first_iter_reaching(records, loss, key="val_loss"):
     return next((r["iter"] for r in records if r[key] <= loss), None)
 
 
-def plot_curves(runs, path, title, key="val_loss", ylabel="validation loss (nats/token)"):
-    """One line per arm: runs maps an arm's label to its log records."""
+def seed_mean(runs, key):
+    """(iterations, mean over seeds) of one logged key: runs holds one arm's log records for each seed."""
+    iters, _ = series(runs[0], key)
+    return iters, list(np.mean([series(records, key)[1] for records in runs], axis=0))
+
+
+def plot_curves(runs, path, title, key="val_loss", ylabel="validation loss (nats/token), mean over seeds"):
+    """One line per arm: runs maps an arm's label to its log records for each seed."""
     fig, (ax,) = new_figure(1, height=4.5)
-    draw_curves(ax, {label: series(records, key) for label, records in runs.items()}, title, ylabel)
+    draw_curves(ax, {label: seed_mean(per_seed, key) for label, per_seed in runs.items()}, title, ylabel)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.savefig(path, dpi=110)
 

@@ -1,10 +1,12 @@
 """
-Do n-gram soft targets train a better model in fewer steps? Four arms with the same model, seed and steps, on
-shakespeare_char and wiki: the plain loss, label smoothing 0.1, AllNTs (exact n-gram target) and CoCoNTs
-(compact target). Writes results/ngram.md (final validation loss and perplexity, and the step at which each arm
-first reaches the plain arm's final validation loss) and results/ngram.png (validation-loss curves).
+Do n-gram soft targets train a better model in fewer steps, and how much of the exact target's gain does the compact
+one keep? On wiki (GPT-2 tokens), the same model, steps and batches per seed: the plain loss ('off'), AllNTs (exact
+target) and CoCoNTs (compact target), swept one setting at a time around r = 8, alpha = 0.5, n = 3: r in 4, 8, 16,
+32; alpha 1.0; n = 4; with AllNTs at each (n, alpha) the sweep visits. Writes results/ngram{,_gpu}.md (validation
+loss on the whole split over paired seeds, the compact target against the exact one, and the step at which each arm
+first reaches off's final validation loss) and results/ngram{,_gpu}.png (validation-loss curves, mean over seeds).
 
-    python experiments/ngram.py          # 'small': the CPU-sized configs of config/ngram/
+    python experiments/ngram.py          # 'small': config/ngram/wiki.py
     python experiments/ngram.py gpu      # a larger model and longer runs for one CUDA GPU
 """
 
@@ -13,51 +15,50 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configurator import read_config_file
-from experiments.common import ROOT, first_iter_reaching, markdown_table, train_arm
-from plot import draw_curves, new_figure, series
+from experiments.common import (ROOT, SEEDS, VERDICT_NOTE, first_iter_reaching, markdown_table, paired_columns,
+                                plot_curves, read_score, train_arm)
 
-DATASETS = ("shakespeare_char", "wiki")
-ARMS = {"off": "off.py", "label smoothing 0.1": "label_smoothing.py", "AllNTs": "all.py", "CoCoNTs": "compact.py"}
+# arm -> (mode, n, r, alpha)
+ARMS = {"off": ("off", 3, 8, 0.5), "AllNTs": ("all", 3, 8, 0.5),
+        **{f"CoCoNTs r={r}": ("compact", 3, r, 0.5) for r in (4, 8, 16, 32)},
+        "AllNTs alpha=1": ("all", 3, 8, 1.0), "CoCoNTs r=8 alpha=1": ("compact", 3, 8, 1.0),
+        "AllNTs n=4": ("all", 4, 8, 0.5), "CoCoNTs r=8 n=4": ("compact", 4, 8, 0.5)}
+EXACT = {(3, 0.5): "AllNTs", (3, 1.0): "AllNTs alpha=1", (4, 0.5): "AllNTs n=4"}  # (n, alpha) -> the exact arm
 # The gpu suite: the same arms on a 6-layer, 384-wide model, 5000 steps.
 GPU_OVERRIDES = ["--n_layer=6", "--n_head=6", "--n_embd=384", "--block_size=256", "--batch_size=64",
-                 "--max_iters=5000", "--eval_interval=250", "--eval_iters=50", "--learning_rate=6e-4",
-                 "--min_lr=6e-5", "--dropout=0.1"]
+                 "--eval_interval=250", "--eval_iters=50", "--learning_rate=6e-4", "--min_lr=6e-5", "--dropout=0.1"]
 
 
 def run(suite, results_dir):
-    overrides = {"small": [], "gpu": GPU_OVERRIDES}[suite]
-    runs, rows = {}, []
-    for dataset in DATASETS:
-        base = os.path.join(ROOT, "config", "ngram", f"{dataset}.py")
-        max_iters = read_config_file(base)["max_iters"] if suite == "small" else 5000
-        runs[dataset] = {}
-        for arm, config in ARMS.items():
-            out_dir = os.path.join(ROOT, "out", f"ngram-{suite}", dataset, config[:-3])
-            args = [base, os.path.join(ROOT, "config", "ngram", config), *overrides]
-            runs[dataset][arm] = train_arm(out_dir, args, max_iters)
-        baseline = runs[dataset]["off"][-1]["val_loss"]
-        for arm, records in runs[dataset].items():
-            final = records[-1]
-            reached = first_iter_reaching(records, baseline)
-            rows.append([dataset, arm, f"{final['val_loss']:.4f}", f"{final['val_ppl']:.2f}",
-                         "never" if reached is None else f"{reached} ({reached / final['iter']:.0%})"])
+    base = os.path.join(ROOT, "config", "ngram", "wiki.py")
+    max_iters = read_config_file(base)["max_iters"] if suite == "small" else 5000
+    out = os.path.join(ROOT, "out", f"ngram-{suite}")
+    runs, scores = {}, {}
+    for arm, (mode, n, r, alpha) in ARMS.items():
+        flags = [base, f"--ngram_mode={mode}", f"--ngram_n={n}", f"--ngram_r={r}", f"--ngram_alpha={alpha}",
+                 *({"small": [], "gpu": GPU_OVERRIDES}[suite])]
+        dirs = [os.path.join(out, f"seed{seed}", arm.replace(" ", "_").replace("=", "")) for seed in SEEDS]
+        runs[arm] = [train_arm(d, flags, max_iters, seed) for d, seed in zip(dirs, SEEDS)]
+        scores[arm] = [read_score(d)["val_loss"] for d in dirs]
+    rows = []
+    for arm, (mode, n, r, alpha) in ARMS.items():
+        steps = [first_iter_reaching(records, off[-1]["val_loss"]) for records, off in zip(runs[arm], runs["off"])]
+        rows.append([arm, n, "-" if mode != "compact" else r, alpha if mode != "off" else "-",
+                     *paired_columns(scores[arm], scores["off"]),
+                     paired_columns(scores[arm], scores[EXACT[n, alpha]])[1] if mode == "compact" else "-",
+                     " / ".join("never" if s is None else str(s) for s in steps)])
+    header = ["arm", "n", "r", "alpha", "val loss", "vs off", "verdict", "vs AllNTs (same n, alpha)",
+              f"first step at off's final val loss (of {max_iters}), per seed"]
+    table = markdown_table(header, rows)
     name = "ngram" if suite == "small" else f"ngram_{suite}"
     os.makedirs(results_dir, exist_ok=True)
-    table = markdown_table(["dataset", "arm", "final val loss", "val ppl", "first step at off's final val loss"], rows)
     with open(os.path.join(results_dir, f"{name}.md"), "w") as f:
-        f.write(f"# n-gram soft targets ({suite} suite)\n\n{table}\nThe first step is found at eval resolution "
-                "(config/ngram/*.py's eval_interval). The cost of each target is in `python bench.py --all`.\n")
-    plot(runs, os.path.join(results_dir, f"{name}.png"))
+        f.write(f"# n-gram soft targets on wiki ({suite} suite, {max_iters} steps)\n\n{table}\n{VERDICT_NOTE} "
+                "The first step is read from each seed's evaluation curve (config/ngram/wiki.py's eval_interval and "
+                "eval_iters), against the 'off' arm of the same seed. The cost of each target is in "
+                "`python bench.py --all`.\n")
+    plot_curves(runs, os.path.join(results_dir, f"{name}.png"), f"n-gram soft targets on wiki ({suite} suite)")
     print(table)
-
-
-def plot(runs, path):
-    """One panel per dataset, one validation-loss curve per arm."""
-    fig, axes = new_figure(1, columns=len(runs), width=6, height=4.5)
-    for ax, (dataset, arms) in zip(axes, runs.items()):
-        draw_curves(ax, {arm: series(records, "val_loss") for arm, records in arms.items()}, dataset,
-                    "validation loss (nats/token)")
-    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

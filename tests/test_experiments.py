@@ -30,8 +30,9 @@ def test_every_arm_is_a_run_train_py_accepts(name, suite, tmp_path, monkeypatch)
     experiment = importlib.import_module(f"experiments.{name}")
     arms = []
 
-    def check_arm(out_dir, args, max_iters):
-        argv = [train.PLAIN_CONFIG, *args, f"--out_dir={out_dir}", f"--max_iters={max_iters}"]
+    def check_arm(out_dir, args, max_iters, seed=1337):
+        argv = [train.PLAIN_CONFIG, *args, f"--seed={seed}", "--score_whole_val=True", f"--out_dir={out_dir}",
+                f"--max_iters={max_iters}"]
         arms.append(argv)
         s = train.settings_from([f"{arg.split('=')[0]}={stand_in}" if arg.startswith(FILE_SETTINGS) else arg
                                  for arg in argv])  # raises ConfigError for an unknown key, a wrong type, a bad mix
@@ -39,6 +40,7 @@ def test_every_arm_is_a_run_train_py_accepts(name, suite, tmp_path, monkeypatch)
         return made_up_records(max_iters)
 
     monkeypatch.setattr(experiment, "train_arm", check_arm)
+    monkeypatch.setattr(experiment, "read_score", lambda out_dir: {"val_loss": 2.0 + 0.001 * len(out_dir)})
     if name == "planner":
         monkeypatch.setattr(experiment, "pretrain_planner", lambda out_dir, iters: made_up_records(iters)[-1])
         monkeypatch.setattr(experiment, "planner_scores", lambda path: made_up_records(0)[-1])
