@@ -62,9 +62,10 @@ lora_alpha = 16.0
 seed = 1337
 sample_tokens = 300  # length of the sample printed at the end; 0 prints none
 keep_best = False  # also write out_dir/best.pt (the weights) whenever an evaluation sets a new best val loss
-# after the last step, score the weights the run keeps (best.pt with keep_best, else the last) on every token of the
-# validation split, in consecutive block_size windows, and write out_dir/score.json: what experiments compare
-score_whole_val = False
+# after the last step, score the weights the run keeps (best.pt with keep_best, else the last) on the first
+# score_val_tokens tokens of the validation split (all of it when shorter), in consecutive block_size windows, and
+# write out_dir/score.json: what the experiments compare. 0 scores nothing.
+score_val_tokens = 0
 # data
 dataset = "shakespeare_char"  # a name in data/, your own text (a .txt file or a folder of them), or a prepared folder
 tokenizer = "char"  # how your own text is tokenized: 'char' or 'gpt2' (BPE); other datasets bring their own
@@ -197,7 +198,7 @@ def main(argv):
         trainer = Trainer(settings)
         trainer.run()
     if not argv and trainer.master:  # the main job: its result beside the plain model's, on the same settings
-        print(beside_plain(math.exp(trainer.score_whole_val()["val_loss"]), COMBINED_RESULTS))
+        print(beside_plain(math.exp(trainer.score_val(len(trainer.tokens["val"]))["val_loss"]), COMBINED_RESULTS))
     return trainer
 
 
@@ -454,20 +455,20 @@ class Trainer:
         self.model.train()
         return {name: total / windows for name, total in sums.items()}
 
-    def score_whole_val(self):
-        """The kept weights' mean of every reported scalar over all consecutive block_size windows of the
-        validation split (every token but the last window's remainder), written to out_dir/score.json."""
+    def score_val(self, max_tokens):
+        """The kept weights' mean of every reported scalar over the consecutive block_size windows in the first
+        max_tokens tokens of the validation split, written to out_dir/score.json."""
         s = self.s
         if s["keep_best"]:
             best = torch.load(os.path.join(s["out_dir"], "best.pt"), map_location=self.device, weights_only=False)
             self.model.load_state_dict(best["model"])
         T = s["block_size"]
-        starts = torch.arange(0, len(self.tokens["val"]) - T, T)
+        starts = torch.arange(0, min(max_tokens, len(self.tokens["val"]) - 1) - T + 1, T)
         stats = self.mean_stats(self.batch_at("val", ix) for ix in torch.split(starts, s["batch_size"]))
         score = {"val_loss": stats.pop("ce"), "val_tokens": len(starts) * T, "iter": self.iter_num,
                  "weights": "best.pt" if s["keep_best"] else "ckpt.pt", **{f"val_{k}": v for k, v in stats.items()}}
         write_atomically(os.path.join(s["out_dir"], "score.json"), lambda f: f.write(json.dumps(score).encode()))
-        print(f"validation loss over the whole split ({score['val_tokens']:,} tokens, {score['weights']}): "
+        print(f"validation loss over {score['val_tokens']:,} tokens of the split ({score['weights']}): "
               f"{score['val_loss']:.4f}")
         return score
 
@@ -523,8 +524,8 @@ class Trainer:
                 t_last, iters_since = now, 0
                 bar.set_postfix(loss=f"{lossf:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
         bar.close()
-        if s["score_whole_val"] and self.master:
-            self.score_whole_val()
+        if s["score_val_tokens"] > 0 and self.master:
+            self.score_val(s["score_val_tokens"])
         if self.master and s["sample_tokens"] > 0:
             self.print_sample()
         if self.master:

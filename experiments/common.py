@@ -1,13 +1,13 @@
 """
 What every experiment script shares: train one arm with train.py in a subprocess (skipped when its finished log and
-score are already there, so an interrupted suite picks up where it stopped), read its log and its score on the whole
+score are already there, so an interrupted suite picks up where it stopped), read its log and its score on the
 validation split, compare arms over paired seeds, plot curves, write a table.
 
 How a table's verdict is reached (the README states the same rule): every arm runs with each seed of SEEDS, and a
 seed fixes the initialisation and the order of the batches, so the arms of one seed are paired. For an arm against
-its baseline, take the per-seed differences of the validation loss on the whole split; the arm "helps" when the 95%
-Student-t interval of their mean lies below zero, "hurts" when it lies above, and otherwise there is "no resolvable
-difference".
+its baseline, take the per-seed differences of the validation loss on the whole validation split (its first
+SCORE_TOKENS where longer); the arm "helps" when the 95% Student-t interval of their mean lies below zero, "hurts"
+when it lies above, and otherwise there is "no resolvable difference".
 """
 
 import json
@@ -22,18 +22,19 @@ from plot import draw_curves, new_figure, read_log, series
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEEDS = (1337, 1338, 1339)
+SCORE_TOKENS = 120_000  # the whole validation split of shakespeare_char and wiki, the first 120k tokens of sotu's
 T95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}  # by sample size
 
 
 def train_arm(out_dir, args, max_iters, seed=SEEDS[0]):
     """Run `python train.py config/plain.py *args --seed=seed --out_dir=out_dir --max_iters=max_iters`, scoring the
-    kept weights on the whole validation split, unless out_dir already holds a log that reached max_iters and its
+    kept weights on SCORE_TOKENS validation tokens, unless out_dir already holds a log that reached max_iters and its
     score; return the log's records. An unfinished arm is trained again from its start (--overwrite). Every arm
     starts from the plain GPT, so it has on exactly the techniques its own args switch on."""
     records = read_log(out_dir)
     if not records or records[-1]["iter"] < max_iters or read_score(out_dir) is None:
         command = [sys.executable, os.path.join(ROOT, "train.py"), os.path.join(ROOT, "config", "plain.py"), *args,
-                   f"--seed={seed}", "--score_whole_val=True", "--overwrite", f"--out_dir={out_dir}",
+                   f"--seed={seed}", f"--score_val_tokens={SCORE_TOKENS}", "--overwrite", f"--out_dir={out_dir}",
                    f"--max_iters={max_iters}"]
         print("$", " ".join(command[1:]), flush=True)
         subprocess.run(command, cwd=ROOT, check=True)
@@ -42,7 +43,7 @@ def train_arm(out_dir, args, max_iters, seed=SEEDS[0]):
 
 
 def read_score(out_dir):
-    """The score.json train.py wrote after an arm's last step (validation loss on the whole split), or None."""
+    """The score.json train.py wrote after an arm's last step (its validation loss on SCORE_TOKENS), or None."""
     path = os.path.join(out_dir, "score.json")
     if not os.path.isfile(path):
         return None
@@ -76,7 +77,7 @@ def paired_columns(values, baseline):
 
 
 VERDICT_NOTE = (f"Each arm ran with seeds {', '.join(map(str, SEEDS))}; a seed fixes initialisation and batch order, "
-                "so arms are paired by seed. Validation loss is over the whole validation split (score.json). "
+                "so arms are paired by seed. Validation loss is over the whole validation split, or its first 120k tokens where it is longer (score.json). "
                 "'vs baseline' is the mean ± sd of the per-seed differences; the verdict is 'helps' (or 'hurts') "
                 "when the 95% Student-t interval of that mean lies below (above) zero, else 'no resolvable "
                 "difference'.")

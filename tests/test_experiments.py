@@ -31,7 +31,7 @@ def test_every_arm_is_a_run_train_py_accepts(name, suite, tmp_path, monkeypatch)
     arms = []
 
     def check_arm(out_dir, args, max_iters, seed=1337):
-        argv = [train.PLAIN_CONFIG, *args, f"--seed={seed}", "--score_whole_val=True", f"--out_dir={out_dir}",
+        argv = [train.PLAIN_CONFIG, *args, f"--seed={seed}", "--score_val_tokens=120000", f"--out_dir={out_dir}",
                 f"--max_iters={max_iters}"]
         arms.append(argv)
         s = train.settings_from([f"{arg.split('=')[0]}={stand_in}" if arg.startswith(FILE_SETTINGS) else arg

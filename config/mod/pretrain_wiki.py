@@ -2,7 +2,7 @@
 # python train.py config/plain.py config/mod/pretrain_wiki.py
 out_dir = "out/mod-small/pretrain_wiki"
 dataset = "wiki"
-n_layer = 4
+n_layer = 8  # the ensemble takes the last 2: late layers, whose predictions are already near the final one's
 n_head = 4
 n_embd = 128
 block_size = 64

@@ -1,6 +1,6 @@
-# Tuning arm of the mod experiment: base frozen, only the router and the 2 new norms train.
+# Tuning arm of the mod experiment: base frozen, only the router and the new norm train.
 # python train.py config/plain.py config/mod/tune.py config/mod/tune_mod_only.py   (after config/mod/pretrain_wiki.py)
 out_dir = "out/mod-small/tune_mod_only"
 learning_rate = 3e-3
 base = "frozen"
-mod_k = 3
+mod_k = 2  # a quarter of the 8 layers
