@@ -26,16 +26,17 @@ SCORE_TOKENS = 120_000  # the whole validation split of shakespeare_char and wik
 T95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}  # by sample size
 
 
-def train_arm(out_dir, args, max_iters, seed=SEEDS[0]):
+def train_arm(out_dir, args, max_iters, seed=SEEDS[0], score=True):
     """Run `python train.py config/plain.py *args --seed=seed --out_dir=out_dir --max_iters=max_iters`, scoring the
-    kept weights on SCORE_TOKENS validation tokens, unless out_dir already holds a log that reached max_iters and its
-    score; return the log's records. An unfinished arm is trained again from its start (--overwrite). Every arm
-    starts from the plain GPT, so it has on exactly the techniques its own args switch on."""
+    kept weights on SCORE_TOKENS validation tokens (unless score is False: a stage that only feeds a later run),
+    unless out_dir already holds a log that reached max_iters and the score; return the log's records. An unfinished
+    arm is trained again from its start (--overwrite). Every arm starts from the plain GPT, so it has on exactly the
+    techniques its own args switch on."""
     records = read_log(out_dir)
-    if not records or records[-1]["iter"] < max_iters or read_score(out_dir) is None:
+    if not records or records[-1]["iter"] < max_iters or (score and read_score(out_dir) is None):
         command = [sys.executable, os.path.join(ROOT, "train.py"), os.path.join(ROOT, "config", "plain.py"), *args,
-                   f"--seed={seed}", f"--score_val_tokens={SCORE_TOKENS}", "--overwrite", f"--out_dir={out_dir}",
-                   f"--max_iters={max_iters}"]
+                   f"--seed={seed}", f"--score_val_tokens={SCORE_TOKENS if score else 0}", "--overwrite",
+                   f"--out_dir={out_dir}", f"--max_iters={max_iters}"]
         print("$", " ".join(command[1:]), flush=True)
         subprocess.run(command, cwd=ROOT, check=True)
         records = read_log(out_dir)
