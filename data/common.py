@@ -29,6 +29,7 @@ read one at a time and tokens are written in chunks, so a corpus larger than mem
 Your own text is prepared into data/_text/<name>-<tokenizer>-<hash>/ in this format (prepare_text).
 """
 
+import array
 import collections.abc
 import functools
 import hashlib
@@ -203,7 +204,9 @@ def write_dataset(out_dir, splits, tokenizer, dataset, source, chars=None):
             meta.update(vocab_size=len(chars), eot_token=None,
                         stoi={c: i for i, c in enumerate(chars)}, itos=dict(enumerate(chars)))
             encode, _ = get_codec(meta)
-            encode_batch = lambda texts: [encode(text) for text in texts]  # noqa: E731
+
+            def encode_batch(texts):
+                return [encode(text) for text in texts]
         else:
             enc = gpt2_encoding()
             meta.update(vocab_size=enc.n_vocab, eot_token=enc.eot_token, stoi=None, itos=None)
@@ -226,7 +229,7 @@ def write_dataset(out_dir, splits, tokenizer, dataset, source, chars=None):
 def write_texts(folder, split, texts, chars=None):
     """Write texts one after another to folder/{split}_texts.txt and their byte spans to {split}_text_spans.npy;
     add their characters to the set chars, if given."""
-    ends, offset = [], 0
+    ends, offset = array.array("q"), 0  # 8 bytes a document
     with open(folder / f"{split}_texts.txt", "wb") as f:
         for text in texts:
             data = text.encode("utf-8")
@@ -235,7 +238,7 @@ def write_texts(folder, split, texts, chars=None):
             ends.append(offset)
             if chars is not None:
                 chars.update(text)
-    ends = np.array(ends, dtype=np.int64)
+    ends = np.frombuffer(ends, dtype=np.int64)
     np.save(folder / f"{split}_text_spans.npy", np.stack([ends - np.diff(ends, prepend=0), ends], axis=1))
 
 
@@ -248,8 +251,8 @@ def write_tokens(folder, split, encode_batch, eot_token, dataset, batch_docs=256
     with open(folder / f"{split}.bin", "wb") as f, \
             tqdm(total=len(texts), desc=f"{dataset} {split} tokens", unit="doc") as progress:
         for first in range(0, len(texts), batch_docs):
-            ids = []
-            for i, doc in enumerate(encode_batch(texts[first:first + batch_docs]), first):
+            batch, ids = texts[first:first + batch_docs], []
+            for i, doc in enumerate(encode_batch(batch), first):
                 spans[i] = n + len(ids), n + len(ids) + len(doc)
                 ids += doc
                 if eot_token is not None:
@@ -259,7 +262,7 @@ def write_tokens(folder, split, encode_batch, eot_token, dataset, batch_docs=256
                 raise ValueError(f"{dataset} {split}: token id {chunk.max()} does not fit in uint16")
             f.write(chunk.astype(np.uint16).tobytes())
             n += len(chunk)
-            progress.update(len(spans[first:first + batch_docs]))
+            progress.update(len(batch))
     np.save(folder / f"{split}_docs.npy", spans)
     print(f"{dataset} {split}: {len(texts):,} documents, {n:,} tokens")
     return n
@@ -329,20 +332,20 @@ def load_texts(data_dir, split):
 
 
 class Pieces(collections.abc.Sequence):
-    """pieces[i] is decode(array[start:end]) for the i-th [start, end) of spans, decoded only when read: a split's
+    """pieces[i] is decode(data[start:end]) for the i-th [start, end) of spans, decoded only when read: a split's
     documents (or sentences) one at a time from a memory-mapped file, never all in memory. A slice gives a list."""
 
-    def __init__(self, array, spans, decode):
-        self.array, self.spans, self.decode = array, spans, decode
+    def __init__(self, data, spans, decode):
+        self.data, self.spans, self.decode = data, spans, decode
 
     def __len__(self):
         return len(self.spans)
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return [self.decode(self.array[start:end]) for start, end in self.spans[i].tolist()]
+            return [self.decode(self.data[start:end]) for start, end in self.spans[i].tolist()]
         start, end = self.spans[i]
-        return self.decode(self.array[start:end])
+        return self.decode(self.data[start:end])
 
 
 def ensure_prepared(dataset, tokenizer="char"):
