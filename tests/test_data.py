@@ -212,8 +212,10 @@ def test_ensure_prepared_runs_prepare_only_when_needed(tmp_path, monkeypatch):
     assert calls.read_text().count("prepared") == 1
 
     meta = load_meta(data_dir)
-    meta["format_version"] = common.FORMAT_VERSION - 1
+    meta["format_version"] = 1  # texts in one JSON list per split, read whole
     (data_dir / "meta.pkl").write_bytes(pickle.dumps(meta))
+    (data_dir / "val_texts.json").write_text('["cab"]')
     ensure_prepared("shakespeare_char")
     assert calls.read_text().count("prepared") == 2
     assert load_meta(data_dir)["format_version"] == common.FORMAT_VERSION
+    assert not (data_dir / "val_texts.json").exists() and list(load_texts(data_dir, "val")) == ["cab"]
