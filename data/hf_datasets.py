@@ -4,14 +4,14 @@ does, in bounded memory: the library downloads the dataset once into its cache (
 write_dataset (data/common.py) reads its rows one at a time into this repository's format. Needs internet and
 `pip install datasets` (see requirements-dev.txt).
 
-    python data/hf_datasets.py --name=openwebtext                        # ~8M documents, ~9B GPT-2 tokens
+    python data/hf_datasets.py --name=openwebtext                        # OpenWebText, as nanoGPT trains on
     python train.py --dataset=data/_hf/openwebtext-gpt2 ...
 
     python data/hf_datasets.py --name=json --data_files=my/docs.jsonl    # your own files, through a loader of
-                                                                         # the library (json, csv, parquet, text)
+                                                                         # the library (json, csv, parquet)
 
-A document is one row's text_column; rows without text are dropped. Train and val are both cut from the
-library's split `split`, by document: row i goes to val when sha256(str(i)) % 100 < val_percent (data.common.split_of).
+A document is one row's text_column; rows without text are dropped. Train and val are both cut from the library's
+split `split`, by document: row i goes to val when sha256(str(i)) % 100 < val_percent (data.common.split_of).
 """
 
 import sys
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `data.common`
 from configurator import ConfigError, configure
 from data.common import DATA_ROOT, split_of, write_dataset
 
-name = ""  # the dataset on the hub (openwebtext), or one of the library's loaders (json, csv, text) with data_files
+name = ""  # the dataset on the hub (openwebtext), or one of the library's loaders (json, csv, parquet)
 config = ""  # the dataset's configuration, for datasets that have several
 split = "train"  # the library's split that train and val are cut from
 data_files = ""  # your files (a path or a glob) for a loader such as json

@@ -1,4 +1,5 @@
-"""Tests of data/hf_datasets.py on datasets of the Hugging Face `datasets` library made here from local files: no hub."""
+"""Tests of data/hf_datasets.py on datasets of the Hugging Face `datasets` library made here, from local files: no
+hub access."""
 
 import json
 import os
@@ -33,7 +34,8 @@ def test_a_dataset_is_written_as_its_documents_tokenized_one_by_one(tmp_path):
     enc = gpt2_encoding()
     for split, texts in expected_splits(20).items():
         assert list(load_texts(tmp_path, split)) == texts
-        assert load_tokens(tmp_path, split).tolist() == [t for text in texts for t in enc.encode_ordinary(text) + [50256]]
+        expected_tokens = [t for text in texts for t in enc.encode_ordinary(text) + [50256]]
+        assert load_tokens(tmp_path, split).tolist() == expected_tokens
     assert meta == load_meta(tmp_path) and meta["dataset"] == "mine"
 
 
