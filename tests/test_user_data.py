@@ -38,14 +38,15 @@ def test_a_text_file_is_prepared_once_split_by_position_and_again_when_it_change
     book.write_text("0123456789" * 10, encoding="utf-8")
     data_dir = ensure_prepared(str(book))
     assert data_dir.parent == data_root / common.TEXT_CACHE and data_dir.name.startswith("book-char-")
-    assert load_texts(data_dir, "train") == ["0123456789" * 9] and load_texts(data_dir, "val") == ["0123456789"]
+    assert list(load_texts(data_dir, "train")) == ["0123456789" * 9]
+    assert list(load_texts(data_dir, "val")) == ["0123456789"]
     assert "preparing" in capsys.readouterr().out
     assert ensure_prepared(str(book)) == data_dir
     assert "preparing" not in capsys.readouterr().out  # reused while the text is unchanged
 
     book.write_text("9876543210" * 10, encoding="utf-8")
     edited = ensure_prepared(str(book))
-    assert edited != data_dir and load_texts(edited, "val") == ["9876543210"]
+    assert edited != data_dir and list(load_texts(edited, "val")) == ["9876543210"]
     bpe = ensure_prepared(str(book), "gpt2")
     assert bpe.name.startswith("book-gpt2-") and load_meta(bpe)["tokenizer"] == "gpt2"
     assert len(prepared_folders(data_root)) == 3
@@ -61,7 +62,7 @@ def test_a_folder_of_texts_is_split_by_document(data_root, tmp_path):
     (corpus / "notes.md").write_text("not a document", encoding="utf-8")
     data_dir = ensure_prepared(str(corpus))
     expected = split_by_hash(dict(sorted(docs.items())))
-    assert {split: load_texts(data_dir, split) for split in ("train", "val")} == expected
+    assert {split: list(load_texts(data_dir, split)) for split in ("train", "val")} == expected
     assert expected["val"] and expected["train"]
 
 
