@@ -1,16 +1,18 @@
 """train.py end to end on a tiny character corpus made here: exact resume, refusals, NaN handling, DDP, bf16."""
 
+import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 import train
 from plot import read_log
 from configurator import ConfigError
-from lm import load_checkpoint
+from lm import load_checkpoint, load_language_model
 
 TINY = [train.PLAIN_CONFIG, "--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
         "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--log_interval=1", "--compile=False"]
@@ -82,6 +84,21 @@ def test_keep_best_writes_the_weights_of_the_best_evaluation_beside_the_checkpoi
     assert best["iter_num"] == 0 and best["val_loss"] == losses[0] and last["iter_num"] == 4
     assert all(torch.equal(best["model"][k], start["model"][k]) for k in start["model"])
     assert not (tmp_path / "start" / "best.pt").exists()
+
+
+def test_the_score_is_the_kept_weights_loss_on_the_first_validation_windows(corpus, tmp_path):
+    # As above, the best evaluation is the first: the score must come from best.pt's weights, not the last ones.
+    diverging = ["--eval_interval=2", "--learning_rate=3.0", "--warmup_iters=0", "--decay_lr=False", "--grad_clip=0.0"]
+    trainer = run(corpus, tmp_path, *diverging, "--max_iters=4", "--keep_best=True", "--score_val_tokens=100")
+    with open(tmp_path / "score.json") as f:
+        score = json.load(f)
+    gpt = load_language_model(load_checkpoint(str(tmp_path / "best.pt")), "cpu").gpt
+    val = torch.from_numpy(trainer.tokens["val"].astype(np.int64))
+    windows = torch.arange(0, 100 - 16 + 1, 16)  # the windows of block_size 16 whose targets lie in the first 100
+    x, y = (torch.stack([val[i + shift:i + shift + 16] for i in windows]) for shift in (0, 1))
+    assert score["val_tokens"] == 96 and score["weights"] == "best.pt"
+    assert score["val_loss"] == pytest.approx(gpt(x, y)[1].item(), rel=1e-5)
+    assert score["val_loss"] < read_log(tmp_path)[-1]["val_loss"] - 0.1  # the last weights are much worse
 
 
 @pytest.mark.parametrize("args, message", [
