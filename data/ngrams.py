@@ -46,11 +46,11 @@ from tqdm import tqdm
 FORMAT = 2  # of the files; format 1 was one .npz loaded whole, built in memory
 NO_CONTEXT = np.uint16(65535)  # the route of a position without an in-document context
 ELIGIBLE, IN_S = 1, 2  # flags of an occurrence: its context has a tail (it may borrow); its next token is in S
-# Sizing, measured with tracemalloc on the count step (the largest): numpy's peak bytes per pair of a partition,
-# with headroom, and per position of a chunk in the passes over the corpus; a process's own footprint (interpreter,
-# numpy) comes on top.
-BYTES_PER_PAIR = 80
-BYTES_PER_POSITION = 80
+# Sizing, measured with tracemalloc: numpy's peak bytes per pair of a partition in the count step (the largest) when
+# every pair is its own context (its worst case; a Zipf corpus needs half), and per position of a chunk in the passes
+# over the corpus; a process's own footprint (interpreter, numpy) comes on top.
+BYTES_PER_PAIR, BYTES_PER_PAIR_PER_TOP_TOKEN = 104, 6
+BYTES_PER_POSITION = 48
 PROCESS_MB = 60
 SAMPLE_BLOCKS, SAMPLE_BLOCK = 256, 4096  # the sample of context keys that cuts the partitions
 
@@ -70,7 +70,7 @@ def load_or_build(data_dir, tokens, n, r, seed, boundary_token, memory_mb, worke
     arrays = load_folders(wanted)
     if arrays is None:
         build(tokens, n, r, seed, boundary_token, max(1, int(high).bit_length()), counts_dir, targets_dir,
-              *plan(len(tokens) - 1, memory_mb, workers), workers, counts_header, targets_header)
+              *plan(len(tokens) - 1, memory_mb, workers, r), workers, counts_header, targets_header)
         arrays = load_folders(wanted)
     return arrays
 
@@ -124,14 +124,14 @@ def least_memory_mb(workers):
     return (PROCESS_MB + 16) * (workers + 1)
 
 
-def plan(n_positions, memory_mb, workers):
+def plan(n_positions, memory_mb, workers, r):
     """(partitions, chunk): how many partitions keep each worker's share of memory_mb, and how many positions a
     pass over the corpus reads at once."""
     if memory_mb < least_memory_mb(workers):
         raise ValueError(f"ngram_memory_mb = {memory_mb} leaves no room for {workers} worker(s) and the main process: "
                          f"raise it to at least {least_memory_mb(workers)} or lower ngram_workers")
     free_bytes = (memory_mb - PROCESS_MB * (workers + 1)) * 2**20
-    pairs_per_partition = free_bytes // (workers * BYTES_PER_PAIR)
+    pairs_per_partition = free_bytes // (workers * (BYTES_PER_PAIR + BYTES_PER_PAIR_PER_TOP_TOKEN * r))
     chunk = int(min(free_bytes // BYTES_PER_POSITION, 1 << 23))
     partitions = math.ceil(n_positions / pairs_per_partition)
     if partitions >= NO_CONTEXT:
@@ -260,43 +260,60 @@ def count_partition(parts, bits, r, p):
     new_pair = np.empty(len(keys), bool)
     new_pair[:1] = True
     new_pair[1:] = keys[1:] != keys[:-1]
+    pair_of_row = np.cumsum(new_pair) - 1  # in sorted-row order
     pair_start = np.flatnonzero(new_pair)
+    del new_pair
     counts = np.diff(np.append(pair_start, len(keys)))
-    pair_context_key = keys[pair_start] >> np.uint64(bits)
-    next_ids = (keys[pair_start] & np.uint64((1 << bits) - 1)).astype(np.uint16)
+    keys = keys[pair_start]
+    del pair_start
+    pair_context_key = keys >> np.uint64(bits)
+    next_ids = (keys & np.uint64((1 << bits) - 1)).astype(np.uint16)
     del keys
-    new_context = np.empty(len(pair_start), bool)
+    new_context = np.empty(len(counts), bool)
     new_context[:1] = True
     new_context[1:] = pair_context_key[1:] != pair_context_key[:-1]
+    context_keys = pair_context_key[new_context]
+    del pair_context_key
     pair_context = np.cumsum(new_context) - 1
+    ptr = np.append(np.flatnonzero(new_context), len(counts))
+    del new_context
     # Within each context: most frequent first, ties to the smaller id (the pairs are in id order and the sort is
     # stable, and fast since the contexts are already in order); the top r are then the first r.
     by_frequency = np.argsort(pair_context * (counts.max(initial=0) + 1) - counts, kind="stable")
-    ptr = np.append(np.flatnonzero(new_context), len(pair_start))
-    place = np.empty(len(by_frequency), np.int64)
-    place[by_frequency] = np.arange(len(by_frequency))
-    pair_of_row = np.cumsum(new_pair) - 1  # in sorted-row order
-    del new_pair
+    rank = np.empty(len(by_frequency), np.int64)
+    rank[by_frequency] = np.arange(len(by_frequency))
+    rank -= ptr[pair_context]
     context = np.empty(len(order), np.int32)
     context[order] = pair_context[pair_of_row]
+    del pair_context
     in_s = np.empty(len(order), bool)
-    in_s[order] = place[pair_of_row] - ptr[pair_context[pair_of_row]] < r
-    del order, pair_of_row, place
+    in_s[order] = rank[pair_of_row] < r
+    del order, pair_of_row, rank
     counts, next_ids = counts[by_frequency], next_ids[by_frequency]
-    totals = np.add.reduceat(counts, ptr[:-1]) if len(counts) else np.zeros(0, np.int64)
+    del by_frequency
+    tables = top_r_tables(ptr, next_ids, counts, r)
+    flags = (tables["tail_counts"][context] > 0) * np.uint8(ELIGIBLE) + in_s * np.uint8(IN_S)
+    write_part(parts, p, context=context, flags=flags.astype(np.uint8), context_keys=context_keys, ptr=ptr[:-1],
+               next_ids=next_ids, counts=counts, **tables)
+    return len(context_keys), len(counts)
 
-    top = ptr[:-1, None] + np.arange(r)
-    in_top = top < ptr[1:, None]
-    top = np.where(in_top, top, 0)
-    top_counts = np.where(in_top, counts[top], 0)
-    tail_counts = totals - top_counts.sum(axis=1)
-    flags = (tail_counts[context] > 0) * np.uint8(ELIGIBLE) + in_s * np.uint8(IN_S)
-    write_part(parts, p, context=context, flags=flags.astype(np.uint8), tail_counts=tail_counts,
-               context_keys=pair_context_key[new_context], ptr=ptr[:-1], next_ids=next_ids, counts=counts,
-               top_ids=np.where(in_top, next_ids[top], 0).astype(np.uint16),
-               top_probs=(top_counts / totals[:, None]).astype(np.float32),
-               tail_probs=(tail_counts / totals).astype(np.float32))
-    return len(totals), len(counts)
+
+def top_r_tables(ptr, next_ids, counts, r):
+    """Each context's top r next tokens (0 where it has fewer), their probabilities, and its tail's count and
+    probability, one column at a time so that no (contexts, r) array wider than the tables is made."""
+    totals = np.add.reduceat(counts, ptr[:-1]) if len(counts) else np.zeros(0, np.int64)
+    degree = np.diff(ptr)
+    top_ids = np.zeros((len(totals), r), np.uint16)
+    top_probs = np.zeros((len(totals), r), np.float32)
+    tail_counts = totals.copy()
+    for j in range(r):
+        has = np.flatnonzero(degree > j)
+        pair = ptr[has] + j
+        top_ids[has, j] = next_ids[pair]
+        top_probs[has, j] = counts[pair] / totals[has]
+        tail_counts[has] -= counts[pair]
+    return dict(top_ids=top_ids, top_probs=top_probs, tail_counts=tail_counts,
+                tail_probs=(tail_counts / totals).astype(np.float32))
 
 
 def draw(n_positions, seed, parts, partitions, chunk, show):

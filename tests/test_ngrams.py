@@ -70,14 +70,14 @@ def test_the_partitions_cut_the_contexts_into_ranges_of_about_equal_size():
 def test_the_partition_count_grows_as_the_memory_bound_shrinks():
     positions = 9 * 10**9  # OpenWebText in GPT-2 tokens
     bounds = [64000, 8000, 2000, 1000, 500]
-    partitions = [ngrams.plan(positions, memory_mb, 2)[0] for memory_mb in bounds]
+    partitions = [ngrams.plan(positions, memory_mb, 2, 8)[0] for memory_mb in bounds]
     assert partitions == sorted(partitions) and len(set(partitions)) == len(partitions)
     for memory_mb, count in zip(bounds, partitions):
         pairs_in_memory = 2 * -(-positions // count)  # two workers, each on a partition
-        assert pairs_in_memory * ngrams.BYTES_PER_PAIR < memory_mb * 2**20
-    assert ngrams.plan(10**6, 2000, 2)[0] == 1
+        assert pairs_in_memory * (ngrams.BYTES_PER_PAIR + 8 * ngrams.BYTES_PER_PAIR_PER_TOP_TOKEN) < memory_mb * 2**20
+    assert ngrams.plan(10**6, 2000, 2, 8)[0] == 1
     with pytest.raises(ValueError, match="raise it to at least"):
-        ngrams.plan(10**6, 100, 2)
+        ngrams.plan(10**6, 100, 2, 8)
 
 
 def test_memory_mapped_targets_give_the_same_loss_as_the_in_memory_ones(tmp_path):
