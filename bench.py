@@ -23,6 +23,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tracemalloc
@@ -35,6 +36,7 @@ from torch.nn import functional as F
 import ngram
 import train
 from configurator import configure
+from data import ngrams
 from data.common import document_start, ensure_prepared, get_codec, load_meta, load_texts, load_tokens
 from data.encoders import ENCODERS, load_encoder
 from data.sentences import EMBEDDERS, LSA, PlanData, build_labels, sentence_texts
@@ -176,25 +178,31 @@ NGRAM_N = {"shakespeare_char": 5, "wiki": 3}  # the n of config/ngram/
 
 
 def bench_ngram_build():
-    """Build speed of the compact n-gram targets (ngram.py) on each train split, and the build's peak memory."""
+    """Build speed of the n-gram counts and compact targets (data/ngrams.py) on each train split, read from its
+    memmap and written to a temporary folder, and the build's peak memory (one worker: these splits are one
+    partition)."""
     print("\nn-gram compact targets, r=8: build from the train split (target: at least 2M tokens/s on 2 CPU cores)")
     print("| dataset | n | tokens | seconds | tokens/s | peak bytes/token |\n|---|---|---|---|---|---|")
     for name, n in NGRAM_N.items():
         data_dir = ensure_prepared(name)
-        tokens, eot = np.array(load_tokens(data_dir, "train")), load_meta(data_dir)["eot_token"]
+        tokens, eot = load_tokens(data_dir, "train"), load_meta(data_dir)["eot_token"]
+
+        def build():
+            with tempfile.TemporaryDirectory() as folder:
+                ngrams.load_or_build(folder, tokens, n, 8, 0, eot, ngram_memory_mb, 1)
+
         seconds = []
         for _ in range(rounds):
             t0 = time.perf_counter()
-            ngram.build_compact(tokens, n, 8, 0, eot)
+            build()
             seconds.append(time.perf_counter() - t0)
         tracemalloc.start()  # numpy reports its allocations to tracemalloc
-        ngram.build_compact(tokens, n, 8, 0, eot)
+        build()
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         best = min(seconds)
         print(f"| {name} | {n} | {len(tokens):,} | {best:.3f} | {len(tokens) / best:,.0f} | "
               f"{peak / len(tokens):.0f} |")
-
 
 
 SCALE_DIR = Path(__file__).resolve().parent / "data" / "_bench"  # git-ignored
@@ -203,22 +211,26 @@ GPT2_VOCAB, GPT2_EOT = 50257, 50256
 
 def bench_ngram_scale():
     """The out-of-core n-gram build (data/ngrams.py, n = 3, r = 8) on synthetic corpora with GPT-2's vocabulary,
-    written as train.bin memmaps, and a training step of a tiny GPT that gathers its targets from the memory-mapped
-    files. Each runs in a fresh process (the build's with numpy only), whose memory, workers included, is sampled
+    written as train.bin memmaps, and a training step of a tiny GPT (batch 4 x 64, GPT-2's padded head) that gathers
+    its targets from the memory-mapped files. Each runs in a fresh process (the build's with numpy only), whose memory, workers included, is sampled
     from /proc: the peak of the processes' summed PSS (shared pages counted once) and of their summed RSS."""
     print(f"\nn-gram build at scale: n = 3, r = 8, ngram_memory_mb = {ngram_memory_mb}, {ngram_workers} workers, "
           f"{os.cpu_count()} CPU cores")
-    print("| tokens | build s | tokens/s | peak PSS MB | peak RSS MB | contexts | step ms | gather ms | "
-          "step peak RSS MB |\n|---|---|---|---|---|---|---|---|---|")
+    print("| tokens | contexts | build s | tokens/s | build peak MB (anonymous) | step ms | gather ms | "
+          "step peak MB (anonymous) |\n|---|---|---|---|---|---|---|---|")
     for millions in ngram_scale_millions:
         folder = synthetic_corpus(millions * 10**6)
         for built in folder.glob("ngram_n3*"):
             shutil.rmtree(built)
         build, build_memory = run_measured(SCALE_BUILD, folder)
         step, step_memory = run_measured(SCALE_STEP, folder)
-        print(f"| {millions}M | {build['seconds']:.1f} | {millions * 1e6 / build['seconds']:,.0f} | "
-              f"{build_memory['pss'] / 2**20:,.0f} | {build_memory['rss'] / 2**20:,.0f} | {build['contexts']:,} | "
-              f"{step['step_ms']:.1f} | {step['gather_ms']:.2f} | {step_memory['rss'] / 2**20:,.0f} |", flush=True)
+        print(f"| {millions}M | {build['contexts']:,} | {build['seconds']:.1f} | "
+              f"{millions * 1e6 / build['seconds']:,.0f} | {mb(build_memory)} | {step['step_ms']:.1f} | "
+              f"{step['gather_ms']:.2f} | {mb(step_memory)} |", flush=True)
+
+
+def mb(peaks):
+    return f"{peaks['pss'] / 2**20:,.0f} ({peaks['anonymous'] / 2**20:,.0f})"
 
 
 def synthetic_corpus(n_tokens, chunk=1 << 22):
@@ -260,7 +272,7 @@ folder, memory_mb, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 tokens = np.memmap(f"{folder}/train.bin", np.uint16, mode="r")
 targets = ngram.load_targets("compact", folder, tokens, 3, 8, 0, 50256, memory_mb, workers)
 torch.manual_seed(0)
-B, T = 12, 64
+B, T = 4, 64
 model = LanguageModel(GPT(GPTConfig(block_size=T, vocab_size=50304, n_layer=2, n_head=2, n_embd=64)),
                       dict(ngram_mode="compact", ngram_alpha=0.5))
 optimizer = configure_optimizers(model, 0.1, 1e-3, (0.9, 0.99), "cpu")
@@ -285,15 +297,15 @@ print(json.dumps(dict(step_ms=1000 * statistics.median(steps[5:]), gather_ms=100
 
 def run_measured(code, folder):
     """Run code in a fresh Python with folder and the build's settings as arguments; its printed JSON result, and
-    the peaks of its processes' summed PSS and RSS (bytes), sampled every 50 ms."""
+    the peaks of its processes' summed PSS and anonymous memory (bytes), sampled every 50 ms."""
     process = subprocess.Popen([sys.executable, "-c", code, str(folder), str(ngram_memory_mb), str(ngram_workers)],
                                cwd=Path(__file__).resolve().parent, stdout=subprocess.PIPE,
                                env=dict(os.environ, OMP_NUM_THREADS="1"))
-    peaks = {"pss": 0, "rss": 0}
+    peaks = {"pss": 0, "anonymous": 0}
 
     def sample():
         while process.poll() is None:
-            used = {"pss": 0, "rss": 0}
+            used = {"pss": 0, "anonymous": 0}
             for pid in process_tree(process.pid):
                 try:
                     with open(f"/proc/{pid}/smaps_rollup") as f:
@@ -301,7 +313,7 @@ def run_measured(code, folder):
                 except (OSError, ValueError):
                     continue
                 used["pss"] += int(fields.get("Pss:", 0)) * 1024
-                used["rss"] += int(fields.get("Rss:", 0)) * 1024
+                used["anonymous"] += int(fields.get("Anonymous:", 0)) * 1024
             peaks.update({k: max(peaks[k], used[k]) for k in peaks})
             time.sleep(0.05)
 

@@ -33,6 +33,7 @@ Peak disk while building: about 27 bytes per token (partition files), 6 bytes pe
 import hashlib
 import json
 import math
+import mmap
 import multiprocessing
 import os
 import shutil
@@ -84,13 +85,27 @@ def load_folders(wanted):
             if stored != json.loads(json.dumps(header)):
                 print(f"rebuilding {folder}: it was built from other data or settings")
                 return None
-            arrays.update({path.stem: np.load(path, mmap_mode="r") for path in sorted(folder.glob("*.npy"))})
+            arrays.update({path.stem: map_npy(path) for path in sorted(folder.glob("*.npy"))})
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as e:
             print(f"rebuilding {folder}: it cannot be read ({type(e).__name__})")
             return None
     return arrays
+
+
+def map_npy(path):
+    """The array of a .npy file, memory-mapped read-only for random access: training gathers a few scattered rows per
+    batch, so the kernel is told not to read ahead or map neighbouring pages (np.load(mmap_mode='r') would)."""
+    with open(path, "rb") as f:
+        if np.lib.format.read_magic(f) != (1, 0):
+            raise ValueError(f"{path} is not a version 1.0 .npy file")
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
+        offset = f.tell()
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if hasattr(mapped, "madvise"):  # Linux, macOS
+        mapped.madvise(mmap.MADV_RANDOM)
+    return np.frombuffer(mapped, dtype, math.prod(shape), offset).reshape(shape, order="F" if fortran_order else "C")
 
 
 def scan(tokens, chunk=1 << 24):
@@ -152,6 +167,7 @@ def read_tokens(tokens, start, stop):
 def build(tokens, n, r, seed, boundary_token, bits, counts_dir, targets_dir, partitions, chunk, workers,
           counts_header, targets_header):
     """Write counts_dir and targets_dir (steps 1-5 of the docstring), each in a temporary folder renamed into place."""
+    remove_dead_builds(counts_dir.parent)
     work = counts_dir.parent / f".ngram_build.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     parts = work / "partitions"
     parts.mkdir(parents=True)
@@ -171,6 +187,17 @@ def build(tokens, n, r, seed, boundary_token, bits, counts_dir, targets_dir, par
             os.replace(folder, final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def remove_dead_builds(folder):
+    """Delete the work folders of builds whose process is gone (killed: its partition files, 27 bytes per token)."""
+    for work in folder.glob(".ngram_build.*.tmp"):
+        try:
+            os.kill(int(work.name.split(".")[2]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(work, ignore_errors=True)
+        except (ValueError, PermissionError):  # not a pid of ours to judge: leave it
+            pass
 
 
 def chunk_keys(tokens, start, stop, n, bits, boundary_token):

@@ -103,3 +103,11 @@ def test_exact_targets_from_the_stored_counts_equal_the_in_memory_count(tmp_path
     reference = ngram_reference.ExactTargets(tokens, 3, boundary_token)(rows)
     for a, b in zip(stored, reference):
         assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_a_killed_builds_work_folder_is_removed_by_the_next_build(tmp_path):
+    dead, alive = tmp_path / ".ngram_build.999999999.0a1b2c3d.tmp", tmp_path / f".ngram_build.{1}.0a1b2c3d.tmp"
+    for work in (dead, alive):
+        (work / "partitions").mkdir(parents=True)
+    ngram.load_targets("compact", tmp_path, zipf_corpus(5), 3, 2, 0, EOT)
+    assert not dead.exists() and alive.exists()  # pid 999999999 cannot exist; pid 1 always does
