@@ -216,21 +216,18 @@ def bench_ngram_scale():
     from /proc: the peak of the processes' summed PSS (shared pages counted once) and of their summed RSS."""
     print(f"\nn-gram build at scale: n = 3, r = 8, ngram_memory_mb = {ngram_memory_mb}, {ngram_workers} workers, "
           f"{os.cpu_count()} CPU cores")
-    print("| tokens | contexts | build s | tokens/s | build peak MB (anonymous) | step ms | gather ms | "
-          "step peak MB (anonymous) |\n|---|---|---|---|---|---|---|---|")
+    print("| tokens | contexts | partitions | build s | tokens/s | build peak MB | step ms | gather ms | "
+          "step peak MB (own) |\n|---|---|---|---|---|---|---|---|---|")
     for millions in ngram_scale_millions:
         folder = synthetic_corpus(millions * 10**6)
         for built in folder.glob("ngram_n3*"):
             shutil.rmtree(built)
         build, build_memory = run_measured(SCALE_BUILD, folder)
         step, step_memory = run_measured(SCALE_STEP, folder)
-        print(f"| {millions}M | {build['contexts']:,} | {build['seconds']:.1f} | "
-              f"{millions * 1e6 / build['seconds']:,.0f} | {mb(build_memory)} | {step['step_ms']:.1f} | "
-              f"{step['gather_ms']:.2f} | {mb(step_memory)} |", flush=True)
-
-
-def mb(peaks):
-    return f"{peaks['pss'] / 2**20:,.0f} ({peaks['anonymous'] / 2**20:,.0f})"
+        print(f"| {millions}M | {build['contexts']:,} | {build['partitions']} | {build['seconds']:.1f} | "
+              f"{millions * 1e6 / build['seconds']:,.0f} | {build_memory['pss'] / 2**20:,.0f} | "
+              f"{step['step_ms']:.1f} | {step['gather_ms']:.2f} | {step_memory['anonymous'] / 2**20:,.0f} |",
+              flush=True)
 
 
 def synthetic_corpus(n_tokens, chunk=1 << 22):
@@ -259,7 +256,8 @@ folder, memory_mb, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 tokens = np.memmap(f"{folder}/train.bin", np.uint16, mode="r")
 t0 = time.perf_counter()
 arrays = ngrams.load_or_build(folder, tokens, 3, 8, 0, 50256, memory_mb, workers)
-print(json.dumps(dict(seconds=time.perf_counter() - t0, contexts=len(arrays["context_keys"]))))
+print(json.dumps(dict(seconds=time.perf_counter() - t0, contexts=len(arrays["context_keys"]),
+                      partitions=ngrams.plan(len(tokens) - 1, memory_mb, workers, 8)[0])))
 """
 
 SCALE_STEP = """

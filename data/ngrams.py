@@ -400,22 +400,28 @@ def gather(tokens, r, parts, tables, counts_dir, targets_dir, chunk, show):
     first_context = np.append(0, np.cumsum([contexts for contexts, _ in tables]))
     first_pair = np.append(0, np.cumsum([pairs for _, pairs in tables]))
 
-    def part_tables(name, offsets=None):
+    def part_tables(name, first=(), offsets=None, last=()):
+        """first, then partition p's table `name` (plus offsets[p]) for every p in order, then last: one at a time."""
+        yield from first
         for p in range(partitions):
             table = np.load(parts / f"{p}.{name}.npy")
             yield table if offsets is None else table + offsets[p]
+        yield from last
 
     counts_dir.mkdir()
     targets_dir.mkdir()
     write_npy(counts_dir / "context_keys.npy", part_tables("context_keys"), np.uint64, (n_contexts,))
-    write_npy(counts_dir / "ptr.npy", [*part_tables("ptr", first_pair), [n_pairs]], np.int64, (n_contexts + 1,))
+    write_npy(counts_dir / "ptr.npy", part_tables("ptr", offsets=first_pair, last=[[n_pairs]]), np.int64,
+              (n_contexts + 1,))
     write_npy(counts_dir / "next_ids.npy", part_tables("next_ids"), np.uint16, (n_pairs,))
     write_npy(counts_dir / "counts.npy", part_tables("counts"), np.int64, (n_pairs,))
-    write_npy(targets_dir / "top_ids.npy", [np.zeros((1, r)), *part_tables("top_ids")], np.uint16,
+    # Row 0 of the target tables is the one-hot row: no top tokens, all the mass on the tail token.
+    write_npy(targets_dir / "top_ids.npy", part_tables("top_ids", first=[np.zeros((1, r))]), np.uint16,
               (n_contexts + 1, r))
-    write_npy(targets_dir / "top_probs.npy", [np.zeros((1, r)), *part_tables("top_probs")], np.float32,
+    write_npy(targets_dir / "top_probs.npy", part_tables("top_probs", first=[np.zeros((1, r))]), np.float32,
               (n_contexts + 1, r))
-    write_npy(targets_dir / "tail_probs.npy", [[1.0], *part_tables("tail_probs")], np.float32, (n_contexts + 1,))
+    write_npy(targets_dir / "tail_probs.npy", part_tables("tail_probs", first=[[1.0]]), np.float32,
+              (n_contexts + 1,))
 
     n_positions = len(tokens) - 1
     cursors = np.zeros(partitions, np.int64)
