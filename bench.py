@@ -212,8 +212,11 @@ GPT2_VOCAB, GPT2_EOT = 50257, 50256
 def bench_ngram_scale():
     """The out-of-core n-gram build (data/ngrams.py, n = 3, r = 8) on synthetic corpora with GPT-2's vocabulary,
     written as train.bin memmaps, and a training step of a tiny GPT (batch 4 x 64, GPT-2's padded head) that gathers
-    its targets from the memory-mapped files. Each runs in a fresh process (the build's with numpy only), whose memory, workers included, is sampled
-    from /proc: the peak of the processes' summed PSS (shared pages counted once) and of their summed RSS."""
+    its targets from the memory-mapped files. Each runs in a fresh process (the build's with numpy only), sampled
+    from /proc: the build's peak memory is its processes' summed PSS (workers included, shared pages counted once);
+    the step's is its own (anonymous) memory, without the pages of the files it maps: the memory-mapped targets are
+    page cache, which the kernel shares and drops as it needs (on this machine's kernel a touched page maps its whole
+    folio, so a run soon shows most of a freshly written file as resident)."""
     print(f"\nn-gram build at scale: n = 3, r = 8, ngram_memory_mb = {ngram_memory_mb}, {ngram_workers} workers, "
           f"{os.cpu_count()} CPU cores")
     print("| tokens | contexts | partitions | build s | tokens/s | build peak MB | step ms | gather ms | "
