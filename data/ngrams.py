@@ -175,6 +175,7 @@ def build(tokens, n, r, seed, boundary_token, bits, counts_dir, targets_dir, par
     try:
         splitters = partition_splitters(tokens, n, bits, boundary_token, partitions)
         route(tokens, n, bits, boundary_token, splitters, parts, chunk, show)
+        warn_if_unbalanced(parts, len(splitters) + 1, -(-(len(tokens) - 1) // partitions))
         tables = run_partitions(partial(count_partition, parts, bits, r), len(splitters) + 1, workers,
                                 "count", show)
         draw(len(tokens) - 1, seed, parts, len(splitters) + 1, chunk, show)
@@ -245,6 +246,17 @@ def route(tokens, n, bits, boundary_token, splitters, parts, chunk, show):
             partition[has_context] = np.searchsorted(splitters, context_key[has_context], side="right")
             routes.write(partition.tobytes())
             append_routed(pair_key[has_context], partition[has_context], parts, "keys")
+
+
+def warn_if_unbalanced(parts, partitions, share):
+    """Say so when a partition holds more than twice the pairs the memory bound gave it: one context's occurrences
+    cannot be split across partitions, so a context that frequent makes its worker use more than its share."""
+    sizes = [(parts / f"{p}.keys").stat().st_size // 8 if (parts / f"{p}.keys").exists() else 0
+             for p in range(partitions)]
+    if max(sizes) > 2 * share:
+        print(f"warning: an n-gram partition holds {max(sizes):,} (context, next token) pairs, more than twice the "
+              f"{share:,} ngram_memory_mb allows a worker: a few contexts are that frequent, and the build may use "
+              f"more memory than ngram_memory_mb")
 
 
 def append_routed(values, partition, parts, name):

@@ -67,6 +67,17 @@ def test_the_partitions_cut_the_contexts_into_ranges_of_about_equal_size():
     assert len(sizes) == 8 and sizes.max() < 1.5 * has_context.sum() / 8
 
 
+def test_a_context_too_frequent_for_its_partition_is_reported_and_counted_exactly(tmp_path, capsys):
+    tokens = np.where(np.random.default_rng(0).random(4000) < 0.9, 3, zipf_corpus(6, size=4000))  # mostly 3, 3, 3
+    reference = ngram_reference.build_compact(tokens, 3, 2, 0, EOT).arrays()
+    built = partitioned_build(tmp_path, tokens, 3, 2, 0, EOT, partitions=10, chunk=500)
+    assert "may use more memory than ngram_memory_mb" in capsys.readouterr().out
+    for name, array in reference.items():
+        assert np.array_equal(built[name], array), name
+    partitioned_build(tmp_path / "balanced", zipf_corpus(6, size=4000), 3, 2, 0, EOT, partitions=10, chunk=500)
+    assert "ngram_memory_mb" not in capsys.readouterr().out
+
+
 def test_the_partition_count_grows_as_the_memory_bound_shrinks():
     positions = 9 * 10**9  # OpenWebText in GPT-2 tokens
     bounds = [64000, 8000, 2000, 1000, 500]
