@@ -27,7 +27,8 @@ differs is rebuilt, never used):
     ngram_n{n}_r{r}_seed{seed}/  tail_ids.npy (uint16 per position), top_ids.npy (uint16, r per context),
                                  top_probs.npy (float32, r per context), tail_probs.npy (float32 per context); row 0
                                  is the one-hot row of positions without a context: the compact targets
-Peak disk while building: about 27 bytes per token (partition files), 6 bytes per token kept.
+Kept on disk: 6 bytes per token, 68 per context and 10 per distinct pair; the work folder of a build (partition
+files) peaks at about 2.3 times that.
 """
 
 import hashlib
@@ -191,7 +192,7 @@ def build(tokens, n, r, seed, boundary_token, bits, counts_dir, targets_dir, par
 
 
 def remove_dead_builds(folder):
-    """Delete the work folders of builds whose process is gone (killed: its partition files, 27 bytes per token)."""
+    """Delete the work folders of builds whose process is gone (killed), which hold more than the files kept."""
     for work in folder.glob(".ngram_build.*.tmp"):
         try:
             os.kill(int(work.name.split(".")[2]), 0)
