@@ -6,6 +6,9 @@ Speed, measured in one run so that every ratio compares like with like on the sa
     python bench.py --all    # also every technique's step time as a ratio to the plain model, the planner's
                              # generation speed as a ratio to the plain model's, build times, sentence encoders,
                              # and the n-gram loss against the plain cross-entropy on a 65- and a 50304-token head
+    python bench.py --ngram_scale  # only the n-gram build at scale: synthetic GPT-2-vocabulary corpora of 10M, 50M
+                             # and 200M tokens, the build's time and peak memory, and a training step that reads
+                             # the memory-mapped targets
 
 Training steps run through train.py's own Trainer, so what is timed is exactly what training does (batch
 sampling, the techniques' extras, forward, backward, AdamW). Arms are timed in alternation over several rounds
@@ -13,11 +16,18 @@ and the median is kept, so a passing load on the machine hits every arm alike.
 """
 
 import functools
+import json
+import os
 import re
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +36,7 @@ from torch.nn import functional as F
 import ngram
 import train
 from configurator import configure
+from data import ngrams
 from data.common import document_start, ensure_prepared, get_codec, load_meta, load_texts, load_tokens
 from data.encoders import ENCODERS, load_encoder
 from data.sentences import EMBEDDERS, LSA, PlanData, build_labels, sentence_texts
@@ -47,6 +58,10 @@ device = "auto"
 dtype = "auto"
 compile = None  # None: on for CUDA only, as in train.py
 all = False  # also time every technique as a ratio to the plain model
+ngram_scale = False  # only the n-gram build at scale (bench_ngram_scale)
+ngram_scale_millions = (10, 50, 200)  # corpus sizes, millions of tokens
+ngram_memory_mb = 2000  # the build's memory bound (train.py's setting of the same name)
+ngram_workers = 2
 # -----------------------------------------------------------------------------
 
 
@@ -163,25 +178,166 @@ NGRAM_N = {"shakespeare_char": 5, "wiki": 3}  # the n of config/ngram/
 
 
 def bench_ngram_build():
-    """Build speed of the compact n-gram targets (ngram.py) on each train split, and the build's peak memory."""
+    """Build speed of the n-gram counts and compact targets (data/ngrams.py) on each train split, read from its
+    memmap and written to a temporary folder, and the build's peak memory (one worker: these splits are one
+    partition)."""
     print("\nn-gram compact targets, r=8: build from the train split (target: at least 2M tokens/s on 2 CPU cores)")
     print("| dataset | n | tokens | seconds | tokens/s | peak bytes/token |\n|---|---|---|---|---|---|")
     for name, n in NGRAM_N.items():
         data_dir = ensure_prepared(name)
-        tokens, eot = np.array(load_tokens(data_dir, "train")), load_meta(data_dir)["eot_token"]
+        tokens, eot = load_tokens(data_dir, "train"), load_meta(data_dir)["eot_token"]
+
+        def build():
+            with tempfile.TemporaryDirectory() as folder:
+                ngrams.load_or_build(folder, tokens, n, 8, 0, eot, ngram_memory_mb, 1)
+
         seconds = []
         for _ in range(rounds):
             t0 = time.perf_counter()
-            ngram.build_compact(tokens, n, 8, 0, eot)
+            build()
             seconds.append(time.perf_counter() - t0)
         tracemalloc.start()  # numpy reports its allocations to tracemalloc
-        ngram.build_compact(tokens, n, 8, 0, eot)
+        build()
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         best = min(seconds)
         print(f"| {name} | {n} | {len(tokens):,} | {best:.3f} | {len(tokens) / best:,.0f} | "
               f"{peak / len(tokens):.0f} |")
 
+
+SCALE_DIR = Path(__file__).resolve().parent / "data" / "_bench"  # git-ignored
+GPT2_VOCAB, GPT2_EOT = 50257, 50256
+
+
+def bench_ngram_scale():
+    """The out-of-core n-gram build (data/ngrams.py, n = 3, r = 8) on synthetic corpora with GPT-2's vocabulary,
+    written as train.bin memmaps, and a training step of a tiny GPT (batch 4 x 64, GPT-2's padded head) that gathers
+    its targets from the memory-mapped files. Each runs in a fresh process (the build's with numpy only), sampled
+    from /proc: the build's peak memory is its processes' summed PSS (workers included, shared pages counted once);
+    the step's is its own (anonymous) memory, without the pages of the files it maps: the memory-mapped targets are
+    page cache, which the kernel shares and drops as it needs (on this machine's kernel a touched page maps its whole
+    folio, so a run soon shows most of a freshly written file as resident)."""
+    print(f"\nn-gram build at scale: n = 3, r = 8, ngram_memory_mb = {ngram_memory_mb}, {ngram_workers} workers, "
+          f"{os.cpu_count()} CPU cores")
+    print("| tokens | contexts | partitions | build s | tokens/s | build peak MB | step ms | gather ms | "
+          "step peak MB (own) |\n|---|---|---|---|---|---|---|---|---|")
+    for millions in ngram_scale_millions:
+        folder = synthetic_corpus(millions * 10**6)
+        for built in folder.glob("ngram_n3*"):
+            shutil.rmtree(built)
+        build, build_memory = run_measured(SCALE_BUILD, folder)
+        step, step_memory = run_measured(SCALE_STEP, folder)
+        print(f"| {millions}M | {build['contexts']:,} | {build['partitions']} | {build['seconds']:.1f} | "
+              f"{millions * 1e6 / build['seconds']:,.0f} | {build_memory['pss'] / 2**20:,.0f} | "
+              f"{step['step_ms']:.1f} | {step['gather_ms']:.2f} | {step_memory['anonymous'] / 2**20:,.0f} |",
+              flush=True)
+
+
+def synthetic_corpus(n_tokens, chunk=1 << 22):
+    """SCALE_DIR/zipf_<n>/train.bin: Zipf(1.1) ids over GPT-2's vocabulary, documents of about 1000 tokens ended by
+    EOT, written chunk by chunk (never whole in memory), once."""
+    folder = SCALE_DIR / f"zipf_{n_tokens}"
+    path = folder / "train.bin"
+    if path.is_file() and path.stat().st_size == 2 * n_tokens:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(n_tokens)
+    with open(path, "wb") as f:
+        for start in range(0, n_tokens, chunk):
+            size = min(chunk, n_tokens - start)
+            tokens = (rng.zipf(1.1, size) - 1) % GPT2_EOT
+            tokens[rng.random(size) < 1e-3] = GPT2_EOT
+            f.write(tokens.astype(np.uint16).tobytes())
+    return folder
+
+
+SCALE_BUILD = """
+import json, sys, time
+import numpy as np
+from data import ngrams
+folder, memory_mb, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+tokens = np.memmap(f"{folder}/train.bin", np.uint16, mode="r")
+t0 = time.perf_counter()
+arrays = ngrams.load_or_build(folder, tokens, 3, 8, 0, 50256, memory_mb, workers)
+print(json.dumps(dict(seconds=time.perf_counter() - t0, contexts=len(arrays["context_keys"]),
+                      partitions=ngrams.plan(len(tokens) - 1, memory_mb, workers, 8)[0])))
+"""
+
+SCALE_STEP = """
+import json, statistics, sys, time
+import numpy as np, torch
+import ngram
+from lm import LanguageModel
+from model import GPT, GPTConfig, configure_optimizers
+folder, memory_mb, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+tokens = np.memmap(f"{folder}/train.bin", np.uint16, mode="r")
+targets = ngram.load_targets("compact", folder, tokens, 3, 8, 0, 50256, memory_mb, workers)
+torch.manual_seed(0)
+B, T = 4, 64
+model = LanguageModel(GPT(GPTConfig(block_size=T, vocab_size=50304, n_layer=2, n_head=2, n_embd=64)),
+                      dict(ngram_mode="compact", ngram_alpha=0.5))
+optimizer = configure_optimizers(model, 0.1, 1e-3, (0.9, 0.99), "cpu")
+generator = torch.Generator().manual_seed(0)
+steps, gathers = [], []
+for step in range(30):
+    t0 = time.perf_counter()
+    ix = torch.randint(len(tokens) - T, (B,), generator=generator).numpy()
+    rows = ix[:, None] + np.arange(T)
+    x, y = (torch.from_numpy(tokens[rows + shift].astype(np.int64)) for shift in (0, 1))
+    t1 = time.perf_counter()
+    ids, probs = targets(rows)
+    gathers.append(time.perf_counter() - t1)
+    loss, _ = model(x, y, {"ngram_ids": torch.from_numpy(ids), "ngram_probs": torch.from_numpy(probs)})
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    steps.append(time.perf_counter() - t0)
+print(json.dumps(dict(step_ms=1000 * statistics.median(steps[5:]), gather_ms=1000 * statistics.median(gathers[5:]))))
+"""
+
+
+def run_measured(code, folder):
+    """Run code in a fresh Python with folder and the build's settings as arguments; its printed JSON result, and
+    the peaks of its processes' summed PSS and anonymous memory (bytes), sampled every 50 ms."""
+    process = subprocess.Popen([sys.executable, "-c", code, str(folder), str(ngram_memory_mb), str(ngram_workers)],
+                               cwd=Path(__file__).resolve().parent, stdout=subprocess.PIPE,
+                               env=dict(os.environ, OMP_NUM_THREADS="1"))
+    peaks = {"pss": 0, "anonymous": 0}
+
+    def sample():
+        while process.poll() is None:
+            used = {"pss": 0, "anonymous": 0}
+            for pid in process_tree(process.pid):
+                try:
+                    with open(f"/proc/{pid}/smaps_rollup") as f:
+                        fields = dict(line.split()[:2] for line in f if line[0].isupper())
+                except (OSError, ValueError):
+                    continue
+                used["pss"] += int(fields.get("Pss:", 0)) * 1024
+                used["anonymous"] += int(fields.get("Anonymous:", 0)) * 1024
+            peaks.update({k: max(peaks[k], used[k]) for k in peaks})
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    out, _ = process.communicate()
+    sampler.join()
+    if process.returncode:
+        raise RuntimeError(f"the measured process failed with exit code {process.returncode}")
+    return json.loads(out.decode().strip().splitlines()[-1]), peaks
+
+
+def process_tree(pid):
+    """pid and its descendants (Linux /proc)."""
+    tree, i = [pid], 0
+    while i < len(tree):
+        try:
+            with open(f"/proc/{tree[i]}/task/{tree[i]}/children") as f:
+                tree += [int(child) for child in f.read().split()]
+        except OSError:
+            pass
+        i += 1
+    return tree
 
 
 def bench_ngram_loss():
@@ -293,6 +449,9 @@ def bench_planner_generation(new_tokens=300):
 def main(argv):
     configure(globals(), argv)
     torch.manual_seed(0)
+    if ngram_scale:
+        bench_ngram_scale()
+        return
     bench_plain()
     if all:
         bench_techniques()

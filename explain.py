@@ -266,11 +266,11 @@ def ngram_section(reader, config, s):
     tokens = reader.tokens["train"]
     n, r = config["ngram_n"], config["ngram_r"]
     eot = reader.meta["eot_token"]
-    exact = ngram.ExactTargets(tokens, n, eot)
+    exact = ngram.load_targets("all", reader.data_dir, tokens, n, r, config["seed"], eot)
     compact = ngram.load_targets("compact", reader.data_dir, tokens, n, r, config["seed"], eot) \
         if config["ngram_mode"] == "compact" else None
-    support = np.diff(exact.stats.ptr)
-    has_choice = np.flatnonzero((exact.stats.row_context >= 0) & (support[exact.stats.row_context] >= 3))
+    support = np.append(0, np.diff(exact.ptr))  # row_context counts from 1; 0: no context
+    has_choice = np.flatnonzero(support[exact.row_context] >= 3)
     rows = np.random.default_rng(s["seed"]).choice(has_choice, min(s["ngram_positions"], len(has_choice)),
                                                    replace=False)
     columns = [("stored compact target", compact)] if compact is not None else []

@@ -28,22 +28,16 @@ CoCoNTs (compact, consistent): the same loss with y_all replaced by a target of 
   it is in S would be biased towards S.) The loss is r + 2 gathers after one log-softmax.
 
 A context lies inside one document (no boundary token in it); a position without one keeps the one-hot target.
-Statistics come from the train split only, and validation is always scored with plain cross-entropy. The decisions
-where the paper is silent, and why: docs/ngram.md.
+Statistics come from the train split only, and validation is always scored with plain cross-entropy. Counting them
+is data preparation: data/ngrams.py counts out of core, in bounded memory, and writes the counts and the compact
+targets to files that training memory-maps. The decisions where the paper is silent, and why: docs/ngram.md.
 """
-
-import hashlib
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn import functional as F
-from tqdm import tqdm
 
-from data.common import load_cache, save_cache
-
-CACHE_FORMAT = 1
-
+from data import ngrams
 
 MODES = ("off", "all", "compact")
 
@@ -56,110 +50,37 @@ def settings_problems(s):
     if s["ngram_n"] < 2 or s["ngram_r"] < 1 or not 0.0 <= s["ngram_alpha"] <= 1.0:
         problems.append(f"ngram_n must be at least 2, ngram_r at least 1 and ngram_alpha in [0, 1], got "
                         f"{s['ngram_n']}, {s['ngram_r']} and {s['ngram_alpha']}")
+    if s["ngram_workers"] < 1 or s["ngram_memory_mb"] < ngrams.least_memory_mb(s["ngram_workers"]):
+        problems.append(f"ngram_workers must be at least 1 and ngram_memory_mb at least "
+                        f"{ngrams.least_memory_mb(max(1, s['ngram_workers']))} for them, got {s['ngram_workers']} "
+                        f"and {s['ngram_memory_mb']}: raise ngram_memory_mb or lower ngram_workers")
     if s["ngram_mode"] != "off" and s["label_smoothing"] > 0:
         problems.append("label_smoothing and ngram_mode are two soft targets for the same loss: switch one off")
     return problems
 
 
-# --- counting: the statistics of the train split ----------------------------------------------------------------
-class NgramCounts:
-    """C(c, v) for every in-document context c of n-1 tokens, as compressed rows:
-    context k's next tokens are next_ids[ptr[k]:ptr[k+1]] with counts counts[ptr[k]:ptr[k+1]], most frequent
-    first (ties: smaller id first). For the position i that predicts tokens[i + 1], row_context[i] is its context
-    (-1 when it has no full in-document context) and row_rank[i] the place of tokens[i + 1] in that list.
-    context_keys[k] is context k's tokens packed into an integer, bits per token, oldest first."""
-
-    def __init__(self, row_context, row_rank, ptr, next_ids, counts, context_keys, bits):
-        self.row_context, self.row_rank = row_context, row_rank
-        self.ptr, self.next_ids, self.counts = ptr, next_ids, counts
-        self.context_keys, self.bits = context_keys, bits
-        self.totals = np.add.reduceat(counts, ptr[:-1]) if len(counts) else np.zeros(0, np.int64)
-
-
-def count_ngrams(tokens, n, boundary_token=None):
-    """Count every (context, next token) pair of the corpus with one sort of packed 64-bit keys."""
-    tokens = check_tokens(tokens, n)
-    bits = max(1, int(tokens.max()).bit_length())
-    if n * bits > 64:
-        raise ValueError(f"n = {n} tokens of {bits} bits do not fit the 64-bit keys the counts are packed into: "
-                         f"use n <= {64 // bits}")
-    rows = np.flatnonzero(in_document(tokens, n, boundary_token))
-    context_key = np.zeros(len(rows), np.uint64)
-    for back in range(n - 2, -1, -1):  # x_{i-n+2} ... x_i, oldest in the high bits
-        context_key = (context_key << np.uint64(bits)) | tokens[rows - back]
-    pair_key = (context_key << np.uint64(bits)) | tokens[rows + 1]
-    order = np.argsort(pair_key)
-    pair_key = pair_key[order]
-    new_pair = np.empty(len(pair_key), bool)
-    new_pair[:1] = True
-    new_pair[1:] = pair_key[1:] != pair_key[:-1]
-    pair_start = np.flatnonzero(new_pair)
-    counts = np.diff(np.append(pair_start, len(pair_key)))
-    pair_context_key = pair_key[pair_start] >> np.uint64(bits)
-    next_ids = (pair_key[pair_start] & np.uint64((1 << bits) - 1)).astype(np.uint16)
-    new_context = np.empty(len(pair_start), bool)
-    new_context[:1] = True
-    new_context[1:] = pair_context_key[1:] != pair_context_key[:-1]
-    pair_context = np.cumsum(new_context) - 1
-    # Within each context: most frequent first, ties to the smaller id (the pairs are in id order and the sort is
-    # stable, and fast since the contexts are already in order); the top r are then the first r.
-    by_frequency = np.argsort(pair_context * (counts.max(initial=0) + 1) - counts, kind="stable")
-    ptr = np.append(np.flatnonzero(new_context), len(pair_start))
-    place = np.empty(len(by_frequency), np.int64)
-    place[by_frequency] = np.arange(len(by_frequency))
-    pair_of_row = np.cumsum(new_pair) - 1  # in sorted-row order
-    row_context = np.full(len(tokens) - 1, -1, np.int32)
-    row_context[rows[order]] = pair_context[pair_of_row]
-    row_rank = np.full(len(tokens) - 1, -1, np.int32)
-    row_rank[rows[order]] = place[pair_of_row] - ptr[pair_context[pair_of_row]]
-    return NgramCounts(row_context, row_rank, ptr, next_ids[by_frequency], counts[by_frequency],
-                       pair_context_key[new_context], bits)
-
-
-def check_tokens(tokens, n):
-    tokens = np.asarray(tokens)
-    if n < 2:
-        raise ValueError(f"n must be at least 2 (a context of n-1 >= 1 tokens), got {n}")
-    if tokens.ndim != 1 or len(tokens) < 2:
-        raise ValueError(f"the corpus must be a 1-D array of at least 2 tokens, got shape {tokens.shape}")
-    if not np.issubdtype(tokens.dtype, np.integer) or tokens.min() < 0:
-        raise ValueError("token ids must be non-negative integers")
-    if tokens.max() >= 2**16:
-        raise ValueError(f"token id {tokens.max()} does not fit the uint16 ids stored here: the n-gram targets "
-                         f"support vocabularies of at most 65536 tokens")
-    return tokens.astype(np.uint64)
-
-
-def in_document(tokens, n, boundary_token):
-    """For each position i < len - 1: does x_{i-n+2} ... x_i exist and contain no boundary token?"""
-    ok = np.zeros(len(tokens) - 1, bool)
-    ok[n - 2:] = True
-    if boundary_token is not None:
-        boundaries = np.concatenate(([0], np.cumsum(tokens[:-1] == boundary_token)))
-        ok[n - 2:] &= boundaries[n - 1:] == boundaries[:len(boundaries) - n + 1]
-    return ok
-
-
 # --- AllNTs: the exact target, gathered per batch -------------------------------------------------------------
 class ExactTargets:
-    """y_all for any positions, as (ids, probs) padded to the widest support among them (padding has prob 0)."""
+    """y_all for any positions, as (ids, probs) padded to the widest support among them (padding has prob 0), from
+    the stored counts (data/ngrams.py): row_context[i] is position i's context + 1 (0: none), and context k's next
+    tokens are next_ids[ptr[k]:ptr[k + 1]] with their counts, most frequent first."""
 
-    def __init__(self, tokens, n, boundary_token=None):
-        self.tokens = tokens
-        self.stats = count_ngrams(tokens, n, boundary_token)
-        self.degree = np.diff(self.stats.ptr)
+    def __init__(self, tokens, row_context, ptr, next_ids, counts):
+        self.tokens, self.row_context = tokens, row_context
+        self.ptr, self.next_ids, self.counts = ptr, next_ids, counts
 
     def __call__(self, rows):
-        stats = self.stats
-        context = stats.row_context[rows]
+        context = self.row_context[rows].astype(np.int64) - 1
         has_context = context >= 0
-        degree = np.where(has_context, self.degree[context], 1)
+        context = np.where(has_context, context, 0)
+        start = self.ptr[context]
+        degree = np.where(has_context, self.ptr[context + 1] - start, 1)
         width = np.arange(degree.max())
-        index = stats.ptr[context][..., None] + width
         filled = width < degree[..., None]
-        index = np.where(filled & has_context[..., None], index, 0)
-        ids = np.where(has_context[..., None], stats.next_ids[index], self.tokens[rows + 1][..., None])
-        probs = np.where(has_context[..., None], stats.counts[index] / stats.totals[context][..., None], 1.0)
+        index = np.where(filled & has_context[..., None], start[..., None] + width, 0)
+        counts = np.where(filled, self.counts[index], 0)
+        ids = np.where(has_context[..., None], self.next_ids[index], np.asarray(self.tokens[rows + 1])[..., None])
+        probs = np.where(has_context[..., None], counts / np.maximum(counts.sum(axis=-1, keepdims=True), 1), 1.0)
         return ids.astype(np.int64), np.where(filled, probs, 0.0).astype(np.float32)
 
 
@@ -167,7 +88,8 @@ class ExactTargets:
 class CompactTargets:
     """The compact targets of a corpus: per-context tables plus a context row and a tail token per position.
     Row 0 of the tables is the one-hot row: no top tokens, all the mass on the tail token, which is then the
-    observed next token."""
+    observed next token. Built by data/ngrams.py: each context's top r kept exactly, its tail tokens dealt out to
+    its in-S occurrences."""
 
     def __init__(self, row_context, tail_ids, top_ids, top_probs, tail_probs):
         self.row_context, self.tail_ids = row_context, tail_ids
@@ -180,75 +102,20 @@ class CompactTargets:
         probs = np.concatenate((self.top_probs[context], self.tail_probs[context][..., None]), axis=-1)
         return ids.astype(np.int64), probs
 
-    def arrays(self):
-        return dict(row_context=self.row_context, tail_ids=self.tail_ids, top_ids=self.top_ids,
-                    top_probs=self.top_probs, tail_probs=self.tail_probs)
-
-
-def build_compact(tokens, n, r, seed=0, boundary_token=None):
-    """Count, keep each context's top r exactly, and deal its tail tokens out to its in-S occurrences."""
-    if r < 1:
-        raise ValueError(f"r must be at least 1 (the number of top tokens kept per context), got {r}")
-    bar = tqdm(total=3, desc=f"{n}-gram targets, r={r}", disable=len(tokens) < 2**22)
-    stats = count_ngrams(tokens, n, boundary_token)
-    bar.update()
-    top = stats.ptr[:-1, None] + np.arange(r)
-    in_top = top < stats.ptr[1:, None]
-    top = np.where(in_top, top, 0)
-    top_counts = np.where(in_top, stats.counts[top], 0)
-    tail_counts = stats.totals - top_counts.sum(axis=1)
-    top_ids = np.zeros((len(top) + 1, r), np.uint16)  # row k + 1 is context k's
-    top_ids[1:] = np.where(in_top, stats.next_ids[top], 0)
-    top_probs = np.zeros((len(top) + 1, r), np.float32)
-    top_probs[1:] = top_counts / stats.totals[:, None]
-    tail_probs = np.append(1.0, tail_counts / stats.totals).astype(np.float32)
-    bar.update()
-
-    context = stats.row_context
-    next_tokens = np.asarray(tokens[1:]).astype(np.uint16)
-    tail_ids = next_tokens.copy()
-    in_s = (context >= 0) & (stats.row_rank < r)
-    deal_tail_tokens(tail_ids, next_tokens, context, in_s, tail_counts, seed)
-    row_context = (context + 1).astype(np.int32)  # positions without a context (-1) get the one-hot row 0
-    bar.update()
-    bar.close()
-    return CompactTargets(row_context, tail_ids, top_ids, top_probs, tail_probs)
-
-
-def deal_tail_tokens(tail_ids, next_tokens, context, in_s, tail_counts, seed):
-    """Give each in-S position of a context with a tail the next token of one of its tail occurrences: the tail
-    occurrences in a seeded random order, dealt round-robin."""
-    rows = np.flatnonzero(context >= 0)
-    rows = rows[tail_counts[context[rows]] > 0]
-    rng = np.random.default_rng(seed)
-    # Sort by (context, in S, random): each context's tail occurrences first, shuffled, then its in-S ones.
-    key = (context[rows].astype(np.uint64) << np.uint64(33)) | (in_s[rows].astype(np.uint64) << np.uint64(32)) \
-        | rng.integers(0, 2**32, len(rows), dtype=np.uint64)
-    rows = rows[np.argsort(key)]
-    c = context[rows]
-    group_start = np.searchsorted(c, c)  # sorted index of the first row of each row's context
-    rank = np.arange(len(rows)) - group_start - tail_counts[c]  # 0, 1, ... over the in-S rows
-    borrowing = rank >= 0
-    source = rows[group_start + rank % tail_counts[c]]
-    tail_ids[rows[borrowing]] = next_tokens[source[borrowing]]
-
 
 # --- what train.py uses ---------------------------------------------------------------------------------------
-def load_targets(mode, data_dir, tokens, n, r, seed, boundary_token):
+def load_targets(mode, data_dir, tokens, n, r, seed, boundary_token, memory_mb=2000, workers=2):
     """The soft targets of a train split for train.py: a callable rows -> (ids, probs), where row i is the
-    position that predicts tokens[i + 1]. 'all' counts afresh (a fraction of a second per million tokens);
-    'compact' reads the cache beside the dataset, or builds and writes it."""
+    position that predicts tokens[i + 1]. Both modes read the files beside the dataset, memory-mapped, and build
+    them first when they are missing or stale (data/ngrams.py: out of core, in memory_mb, with `workers`
+    processes); 'all' reads the counts, 'compact' the compact targets."""
+    if r < 1:
+        raise ValueError(f"r must be at least 1 (the number of top tokens kept per context), got {r}")
+    arrays = ngrams.load_or_build(data_dir, tokens, n, r, seed, boundary_token, memory_mb, workers,
+                                  compact=mode == "compact")
     if mode == "all":
-        return ExactTargets(tokens, n, boundary_token)
-    header = dict(format=CACHE_FORMAT, n=n, r=r, seed=seed, boundary_token=boundary_token, n_tokens=len(tokens),
-                  tokens_sha1=hashlib.sha1(np.ascontiguousarray(tokens)).hexdigest())
-    path = Path(data_dir) / f"ngram_n{n}_r{r}_seed{seed}.npz"
-    cached = load_cache(path, header)
-    if cached is not None:
-        return CompactTargets(**cached)
-    targets = build_compact(tokens, n, r, seed, boundary_token)
-    save_cache(path, header, targets.arrays())
-    return targets
+        return ExactTargets(tokens, *(arrays[k] for k in ("row_context", "ptr", "next_ids", "counts")))
+    return CompactTargets(*(arrays[k] for k in ("row_context", "tail_ids", "top_ids", "top_probs", "tail_probs")))
 
 
 def soft_target_loss(logits, targets, ids, probs, alpha):

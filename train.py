@@ -98,6 +98,8 @@ ngram_mode = "compact"  # n-gram soft targets (ngram.py): 'off', 'all' (exact y_
 ngram_n = 5  # context of n-1 tokens: 4 characters here; 3 for GPT-2 BPE, whose 50k ids allow at most 4
 ngram_r = 8  # top tokens kept per context by 'compact'
 ngram_alpha = 0.5  # weight of the n-gram target; the observed token gets 1 - alpha
+ngram_memory_mb = 2000  # memory bound of the n-gram build, workers included, whatever the corpus size (data/ngrams.py)
+ngram_workers = 2  # processes that count partitions of the n-gram build at once
 # mixture-of-depths ensemble (mod.py): the last mod_k layers vote through a router; 0 or 1 is the plain model
 mod_k = 2  # from scratch, k = 2 alone ends level with the plain model (README)
 mod_lambda = 0.5  # weight of the distillation KL from the final layer to the other late layers
@@ -273,7 +275,7 @@ class Trainer:
         if s["ngram_mode"] != "off":
             self.ngram_targets = self.rank_zero_first(lambda: ngram.load_targets(
                 s["ngram_mode"], self.data_dir, self.tokens["train"], s["ngram_n"], s["ngram_r"], s["seed"],
-                self.meta["eot_token"]))
+                self.meta["eot_token"], s["ngram_memory_mb"], s["ngram_workers"]))
         self.plan_data = None
         if s["plan_mode"] != "none":
             self.plan_data = self.rank_zero_first(lambda: PlanData(self.data_dir, s["plan_k"], s["plan_embedder"],

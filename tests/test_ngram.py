@@ -1,6 +1,8 @@
 """Tests of the n-gram soft targets (ngram.py) on small synthetic corpora made here."""
 
+import mmap
 import sys
+import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -11,6 +13,8 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ngram
+import ngram_reference
+from data import ngrams
 from lm import LanguageModel
 from model import GPT, GPTConfig
 
@@ -53,21 +57,33 @@ def y_all_table(tokens, n, boundary_token=EOT):
     return y, has_context
 
 
+def stored_targets(tokens, n, r, seed=0, boundary_token=None, mode="compact"):
+    """ngram.load_targets on a dataset folder of its own: the targets train.py reads, built by data/ngrams.py."""
+    with tempfile.TemporaryDirectory() as data_dir:
+        return ngram.load_targets(mode, data_dir, tokens, n, r, seed, boundary_token)
+
+
 def compact_targets(tokens, n, r, seed=0, boundary_token=None):
     """The compact target of every position (ids, probs), shape (len(tokens) - 1, r + 1): row i predicts
     tokens[i + 1]."""
-    return ngram.build_compact(tokens, n, r, seed, boundary_token)(np.arange(len(tokens) - 1))
+    return stored_targets(tokens, n, r, seed, boundary_token)(np.arange(len(tokens) - 1))
 
 
-def distribution_of(stats, context):
-    """y_all of one context (a tuple of n-1 ids) read from ngram.count_ngrams' rows: {next token: probability}."""
+def stored_counts(tokens, n, boundary_token, data_dir):
+    """The count files of data/ngrams.py for tokens, memory-mapped."""
+    return ngrams.load_or_build(data_dir, tokens, n, 1, 0, boundary_token, 2000, 1, compact=False)
+
+
+def distribution_of(counts, bits, context):
+    """y_all of one context (a tuple of n-1 ids) read from the stored counts: {next token: probability}."""
     key = 0
     for token in context:
-        key = (key << stats.bits) | int(token)
-    k = int(np.searchsorted(stats.context_keys, np.uint64(key)))
-    assert int(stats.context_keys[k]) == key, f"context {context} was not counted"
-    span = slice(stats.ptr[k], stats.ptr[k + 1])
-    return {int(v): c / stats.totals[k] for v, c in zip(stats.next_ids[span], stats.counts[span])}
+        key = (key << bits) | int(token)
+    k = int(np.searchsorted(counts["context_keys"], np.uint64(key)))
+    assert int(counts["context_keys"][k]) == key, f"context {context} was not counted"
+    span = slice(counts["ptr"][k], counts["ptr"][k + 1])
+    total = counts["counts"][span].sum()
+    return {int(v): c / total for v, c in zip(counts["next_ids"][span], counts["counts"][span])}
 
 
 def dense(ids, probs):
@@ -78,15 +94,15 @@ def dense(ids, probs):
 
 
 @pytest.mark.parametrize("n", [2, 3, 4])
-def test_counts_match_brute_force(n):
+def test_counts_match_brute_force(n, tmp_path):
     tokens = zipf_corpus(0)
     expected = brute_force_counts(tokens, n, EOT)
-    stats = ngram.count_ngrams(tokens, n, EOT)
-    assert len(stats.ptr) - 1 == len(expected)
-    assert stats.totals.sum() == sum(sum(c.values()) for c in expected.values())
+    counts = stored_counts(tokens, n, EOT, tmp_path)
+    assert len(counts["ptr"]) - 1 == len(expected)
+    assert counts["counts"].sum() == sum(sum(c.values()) for c in expected.values())
     for context, counter in expected.items():
         total = sum(counter.values())
-        assert distribution_of(stats, context) == pytest.approx(
+        assert distribution_of(counts, int(tokens.max()).bit_length(), context) == pytest.approx(
             {v: c / total for v, c in counter.items()}, rel=1e-12)
 
 
@@ -111,14 +127,13 @@ def test_compact_targets_are_unbiased():
     # mass on the observed token instead would be off by (1 - m) * y_all[v] on the top tokens, about 0.1 here.
     tokens = zipf_corpus(1, size=2000)
     y, has_context = y_all_table(tokens, 3)
-    stats = ngram.count_ngrams(tokens, 3, EOT)
     average = np.zeros_like(y)
     seeds = 200
     for seed in range(seeds):
-        ids, probs = compact_targets(tokens, 3, 2, seed=seed, boundary_token=EOT)
-        average += dense(ids, probs) / seeds
-    for k in range(len(stats.ptr) - 1):
-        rows = stats.row_context == k
+        targets = stored_targets(tokens, 3, 2, seed=seed, boundary_token=EOT)
+        average += dense(*targets(np.arange(len(tokens) - 1))) / seeds
+    for k in range(1, len(targets.top_ids)):
+        rows = np.asarray(targets.row_context) == k
         assert average[rows].mean(axis=0) == pytest.approx(y[rows][0], abs=0.02)
     assert np.abs(average[has_context] - y[has_context]).max() > 0.05  # one draw per position: not y_all itself
 
@@ -175,7 +190,7 @@ def test_exact_targets_are_y_all_per_position():
     tokens = zipf_corpus(6)
     y, has_context = y_all_table(tokens, 3)
     rows = np.arange(len(tokens) - 1)
-    ids, probs = ngram.ExactTargets(tokens, 3, EOT)(rows)
+    ids, probs = stored_targets(tokens, 3, 1, boundary_token=EOT, mode="all")(rows)
     assert dense(ids, probs)[has_context] == pytest.approx(y[has_context], abs=1e-6)
     assert np.array_equal(dense(ids, probs)[~has_context], np.eye(VOCAB)[tokens[1:]][~has_context])
 
@@ -183,7 +198,7 @@ def test_exact_targets_are_y_all_per_position():
 def test_sparse_loss_and_its_gradient_equal_the_dense_soft_cross_entropy():
     tokens, alpha = zipf_corpus(7), 0.3
     rows = np.arange(40, 88).reshape(4, 12)
-    ids, probs = ngram.ExactTargets(tokens, 3, EOT)(rows)
+    ids, probs = stored_targets(tokens, 3, 1, boundary_token=EOT, mode="all")(rows)
     y = torch.from_numpy(tokens[rows + 1])
     logits = torch.randn(4, 12, VOCAB, requires_grad=True)
     loss, stats = ngram.soft_target_loss(logits, y, torch.from_numpy(ids), torch.from_numpy(probs), alpha)
@@ -219,41 +234,50 @@ def test_alpha_zero_gives_the_plain_loss_and_gradient():
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: ngram.build_compact(np.arange(10), 1, 2), "n must be at least 2"),
-    (lambda: ngram.build_compact(np.arange(10), 3, 0), "r must be at least 1"),
-    (lambda: ngram.build_compact(np.array([1, 70000, 3]), 2, 2), "does not fit the uint16"),
-    (lambda: ngram.build_compact(np.array([], np.uint16), 2, 2), "at least 2 tokens"),
-    (lambda: ngram.count_ngrams(np.array([1, 60000, 3]), 5), "use n <= 4"),
+@pytest.mark.parametrize("tokens, n, r, message", [
+    (np.arange(10), 1, 2, "n must be at least 2"),
+    (np.arange(10), 3, 0, "r must be at least 1"),
+    (np.array([1, 70000, 3]), 2, 2, "does not fit the uint16"),
+    (np.array([], np.uint16), 2, 2, "at least 2 tokens"),
+    (np.array([-1, 2, 3]), 2, 2, "non-negative"),
+    (np.array([1, 60000, 3]), 5, 2, "use n <= 4"),
 ])
-def test_bad_input_is_refused_with_a_clear_error(call, message):
+def test_bad_input_is_refused_with_a_clear_error(tokens, n, r, message):
     with pytest.raises(ValueError, match=message):
-        call()
+        stored_targets(tokens, n, r)
+
+
+def memory_mapped(array):
+    while isinstance(array, np.ndarray):
+        array = array.base
+    return isinstance(array, memoryview) and isinstance(array.obj, mmap.mmap)
 
 
 def test_cache_is_reused_and_rebuilt_when_stale(tmp_path, monkeypatch):
     tokens = zipf_corpus(9).astype(np.uint16)
     first = ngram.load_targets("compact", tmp_path, tokens, 3, 2, 0, EOT)
-    cache = tmp_path / "ngram_n3_r2_seed0.npz"
-    assert cache.exists()
+    assert (tmp_path / "ngram_n3" / "header.json").exists()
+    assert (tmp_path / "ngram_n3_r2_seed0" / "header.json").exists()
+    assert memory_mapped(first.tail_ids) and memory_mapped(first.top_ids)  # read as needed, not loaded
     rows = np.arange(len(tokens) - 1)
 
     def no_build(*args):
         raise AssertionError("a valid cache was rebuilt")
 
     with monkeypatch.context() as m:
-        m.setattr(ngram, "build_compact", no_build)
+        m.setattr(ngrams, "build", no_build)
         for a, b in zip(first(rows), ngram.load_targets("compact", tmp_path, tokens, 3, 2, 0, EOT)(rows)):
             assert np.array_equal(a, b)
-        with pytest.raises(AssertionError, match="rebuilt"):  # other boundary token: same file name, stale
+        ngram.load_targets("all", tmp_path, tokens, 3, 2, 0, EOT)  # the exact targets read the same counts
+        with pytest.raises(AssertionError, match="rebuilt"):  # other boundary token: same folder names, stale
             ngram.load_targets("compact", tmp_path, tokens, 3, 2, 0, None)
     changed = tokens.copy()
     changed[:100] = changed[100:200]
     rebuilt = ngram.load_targets("compact", tmp_path, changed, 3, 2, 0, EOT)
-    expected = compact_targets(changed, 3, 2, 0, EOT)
+    expected = ngram_reference.build_compact(changed, 3, 2, 0, EOT)(rows)
     for a, b in zip(rebuilt(rows), expected):
         assert np.array_equal(a, b)
-    cache.write_bytes(b"truncated")
+    (tmp_path / "ngram_n3_r2_seed0" / "tail_ids.npy").write_bytes(b"truncated")
     for a, b in zip(ngram.load_targets("compact", tmp_path, changed, 3, 2, 0, EOT)(rows), expected):
         assert np.array_equal(a, b)
 

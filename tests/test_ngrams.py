@@ -1,0 +1,124 @@
+"""Tests of the out-of-core n-gram build (data/ngrams.py): it must equal the in-memory build it replaced
+(tests/ngram_reference.py) bit for bit, whatever the number of partitions, chunks and workers."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import ngram
+import ngram_reference
+from data import ngrams
+from test_ngram import EOT, zipf_corpus
+
+COUNT_FILES = ("row_context", "context_keys", "ptr", "next_ids", "counts")
+TARGET_FILES = ("tail_ids", "top_ids", "top_probs", "tail_probs")
+
+
+def partitioned_build(tmp_path, tokens, n, r, seed, boundary_token, partitions, chunk, workers=1):
+    """Build with a forced number of partitions and chunk size; every file, loaded."""
+    bits = max(1, int(tokens.max()).bit_length())
+    ngrams.build(tokens, n, r, seed, boundary_token, bits, tmp_path / "counts", tmp_path / "targets", partitions,
+                 chunk, workers, {}, {})
+    return {path.stem: np.load(path) for path in sorted(tmp_path.glob("*/*.npy"))}
+
+
+def gpt2_like_corpus(seed, size=20000):
+    """Zipf tokens over 3000 ids with EOT = 2999 between documents: many contexts, most of them rare."""
+    rng = np.random.default_rng(seed)
+    tokens = np.minimum(rng.zipf(1.2, size) - 1, 2998)
+    tokens[rng.random(size) < 0.01] = 2999
+    return tokens.astype(np.uint16)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5])
+@pytest.mark.parametrize("boundary_token", [EOT, None])
+def test_partitioned_build_equals_the_in_memory_build_bit_for_bit(tmp_path, n, boundary_token):
+    for seed, (partitions, chunk) in enumerate([(1, 10**6), (9, 101), (60, 37)]):
+        tokens = zipf_corpus(seed, size=3000)
+        reference = ngram_reference.build_compact(tokens, n, 3, seed, boundary_token).arrays()
+        counts = ngram_reference.count_ngrams(tokens, n, boundary_token)
+        built = partitioned_build(tmp_path / str(seed), tokens, n, 3, seed, boundary_token, partitions, chunk)
+        expected = dict(reference, context_keys=counts.context_keys, ptr=counts.ptr, next_ids=counts.next_ids,
+                        counts=counts.counts)
+        assert sorted(built) == sorted(expected)
+        for name, array in expected.items():
+            assert built[name].dtype == array.dtype and np.array_equal(built[name], array), name
+
+
+def test_many_partitions_of_a_large_vocabulary_in_worker_processes_equal_the_in_memory_build(tmp_path):
+    tokens = gpt2_like_corpus(0)
+    reference = ngram_reference.build_compact(tokens, 3, 8, 1337, 2999).arrays()
+    built = partitioned_build(tmp_path, tokens, 3, 8, 1337, 2999, partitions=25, chunk=4001, workers=2)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["counts", "targets"]  # the partitions are gone
+    for name, array in reference.items():
+        assert built[name].dtype == array.dtype and np.array_equal(built[name], array), name
+
+
+def test_the_partitions_cut_the_contexts_into_ranges_of_about_equal_size():
+    tokens = gpt2_like_corpus(1)
+    bits = 12
+    splitters = ngrams.partition_splitters(tokens, 3, bits, 2999, 8)
+    has_context, context_key, _ = ngrams.chunk_keys(tokens, 0, len(tokens) - 1, 3, bits, 2999)
+    sizes = np.bincount(np.searchsorted(splitters, context_key[has_context], side="right"))
+    assert len(sizes) == 8 and sizes.max() < 1.5 * has_context.sum() / 8
+
+
+def test_a_context_too_frequent_for_its_partition_is_reported_and_counted_exactly(tmp_path, capsys):
+    tokens = np.where(np.random.default_rng(0).random(4000) < 0.9, 3, zipf_corpus(6, size=4000))  # mostly 3, 3, 3
+    reference = ngram_reference.build_compact(tokens, 3, 2, 0, EOT).arrays()
+    built = partitioned_build(tmp_path, tokens, 3, 2, 0, EOT, partitions=10, chunk=500)
+    assert "may use more memory than ngram_memory_mb" in capsys.readouterr().out
+    for name, array in reference.items():
+        assert np.array_equal(built[name], array), name
+    partitioned_build(tmp_path / "balanced", zipf_corpus(6, size=4000), 3, 2, 0, EOT, partitions=10, chunk=500)
+    assert "ngram_memory_mb" not in capsys.readouterr().out
+
+
+def test_the_partition_count_grows_as_the_memory_bound_shrinks():
+    positions = 9 * 10**9  # OpenWebText in GPT-2 tokens
+    bounds = [64000, 8000, 2000, 1000, 500]
+    partitions = [ngrams.plan(positions, memory_mb, 2, 8)[0] for memory_mb in bounds]
+    assert partitions == sorted(partitions) and len(set(partitions)) == len(partitions)
+    for memory_mb, count in zip(bounds, partitions):
+        pairs_in_memory = 2 * -(-positions // count)  # two workers, each on a partition
+        assert pairs_in_memory * (ngrams.BYTES_PER_PAIR + 8 * ngrams.BYTES_PER_PAIR_PER_TOP_TOKEN) < memory_mb * 2**20
+    assert ngrams.plan(10**6, 2000, 2, 8)[0] == 1
+    with pytest.raises(ValueError, match="raise it to at least"):
+        ngrams.plan(10**6, 100, 2, 8)
+
+
+def test_memory_mapped_targets_give_the_same_loss_as_the_in_memory_ones(tmp_path):
+    tokens = zipf_corpus(3, size=5000).astype(np.uint16)
+    rows = np.arange(200, 200 + 4 * 32).reshape(4, 32)
+    logits = torch.randn(4, 32, 10, generator=torch.Generator().manual_seed(0))
+    targets = torch.from_numpy(tokens[rows + 1].astype(np.int64))
+    losses = []
+    for build in (lambda: ngram.load_targets("compact", tmp_path, tokens, 4, 3, 5, EOT),
+                  lambda: ngram_reference.build_compact(tokens, 4, 3, 5, EOT)):
+        ids, probs = build()(rows)
+        losses.append(ngram.soft_target_loss(logits, targets, torch.from_numpy(ids), torch.from_numpy(probs), 0.5))
+    (mapped, mapped_parts), (in_memory, in_memory_parts) = losses
+    assert torch.equal(mapped, in_memory)
+    assert all(torch.equal(mapped_parts[k], in_memory_parts[k]) for k in mapped_parts)
+
+
+@pytest.mark.parametrize("boundary_token", [EOT, None])
+def test_exact_targets_from_the_stored_counts_equal_the_in_memory_count(tmp_path, boundary_token):
+    tokens = zipf_corpus(4, size=4000)
+    rows = np.arange(3997).reshape(-1, 7)
+    stored = ngram.load_targets("all", tmp_path, tokens, 3, 2, 0, boundary_token)(rows)
+    reference = ngram_reference.ExactTargets(tokens, 3, boundary_token)(rows)
+    for a, b in zip(stored, reference):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_a_killed_builds_work_folder_is_removed_by_the_next_build(tmp_path):
+    dead, alive = tmp_path / ".ngram_build.999999999.0a1b2c3d.tmp", tmp_path / f".ngram_build.{1}.0a1b2c3d.tmp"
+    for work in (dead, alive):
+        (work / "partitions").mkdir(parents=True)
+    ngram.load_targets("compact", tmp_path, zipf_corpus(5), 3, 2, 0, EOT)
+    assert not dead.exists() and alive.exists()  # pid 999999999 cannot exist; pid 1 always does
