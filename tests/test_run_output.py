@@ -2,6 +2,8 @@
 where the checkpoint is and how to sample from it and resume it, and the main job's comparison with the plain GPT."""
 
 import importlib
+import math
+import os
 import shlex
 
 import matplotlib
@@ -103,11 +105,18 @@ def test_the_run_ends_with_commands_that_sample_from_it_and_resume_it(corpus, tm
 
 def test_the_main_job_reads_the_plain_gpts_perplexity_from_the_results_the_experiment_wrote(tmp_path, monkeypatch):
     import experiments.combined as combined
-    monkeypatch.setattr(combined, "train_arm", lambda out_dir, args, max_iters: [  # the plain arm has no flags
-        {"iter": max_iters, "val_loss": 2.0, "val_ppl": 7.0 if args else 6.25, "trainable_params": 1,
-         "elapsed_s": 1.0}])
+    monkeypatch.setattr(combined, "train_arm", lambda out_dir, args, max_iters, seed: [
+        {"iter": max_iters, "val_loss": 2.0, "val_ppl": 7.0, "trainable_params": 1, "elapsed_s": 1.0}])
+    spread = {"seed1337": -0.01, "seed1338": 0.0, "seed1339": 0.01}
+
+    def read_score(out_dir):  # the plain arm (folder 0) averages log(6.25) over its seeds; the other is 0.1 worse
+        seed, arm = os.path.normpath(out_dir).split(os.sep)[-2:]
+        return {"val_loss": math.log(6.25) + spread[seed] + (0.1 if arm != "0" else 0.0)}
+
+    monkeypatch.setattr(combined, "read_score", read_score)
     path = tmp_path / "combined.json"
     assert "run `python experiments/run.py --suite small --only combined`" in train.beside_plain(6.5, str(path))
     combined.run("small", str(tmp_path))
     assert train.beside_plain(6.5, str(path)).startswith(
-        "validation perplexity 6.50 with all three techniques; the plain GPT on the same settings: 6.25")
+        "validation perplexity 6.50 (whole split) with all three techniques; the plain GPT on the same settings: "
+        "6.25, mean over seeds")
