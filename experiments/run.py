@@ -1,7 +1,7 @@
 """
 Every experiment of the README in one command: each technique's comparison plus plain vs all three.
 
-    python experiments/run.py --suite small            # the CPU budget: 54 min on 2 quiet cores
+    python experiments/run.py --suite small            # the CPU budget: about 2 hours on 2 cores (README)
     python experiments/run.py --suite gpu              # larger configs for one CUDA GPU
     python experiments/run.py --suite small --only ngram,combined
 
