@@ -108,7 +108,7 @@ def bench_plain():
     print(f"training: {seconds * 1000:.1f} ms/iter, {tokens / seconds:,.0f} tokens/s "
           f"({n_layer} layers, {n_embd} wide, batch {batch_size} x {block_size} on {dataset}, "
           f"{trainer.device}, {trainer.dtype}{', compiled' if trainer.compile else ''})")
-    print(f"  target on 2 CPU cores for nanoGPT's CPU configuration (the default): at most 31 ms/iter")
+    print("  target on 2 CPU cores for nanoGPT's CPU configuration (the default): at most 31 ms/iter")
     bare = time_bare_loop(trainer)
     print(f"  the same model in a bare PyTorch loop (forward, backward, clipping, AdamW on one fixed batch): "
           f"{bare * 1000:.1f} ms/iter; train.py's step is x{seconds / bare:.3f} of it")
@@ -158,7 +158,7 @@ def bench_generation(gpt, device_name):
 def bench_techniques():
     """Each technique's training step time, and all three's, as a ratio to the plain model's on each dataset."""
     print("\nstep time as a ratio to the plain model (median of alternating rounds)")
-    print(f"| dataset | arm | ms/iter | ratio |\n|---|---|---|---|")
+    print("| dataset | arm | ms/iter | ratio |\n|---|---|---|---|")
     for name, n in NGRAM_N.items():
         times = time_arms({"plain": make_trainer(dataset=name), **technique_arms(name, n)})
         for arm, seconds in times.items():

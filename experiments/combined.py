@@ -38,7 +38,8 @@ def run(suite, results_dir):
     scores = {arm: [read_score(os.path.join(out, f"seed{seed}", str(i)))["val_loss"] for seed in SEEDS]
               for i, arm in enumerate(ARMS)}
     rows = [[arm, *paired_columns(losses, scores["plain"]), f"{math.exp(mean_sd(losses)[0]):.2f}",
-             f"{runs[arm][0][-1]['trainable_params']:,}", f"{sum(r[-1]['elapsed_s'] for r in runs[arm]) / len(SEEDS):.0f}"]
+             f"{runs[arm][0][-1]['trainable_params']:,}",
+             f"{sum(r[-1]['elapsed_s'] for r in runs[arm]) / len(SEEDS):.0f}"]
             for arm, losses in scores.items()]
     table = markdown_table(["arm", "val loss", "vs plain", "verdict", "val ppl", "trainable params",
                             "training seconds per seed"], rows)

@@ -78,7 +78,8 @@ def paired_columns(values, baseline):
 
 
 VERDICT_NOTE = (f"Each arm ran with seeds {', '.join(map(str, SEEDS))}; a seed fixes initialisation and batch order, "
-                "so arms are paired by seed. Validation loss is over the whole validation split, or its first 120k tokens where it is longer (score.json). "
+                "so arms are paired by seed. Validation loss is over the whole validation split, or its first 120k "
+                "tokens where it is longer (score.json). "
                 "'vs baseline' is the mean ± sd of the per-seed differences; the verdict is 'helps' (or 'hurts') "
                 "when the 95% Student-t interval of that mean lies below (above) zero, else 'no resolvable "
                 "difference'.")

@@ -10,9 +10,10 @@ Stages (each a command; finished ones are skipped when the suite runs again):
   4. fine-tuning in 'soft' (the planner trains through its distribution) or 'hard' again, from 3's best checkpoint
 Controls from 1 with the same steps after the base as 3 + 4: 'uniform' (the mean label embedding: the extra
 parameters without a plan, the soft control) and 'none' (the base itself). ('oracle', the true label of the sentence
-being written, is left out to pay for the seeds: in the one-seed run before it was 0.0006 nats below the base.) The base LM stays frozen in 3 and 4, as the paper freezes its
-pretrained GPT-2, with the authors' recipe (config/planner/tune.py). Stages 1 and 2 are shared; stages 3 and 4 run
-with every seed, for each label set (LSA, MiniLM).
+being written, is left out to pay for the seeds: in the one-seed run before it was 0.0006 nats below the base.)
+The base LM stays frozen in 3 and 4, as the paper freezes its pretrained GPT-2, with the authors' recipe
+(config/planner/tune.py). Stages 1 and 2 are shared; stages 3 and 4 run with every seed, for each label set (LSA,
+MiniLM).
 
     python experiments/planner.py [small|gpu]   # results/planner{,_gpu}.md and .png
 """

@@ -31,8 +31,8 @@ def test_every_arm_is_a_run_train_py_accepts(name, suite, tmp_path, monkeypatch)
     arms = []
 
     def check_arm(out_dir, args, max_iters, seed=1337, score=True):
-        argv = [train.PLAIN_CONFIG, *args, f"--seed={seed}", f"--score_val_tokens={120000 if score else 0}", f"--out_dir={out_dir}",
-                f"--max_iters={max_iters}"]
+        argv = [train.PLAIN_CONFIG, *args, f"--seed={seed}", f"--score_val_tokens={120000 if score else 0}",
+                f"--out_dir={out_dir}", f"--max_iters={max_iters}"]
         arms.append(argv)
         s = train.settings_from([f"{arg.split('=')[0]}={stand_in}" if arg.startswith(FILE_SETTINGS) else arg
                                  for arg in argv])  # raises ConfigError for an unknown key, a wrong type, a bad mix
