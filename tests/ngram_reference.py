@@ -3,6 +3,8 @@ for bit: everything in memory, one sort of the whole corpus's packed keys."""
 
 import numpy as np
 
+import ngram
+
 
 # --- counting: the statistics of the train split ----------------------------------------------------------------
 class NgramCounts:
@@ -102,26 +104,6 @@ class ExactTargets:
         return ids.astype(np.int64), np.where(filled, probs, 0.0).astype(np.float32)
 
 # --- CoCoNTs: the compact target, built once ----------------------------------------------------------------
-class CompactTargets:
-    """The compact targets of a corpus: per-context tables plus a context row and a tail token per position.
-    Row 0 of the tables is the one-hot row: no top tokens, all the mass on the tail token, which is then the
-    observed next token."""
-
-    def __init__(self, row_context, tail_ids, top_ids, top_probs, tail_probs):
-        self.row_context, self.tail_ids = row_context, tail_ids
-        self.top_ids, self.top_probs, self.tail_probs = top_ids, top_probs, tail_probs
-
-    def __call__(self, rows):
-        """(ids, probs) of shape rows.shape + (r + 1,): the r top tokens, then the tail token."""
-        context = self.row_context[rows]
-        ids = np.concatenate((self.top_ids[context], self.tail_ids[rows][..., None]), axis=-1)
-        probs = np.concatenate((self.top_probs[context], self.tail_probs[context][..., None]), axis=-1)
-        return ids.astype(np.int64), probs
-
-    def arrays(self):
-        return dict(row_context=self.row_context, tail_ids=self.tail_ids, top_ids=self.top_ids,
-                    top_probs=self.top_probs, tail_probs=self.tail_probs)
-
 def build_compact(tokens, n, r, seed=0, boundary_token=None):
     """Count, keep each context's top r exactly, and deal its tail tokens out to its in-S occurrences."""
     if r < 1:
@@ -143,7 +125,7 @@ def build_compact(tokens, n, r, seed=0, boundary_token=None):
     in_s = (context >= 0) & (stats.row_rank < r)
     deal_tail_tokens(tail_ids, next_tokens, context, in_s, tail_counts, seed)
     row_context = (context + 1).astype(np.int32)  # positions without a context (-1) get the one-hot row 0
-    return CompactTargets(row_context, tail_ids, top_ids, top_probs, tail_probs)
+    return ngram.CompactTargets(row_context, tail_ids, top_ids, top_probs, tail_probs)
 
 def deal_tail_tokens(tail_ids, next_tokens, context, in_s, tail_counts, seed):
     """Give each in-S position of a context with a tail the next token of one of its tail occurrences: the tail

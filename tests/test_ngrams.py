@@ -39,7 +39,7 @@ def gpt2_like_corpus(seed, size=20000):
 def test_partitioned_build_equals_the_in_memory_build_bit_for_bit(tmp_path, n, boundary_token):
     for seed, (partitions, chunk) in enumerate([(1, 10**6), (9, 101), (60, 37)]):
         tokens = zipf_corpus(seed, size=3000)
-        reference = ngram_reference.build_compact(tokens, n, 3, seed, boundary_token).arrays()
+        reference = vars(ngram_reference.build_compact(tokens, n, 3, seed, boundary_token))
         counts = ngram_reference.count_ngrams(tokens, n, boundary_token)
         built = partitioned_build(tmp_path / str(seed), tokens, n, 3, seed, boundary_token, partitions, chunk)
         expected = dict(reference, context_keys=counts.context_keys, ptr=counts.ptr, next_ids=counts.next_ids,
@@ -51,7 +51,7 @@ def test_partitioned_build_equals_the_in_memory_build_bit_for_bit(tmp_path, n, b
 
 def test_many_partitions_of_a_large_vocabulary_in_worker_processes_equal_the_in_memory_build(tmp_path):
     tokens = gpt2_like_corpus(0)
-    reference = ngram_reference.build_compact(tokens, 3, 8, 1337, 2999).arrays()
+    reference = vars(ngram_reference.build_compact(tokens, 3, 8, 1337, 2999))
     built = partitioned_build(tmp_path, tokens, 3, 8, 1337, 2999, partitions=25, chunk=4001, workers=2)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["counts", "targets"]  # the partitions are gone
     for name, array in reference.items():
@@ -69,7 +69,7 @@ def test_the_partitions_cut_the_contexts_into_ranges_of_about_equal_size():
 
 def test_a_context_too_frequent_for_its_partition_is_reported_and_counted_exactly(tmp_path, capsys):
     tokens = np.where(np.random.default_rng(0).random(4000) < 0.9, 3, zipf_corpus(6, size=4000))  # mostly 3, 3, 3
-    reference = ngram_reference.build_compact(tokens, 3, 2, 0, EOT).arrays()
+    reference = vars(ngram_reference.build_compact(tokens, 3, 2, 0, EOT))
     built = partitioned_build(tmp_path, tokens, 3, 2, 0, EOT, partitions=10, chunk=500)
     assert "may use more memory than ngram_memory_mb" in capsys.readouterr().out
     for name, array in reference.items():
