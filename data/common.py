@@ -48,6 +48,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from data.files import write_atomically
+
 FORMAT_VERSION = 2
 DATA_ROOT = Path(__file__).resolve().parent
 DATASETS = ("shakespeare_char", "wiki", "sotu")
@@ -122,20 +124,6 @@ def _write_files(out_dir, files):
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         write_atomically(out_dir / name, lambda f: f.write(data))
-
-
-def write_atomically(path, write):
-    """Call write(binary file) on a temporary file beside path, then rename it to path: a reader never sees a
-    half-written file, a crash leaves the previous version in place, and a failed write removes its temporary
-    file. The temporary name is unique, so two processes writing the same path never rename each other's file."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_cache(path, header):
