@@ -15,7 +15,7 @@ import torch
 
 from data import common
 from data.common import (DATASETS, ensure_prepared, fetch_wheel, get_codec, gpt2_encoding, load_docs,
-                         load_meta, load_texts, load_tokens, write_atomically, write_dataset)
+                         load_meta, load_texts, load_tokens, write_dataset)
 
 GPT2_DOCS = ["Hello world.", "Ünïcödé 日本語 🙂 and a literal <|endoftext|> inside.", "x"]
 
@@ -147,19 +147,6 @@ def test_write_dataset_is_atomic(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*.tmp"))
     write_dataset(tmp_path, {"train": ["new text"], "val": ["new"]}, "char", "tiny", source="test")
     assert list(load_texts(tmp_path, "train")) == ["new text"]
-
-
-def test_a_write_that_fails_half_way_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
-    path = tmp_path / "state.bin"
-    write_atomically(path, lambda f: f.write(b"old"))
-
-    def write_half_then_fail(f):
-        f.write(b"ne")
-        raise OSError(28, "No space left on device")
-    with pytest.raises(OSError, match="No space left"):
-        write_atomically(path, write_half_then_fail)
-    assert path.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["state.bin"]
 
 
 def make_wheel(path):
