@@ -83,13 +83,13 @@ def remove_dead_temporaries(folder):
 # --- a full disk, in one line ----------------------------------------------------------------------------------------
 class DiskFull(OSError):
     """A write that found its disk full. Its message is one line naming the file, the space free on its disk, the
-    space needed where known and the fix; errno and strerror stay the full disk's, for callers that word their own
-    message."""
+    most space needed where known (needed, bytes) and the fix; errno and strerror stay the full disk's, for callers
+    that word their own message."""
 
     def __init__(self, path, needed=None):
         super().__init__(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         free = shutil.disk_usage(existing_ancestor(Path(path))).free
-        need = f", {human_size(needed)} needed" if needed else ""
+        need = f", up to {human_size(needed)} needed" if needed else ""
         self.message = (f"no space left on the disk of {path} ({human_size(free)} free{need}): free space on that "
                         f"disk, then run again")
 
@@ -100,7 +100,7 @@ class DiskFull(OSError):
 @contextmanager
 def reporting_full_disk(path, needed=None):
     """Turn a full disk met inside the block (ENOSPC or EDQUOT, also when wrapped in another error, as torch.save
-    wraps it, and numpy's short write) into DiskFull naming path and, if given, the bytes needed."""
+    wraps it, and numpy's short write) into DiskFull naming path and, if given, the most bytes needed."""
     try:
         yield
     except DiskFull:
