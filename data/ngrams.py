@@ -48,7 +48,7 @@ from tqdm import tqdm
 from data.files import (load_cache, remove_dead_temporaries, reporting_full_disk, seal_cache,
                         temporary_path)
 
-FORMAT = 2  # of the files; format 1 was one .npz loaded whole, built in memory
+FORMAT = 2  # of the files, in their header: a change of their layout must rebuild them
 NO_CONTEXT = np.uint16(65535)  # the route of a position without an in-document context
 ELIGIBLE, IN_S = 1, 2  # flags of an occurrence: its context has a tail (it may borrow); its next token is in S
 # Sizing, measured with tracemalloc: numpy's peak bytes per pair of a partition in the count step (the largest) when

