@@ -71,7 +71,7 @@ def make_trainer(**overrides):
     settings.update(dataset=dataset, n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                     batch_size=batch_size, device=device, dtype=dtype, compile=compile, dropout=0.0)
     settings.update(overrides)
-    train.validate_settings(settings)
+    train.settings_checks.check(settings)
     return train.Trainer(settings)
 
 
@@ -429,7 +429,8 @@ def bench_sentence_encoders(n=200):
 def bench_planner_generation(new_tokens=300):
     """sample.py's speed with the planner, which re-plans at every sentence end, as a ratio to the plain model's."""
     print(f"\ngeneration of {new_tokens} tokens as sample.py runs it (target for the planner: at least 0.5x plain)")
-    models = {"plain": make_trainer().model, "planner soft": make_trainer(plan_mode="soft", plan_lambda=1.0).model}
+    trainers = {"plain": make_trainer(), "planner soft": make_trainer(plan_mode="soft", plan_lambda=1.0)}
+    models = {arm: trainer.model for arm, trainer in trainers.items()}
     meta = load_meta(ensure_prepared(dataset))
     prompt = torch.tensor([get_codec(meta)[0](document_start(meta))], device=next(models["plain"].parameters()).device)
     seconds = {arm: [] for arm in models}
@@ -438,7 +439,8 @@ def bench_planner_generation(new_tokens=300):
             model.eval()
             torch.manual_seed(0)
             t0 = time.perf_counter()
-            model.generate(prompt, new_tokens, temperature=0.8, top_k=200)
+            model.generate(prompt, new_tokens, temperature=0.8, top_k=200, plan_data=trainers[arm].plan_data,
+                           vocab=trainers[arm].vocab)
             seconds[arm].append(time.perf_counter() - t0)
     print("| arm | tokens/s | ratio |\n|---|---|---|")
     plain = statistics.median(seconds["plain"])

@@ -26,11 +26,12 @@ import torch
 from matplotlib.figure import Figure
 from torch.nn import functional as F
 
+import checkpoint as ckpt
 import ngram
 from configurator import configure
 from data.common import ensure_prepared, get_codec, load_meta, load_tokens
-from data.sentences import PlanData
-from lm import load_checkpoint, load_language_model, pick_device
+from lm import load_language_model, mean_stats, pick_device
+from replanner import plan_data_of
 
 # -----------------------------------------------------------------------------
 SETTINGS = dict(
@@ -48,13 +49,12 @@ SETTINGS = dict(
 def main(argv):
     s = dict(SETTINGS)
     configure(s, argv)
-    checkpoint = load_checkpoint(Path(s["out_dir"]) / "ckpt.pt")
+    checkpoint = ckpt.load(Path(s["out_dir"]) / "ckpt.pt")
     config = checkpoint["config"]
     model = load_language_model(checkpoint, pick_device(s["device"]))
     data_dir = ensure_prepared(config["dataset"], config.get("tokenizer", "char"))
     meta = load_meta(data_dir)
-    plan_data = PlanData(data_dir, config["plan_k"], config["plan_embedder"], config["plan_seed"]) \
-        if model.plan is not None else None
+    plan_data = plan_data_of(config) if model.plan is not None else None
     reader = Reader(model, data_dir, plan_data, meta)
     passage = reader.passage(s["passage_tokens"], s["seed"])
     sections = [token_loss_section(reader, passage)]
@@ -79,33 +79,26 @@ class Reader:
         self.device = model.gpt.lm_head.weight.device
         self.decode = get_codec(meta)[1]
 
-    @torch.no_grad()
-    def read(self, split, starts, plan_mode=None):
-        """Windows of block_size tokens at starts (list of ints): inputs x, targets y, per-position loss, logits,
-        routing weights and normalised late states (None without the ensemble) and the planner's inputs.
-        plan_mode='uniform' replaces the plan by the uniform one."""
+    def batch(self, split, starts):
+        """Windows of block_size tokens at starts (list of ints): inputs x, targets y and the planner's inputs."""
         T = self.block_size
         data = self.tokens[split]
         x = torch.tensor(np.stack([data[i:i + T] for i in starts]).astype(np.int64), device=self.device)
         y = torch.tensor(np.stack([data[i + 1:i + 1 + T] for i in starts]).astype(np.int64), device=self.device)
-        extra, attn_add = {}, None
+        extra = {}
         if self.plan_data is not None:
             extra = {k: v.to(self.device) for k, v in self.plan_data.batch(
                 split, torch.tensor(starts), T, self.model.plan.context).items()}
-            mode = self.model.plan.mode
-            self.model.plan.mode = plan_mode or mode
-            try:
-                attn_add = self.model.plan(extra)[0]
-            finally:
-                self.model.plan.mode = mode
-        hidden = self.model.gpt.body(x, attn_add)
-        weights = normed = None
-        if self.model.mod is not None:
-            logits, weights, normed = self.model.mod(hidden, self.model.gpt)
-        else:
-            logits = self.model.gpt.head(hidden[-1])
+        return x, y, extra
+
+    @torch.no_grad()
+    def read(self, split, starts, plan_mode=None):
+        """The batch at starts with the model's per-position loss, logits, routing weights and normalised late
+        states (None without the ensemble). plan_mode='uniform' conditions on the uniform plan instead."""
+        x, y, extra = self.batch(split, starts)
+        logits, parts = self.model.logits(x, extra, plan_mode)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view_as(y)
-        return dict(x=x, y=y, loss=loss, logits=logits, weights=weights, normed=normed, extra=extra)
+        return dict(x=x, y=y, loss=loss, logits=logits, weights=parts["weights"], normed=parts["normed"], extra=extra)
 
     def passage(self, n_tokens, seed):
         """Consecutive windows of validation text from a seeded place, starting right after a line break."""
@@ -188,18 +181,17 @@ def ensemble_section(reader, passage, s):
                    "through the final norm (the logit lens), beside the mixture's.", "".join(rows) + table)
 
 
-@torch.no_grad()
 def validation_stats(reader, s):
     """The model's evaluation statistics (as train.py logs them) over eval_iters seeded validation batches."""
     generator = torch.Generator().manual_seed(s["seed"])
-    T, sums = reader.block_size, {}
-    for _ in range(s["eval_iters"]):
-        starts = torch.randint(len(reader.tokens["val"]) - T - 1, (s["batch_size"],), generator=generator).tolist()
-        batch = reader.read("val", starts)
-        _, stats = reader.model(batch["x"], batch["y"], batch["extra"])
-        for name, value in stats.items():
-            sums[name] = sums.get(name, 0.0) + value.float().item() / s["eval_iters"]
-    return sums
+    T = reader.block_size
+
+    def batches():
+        for _ in range(s["eval_iters"]):
+            starts = torch.randint(len(reader.tokens["val"]) - T - 1, (s["batch_size"],), generator=generator)
+            yield reader.batch("val", starts.tolist())
+
+    return mean_stats(reader.model, batches())
 
 
 def planner_section(reader, passage):

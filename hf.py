@@ -17,9 +17,9 @@ import sys
 
 import torch
 
+import checkpoint as ckpt
 from configurator import ConfigError, configure
 from data.common import TOKENIZER_DIR, gpt2_encoding
-from lm import load_checkpoint
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 GPT2_VOCAB_SIZE = 50257
@@ -90,8 +90,7 @@ def main(argv):
     folder = s["to"] or os.path.join(s["out_dir"], "hf")
     if os.path.exists(folder):
         raise ConfigError(f"{folder} exists: remove it or pass another --to")
-    checkpoint = load_checkpoint(os.path.join(s["out_dir"], "ckpt.pt"),
-                                 fix="train first, or point out_dir at a run's folder")
+    checkpoint = ckpt.load(os.path.join(s["out_dir"], "ckpt.pt"), fix="train first, or point out_dir at a run's folder")
     techniques = sorted({k.split(".")[0] for k in checkpoint["model"]} - {"gpt", "lora"})
     if techniques:
         raise ConfigError(f"{s['out_dir']} was trained with {' and '.join(techniques)}, which change the model's "
@@ -99,14 +98,13 @@ def main(argv):
     if checkpoint.get("tokenizer") != "gpt2":
         raise ConfigError(f"{s['out_dir']} was trained on the '{checkpoint.get('tokenizer')}' tokenizer; GPT-2 tools "
                           f"read token ids as GPT-2 BPE: export only models trained on a GPT-2 BPE dataset")
-    from train import tuned_gpt_weights  # here, not at the top: train.py imports this module
     transformers = import_transformers()
     args = checkpoint["model_args"]
     config = transformers.GPT2Config(vocab_size=GPT2_VOCAB_SIZE, n_positions=args["block_size"],
                                      n_embd=args["n_embd"], n_layer=args["n_layer"], n_head=args["n_head"],
                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     hf = transformers.GPT2LMHeadModel(config)
-    weights = swap_conv1d(tuned_gpt_weights(checkpoint))
+    weights = swap_conv1d(ckpt.gpt_weights(checkpoint))
     # The rows past GPT-2's vocabulary only padded the matrix for speed; no token has their ids.
     for name in ("transformer.wte.weight", "lm_head.weight"):
         weights[name] = weights[name][:GPT2_VOCAB_SIZE]

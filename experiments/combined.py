@@ -29,6 +29,23 @@ ARMS = {"plain": [], "all three (the main job)": ["--ngram_mode=compact", "--mod
                                                   "--plan_lambda=1.0"]}
 
 
+# The table of plain vs all three on the main job's settings, and the command that writes it.
+RESULTS = os.path.join(ROOT, "results", "combined.json")
+COMMAND = "python experiments/run.py --suite small --only combined"
+
+
+def beside_plain(val_ppl, results_path=RESULTS):
+    """The main job's validation perplexity on the whole split beside the plain GPT's (mean over seeds) from the
+    results this experiment wrote, or the command that writes them."""
+    mine = f"validation perplexity {val_ppl:.2f} (whole split) with all three techniques"
+    if not os.path.isfile(results_path):
+        return f"{mine}; for the plain GPT's on the same settings, run `{COMMAND}` (it writes {results_path})"
+    with open(results_path) as f:
+        plain = json.load(f)["plain"]["val_ppl"]
+    return (f"{mine}; the plain GPT on the same settings: {plain:.2f}, mean over seeds ({results_path}, from "
+            f"`{COMMAND}`)")
+
+
 def run(suite, results_dir):
     plan = SUITES[suite]
     out = os.path.join(ROOT, "out", f"combined-{suite}")

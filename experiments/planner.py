@@ -23,8 +23,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import torch
-
+import checkpoint as ckpt
 from data.common import ensure_prepared
 from data.sentences import PlanData
 from experiments.common import (ROOT, SEEDS, VERDICT_NOTE, markdown_table, paired_columns, plot_curves, read_log,
@@ -104,7 +103,7 @@ def train_arms(suite_dir, embedder, tune, arm, stage, seed):
 def planner_scores(checkpoint_path):
     """Accuracy and top-5 of the planner inside a train.py checkpoint (ckpt.pt or best.pt), over every validation
     sentence."""
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    checkpoint = ckpt.load(checkpoint_path)
     s = checkpoint["config"]
     data = PlanData(ensure_prepared(s["dataset"]), s["plan_k"], s["plan_embedder"], s["plan_seed"])
     planner = Planner(s["plan_k"], data.centroids.size(1), s["plan_context"])

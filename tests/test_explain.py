@@ -10,7 +10,8 @@ import torch
 import explain
 import train
 from data.common import load_tokens, write_dataset
-from lm import load_checkpoint, load_language_model
+import checkpoint as ckpt
+from lm import load_language_model
 from data.sentences import PlanData
 from test_combined import ALL, TECHNIQUES, TINY, documents
 
@@ -49,7 +50,7 @@ def test_each_section_appears_exactly_when_its_technique_is_on(corpus, tmp_path,
 def test_the_shaded_routing_weights_are_the_models(corpus, tmp_path):
     out_dir = trained(corpus, tmp_path, ALL)
     page = page_of(out_dir)
-    checkpoint = load_checkpoint(out_dir / "ckpt.pt")
+    checkpoint = ckpt.load(out_dir / "ckpt.pt")
     model = load_language_model(checkpoint, "cpu")
     T, mod = model.gpt.config.block_size, model.mod
     start = int(re.search(r'data-name="layer\d+" data-start="(\d+)"', page).group(1))

@@ -17,7 +17,7 @@ import sample
 import train
 from plot import read_log
 from configurator import ConfigError
-from lm import load_checkpoint
+import checkpoint as ckpt
 from test_train import TINY, comparable, run
 
 ROOT = os.path.dirname(os.path.abspath(train.__file__))
@@ -44,7 +44,7 @@ def test_overwrite_replaces_the_run_and_its_whole_log(corpus, tmp_path):
     run(corpus, tmp_path, "--max_iters=4", "--eval_interval=2")
     run(corpus, tmp_path, "--max_iters=2", "--eval_interval=2", "--learning_rate=3e-3", "--overwrite")
     assert [r["iter"] for r in read_log(tmp_path)] == [0, 2]
-    checkpoint = load_checkpoint(str(tmp_path / "ckpt.pt"))
+    checkpoint = ckpt.load(str(tmp_path / "ckpt.pt"))
     assert checkpoint["iter_num"] == 2 and checkpoint["config"]["learning_rate"] == 3e-3
     # Tuning a checkpoint into its own folder replaces it only after reading it.
     run(corpus, tmp_path, "--max_iters=0", f"--init_from={tmp_path / 'ckpt.pt'}", "--overwrite")
@@ -93,7 +93,7 @@ def test_a_save_that_fails_half_way_keeps_the_previous_checkpoint_and_stops(corp
                                       f"device; the previous checkpoint is kept"):
         run(corpus, tmp_path, "--max_iters=4", "--eval_interval=2")
     assert saves == [0, 2]
-    assert load_checkpoint(str(tmp_path / "ckpt.pt"))["iter_num"] == 0
+    assert ckpt.load(str(tmp_path / "ckpt.pt"))["iter_num"] == 0
     assert sorted(os.listdir(tmp_path)) == [".lock", "ckpt.pt", "log.jsonl", "loss.png"]  # no temporary file
     assert [r["iter"] for r in read_log(tmp_path)] == [0]
 
@@ -103,12 +103,12 @@ class Killed(BaseException):
     """A kill -9 stand-in: nothing in train.py catches it, and nothing after it runs."""
 
 
-@pytest.mark.parametrize("killed_in", ["save_checkpoint", "plot_log"])
+@pytest.mark.parametrize("module, killed_in", [(ckpt, "save"), (train, "plot_log")])
 def test_a_kill_between_checkpoint_and_log_line_leaves_each_evaluation_logged_once(corpus, tmp_path, monkeypatch,
-                                                                                    killed_in):
+                                                                                    module, killed_in):
     args = ["--eval_interval=2", "--max_iters=8"]
     run(corpus, tmp_path / "straight", *args)
-    real, calls = getattr(train, killed_in), []
+    real, calls = getattr(module, killed_in), []
 
     def die_at_iteration_4(*a, **k):
         calls.append(1)
@@ -117,7 +117,7 @@ def test_a_kill_between_checkpoint_and_log_line_leaves_each_evaluation_logged_on
             raise Killed
         return result
 
-    monkeypatch.setattr(train, killed_in, die_at_iteration_4)
+    monkeypatch.setattr(module, killed_in, die_at_iteration_4)
     with pytest.raises(Killed):
         run(corpus, tmp_path / "killed", *args)
     monkeypatch.undo()
@@ -156,7 +156,7 @@ def test_sigkill_at_random_moments_resumes_to_the_weights_of_an_uninterrupted_ru
     proc = start(out, "--init_from=resume")
     assert proc.wait() == 0, (tmp_path / "stderr.txt").read_text()
     assert any(interrupted)
-    a, b = (load_checkpoint(str(tmp_path / d / "ckpt.pt")) for d in ("straight", "killed"))
+    a, b = (ckpt.load(str(tmp_path / d / "ckpt.pt")) for d in ("straight", "killed"))
     assert a["iter_num"] == b["iter_num"] == 12
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert [comparable(r) for r in read_log(out)] == [comparable(r) for r in read_log(tmp_path /

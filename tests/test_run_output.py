@@ -2,12 +2,14 @@
 where the checkpoint is and how to sample from it and resume it, and the main job's comparison with the plain GPT."""
 
 import importlib
+import json
 import math
 import os
 import shlex
 
 import matplotlib
 
+import run_folder
 import sample
 import train
 from plot import plot_log, read_log
@@ -21,7 +23,7 @@ def made_up_log(out_dir, **extra):
     records = [{"iter": it, "train_loss": 3.0 - it / 20, "val_loss": 3.1 - it / 20,
                 "train_losses": [[it - 5, 3.2 - it / 20], [it, 3.1 - it / 20]] if it else [], **extra}
                for it in (0, 10, 20)]
-    (out_dir / "log.jsonl").write_text("\n".join(map(train.json.dumps, records)) + "\n")
+    (out_dir / "log.jsonl").write_text("\n".join(map(json.dumps, records)) + "\n")
     return records
 
 
@@ -38,9 +40,9 @@ def test_the_plot_has_a_panel_per_technique_that_is_on_with_its_health_figure_an
     trainer.warned, trainer.s = set(), {"max_iters": 20}
     for record in records:
         trainer.warn_degenerate(record)
-    (tmp_path / "log.jsonl").write_text("\n".join(map(train.json.dumps, records)) + "\n")
+    (tmp_path / "log.jsonl").write_text("\n".join(map(json.dumps, records)) + "\n")
     settings = train.settings_from([f"--out_dir={tmp_path}", "--mod_k=3", "--n_layer=6", "--ngram_alpha=0.3"])
-    fig = plot_log(str(tmp_path), train.run_title(settings), settings["ngram_alpha"])
+    fig = plot_log(str(tmp_path), run_folder.run_title(settings, train.DEFAULTS), settings["ngram_alpha"])
     loss, ensemble, plan, ngram = fig.axes
     assert [ax.get_title() for ax in fig.axes] == [
         "loss", "depth ensemble: mean routing weight per late layer",
@@ -115,8 +117,8 @@ def test_the_main_job_reads_the_plain_gpts_perplexity_from_the_results_the_exper
 
     monkeypatch.setattr(combined, "read_score", read_score)
     path = tmp_path / "combined.json"
-    assert "run `python experiments/run.py --suite small --only combined`" in train.beside_plain(6.5, str(path))
+    assert "run `python experiments/run.py --suite small --only combined`" in combined.beside_plain(6.5, str(path))
     combined.run("small", str(tmp_path))
-    assert train.beside_plain(6.5, str(path)).startswith(
+    assert combined.beside_plain(6.5, str(path)).startswith(
         "validation perplexity 6.50 (whole split) with all three techniques; the plain GPT on the same settings: "
         "6.25, mean over seeds")
