@@ -16,7 +16,7 @@ import ngram
 from lora import LoRA
 from mod import DepthEnsemble
 from model import GPT, GPTConfig
-from planner import PlanConditioner
+from planner import PLANNER_MODES, SHUFFLED, PlanConditioner
 from replanner import Replanner
 
 
@@ -60,6 +60,10 @@ class LanguageModel(nn.Module):
         logits, parts = self.logits(x, extra)
         loss, stats = self.next_token_loss(logits, y, extra)
         stats.update(parts["plan_stats"])
+        if not self.training and self.plan is not None and self.plan.mode in ("oracle", *PLANNER_MODES):
+            # what the LM loses when each sentence gets another sentence's plan: how much it reads its own
+            shuffled, _ = self.logits(x, extra, SHUFFLED)
+            stats["plan_gain"] = F.cross_entropy(shuffled.flatten(0, 1).float(), y.flatten()) - stats["ce"]
         if self.mod is not None:
             distill, mod_stats = self.mod.aux_loss(self.gpt, parts["hidden"], parts["normed"], parts["weights"], y)
             loss = loss + distill

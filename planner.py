@@ -50,6 +50,9 @@ from data.sentences import EMBEDDERS
 
 MODES = ("none", "fixed", "uniform", "oracle", "hard", "st", "soft")
 PLANNER_MODES = ("hard", "st", "soft")  # the modes that run the planner
+# Not a mode to train in: each sentence conditioned on another sentence's plan (of the same batch), which measures
+# how much the LM relies on its own sentence's plan (val_plan_gain).
+SHUFFLED = "shuffled"
 
 
 # --- the planner --------------------------------------------------------------------------------------------------
@@ -132,9 +135,12 @@ class PlanConditioner(nn.Module):
         labels (plan_label) and, per position, the sentence it is planned by (plan_index). mode, when given,
         conditions on another plan than self.mode's (the planner still runs and reports)."""
         logits = self.planner(extra["plan_context"], extra["plan_pos"]) if self.planner is not None else None
-        vectors = self.plan_vectors(logits, extra["plan_label"], mode or self.mode)
+        mode, index = mode or self.mode, extra["plan_index"]
+        if mode == SHUFFLED:  # the sentence half a batch away: a plan of the same kind, for another sentence
+            mode, index = self.mode, (index + len(extra["plan_label"]) // 2) % len(extra["plan_label"])
+        vectors = self.plan_vectors(logits, extra["plan_label"], mode)
         # position t gets the vectors of the sentence token t+1 belongs to
-        attn_add = [None] * self.first_layer + [v[extra["plan_index"]] for v in vectors]
+        attn_add = [None] * self.first_layer + [v[index] for v in vectors]
         if logits is None:
             return attn_add, None, {}
         stats = planner_metrics(logits, extra["plan_label"], self.majority_label)

@@ -164,6 +164,20 @@ def test_evaluation_logs_every_late_layer():
     assert torch.allclose(stats["route1"] + stats["route2"] + stats["route3"], torch.tensor(1.0))
 
 
+def test_the_ceiling_is_the_per_token_best_late_layer_chosen_in_hindsight():
+    lm = make_lm(mod_k=3).eval()
+    for norm in lm.mod.norms:  # layers that differ, so that each wins on some tokens
+        torch.nn.init.normal_(norm.weight, 1.0, 0.5)
+    x, y = batch()
+    with torch.no_grad():
+        _, stats = lm(x, y, {})
+        _, _, normed = lm.mod(lm.gpt.body(x), lm.gpt)
+        per_layer = torch.stack([F.cross_entropy(lm.gpt.lm_head(n).flatten(0, 1), y.flatten(), reduction="none")
+                                 for n in normed])
+    assert torch.allclose(stats["best_layer_ce"], per_layer.min(0).values.mean())
+    assert stats["best_layer_ce"] < min(stats[f"layer{j}_ce"] for j in (1, 2, 3))  # below every layer alone
+
+
 def test_generation_decodes_the_mixed_logits_with_the_kv_cache():
     lm = make_lm(mod_k=3).eval()
     randomize_router(lm)

@@ -16,7 +16,7 @@ from data.sentences import PlanData, sentence_breaks, sentence_starts
 from lm import LanguageModel
 from model import GPT, GPTConfig
 from plot import read_log
-from planner import Planner, health_warning, initialise_plan
+from planner import SHUFFLED, Planner, health_warning, initialise_plan
 from replanner import Replanner
 
 K, M = 4, 3
@@ -278,6 +278,20 @@ def test_controls_fixed_uniform_oracle(data):
     label = extra["plan_label"][extra["plan_index"]]
     assert torch.allclose(oracle.plan(extra)[0][-1], project(codebook[label]))
     assert oracle.plan(extra)[0][:oracle.plan.first_layer] == [None] * oracle.plan.first_layer
+
+
+def test_plan_gain_is_what_the_lm_loses_when_each_sentence_gets_another_sentences_plan(data):
+    plan_data, path = data
+    model = make_model("soft", plan_data, load_meta(path)["vocab_size"]).eval()
+    x, y, extra = batch(plan_data, path, [3, 50])
+    n = len(extra["plan_label"])
+    own, shuffled = model.plan(extra)[0][-1], model.plan(extra, SHUFFLED)[0][-1]
+    vectors = own.new_zeros(n, own.size(-1)).index_copy_(0, extra["plan_index"].flatten(), own.flatten(0, 1))
+    assert torch.equal(shuffled, vectors[(extra["plan_index"] + n // 2) % n])  # another sentence's plan
+    with torch.no_grad():
+        _, stats = model(x, y, extra)
+        lost = torch.nn.functional.cross_entropy(model.logits(x, extra, SHUFFLED)[0].flatten(0, 1), y.flatten())
+    assert torch.allclose(stats["plan_gain"], lost - stats["ce"])
 
 
 def test_a_frozen_base_trains_only_the_plan(data):

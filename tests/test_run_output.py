@@ -111,9 +111,9 @@ def test_the_main_job_reads_the_plain_gpts_perplexity_from_the_results_the_exper
         {"iter": max_iters, "val_loss": 2.0, "val_ppl": 7.0, "trainable_params": 1, "elapsed_s": 1.0}])
     spread = {"seed1337": -0.01, "seed1338": 0.0, "seed1339": 0.01}
 
-    def read_score(out_dir):  # the plain arm (folder 0) averages log(6.25) over its seeds; the other is 0.1 worse
+    def read_score(out_dir):  # the plain arm averages log(6.25) over its seeds; the others are 0.1 worse
         seed, arm = os.path.normpath(out_dir).split(os.sep)[-2:]
-        return {"val_loss": math.log(6.25) + spread[seed] + (0.1 if arm != "0" else 0.0)}
+        return {"val_loss": math.log(6.25) + spread[seed] + (0.1 if arm != "plain" else 0.0)}
 
     monkeypatch.setattr(combined, "read_score", read_score)
     path = tmp_path / "combined.json"
