@@ -28,27 +28,26 @@ from torch.nn import functional as F
 
 import checkpoint as ckpt
 import ngram
-from configurator import configure
+from configurator import configure, is_setting
 from data.common import ensure_prepared, get_codec, load_meta, load_tokens
 from lm import load_language_model, mean_stats, pick_device
 from replanner import plan_data_of
 
 # -----------------------------------------------------------------------------
-SETTINGS = dict(
-    out_dir="out",  # reads out_dir/ckpt.pt; writes out_dir/explain.html and out_dir/explain_*.png
-    passage_tokens=320,  # length of the validation passage, rounded down to whole windows of block_size
-    ngram_positions=4,  # train positions whose n-gram targets are drawn
-    eval_iters=20,  # validation batches behind the per-layer losses
-    batch_size=12,
-    seed=1337,  # picks the passage and the n-gram positions
-    device="auto",
-)
+out_dir = "out"  # reads out_dir/ckpt.pt; writes out_dir/explain.html and out_dir/explain_*.png
+passage_tokens = 320  # length of the validation passage, rounded down to whole windows of block_size
+ngram_positions = 4  # train positions whose n-gram targets are drawn
+eval_iters = 20  # validation batches behind the per-layer losses
+batch_size = 12  # windows per validation batch
+seed = 1337  # picks the passage and the n-gram positions
+device = "auto"  # 'auto' picks cuda, then mps, then cpu
+SETTINGS = {k: v for k, v in globals().items() if is_setting(k, v)}
 # -----------------------------------------------------------------------------
 
 
 def main(argv):
     s = dict(SETTINGS)
-    configure(s, argv)
+    configure(s, argv, help_from=__file__)
     checkpoint = ckpt.load(Path(s["out_dir"]) / "ckpt.pt")
     config = checkpoint["config"]
     model = load_language_model(checkpoint, pick_device(s["device"]))

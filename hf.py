@@ -86,7 +86,7 @@ to = ""  # the folder to write; empty: out_dir/hf
 def main(argv):
     """Write out_dir/ckpt.pt as a transformers GPT-2 folder; returns the folder."""
     s = {"out_dir": out_dir, "to": to}
-    configure(s, argv)
+    configure(s, argv, help_from=__file__)
     folder = s["to"] or os.path.join(s["out_dir"], "hf")
     if os.path.exists(folder):
         raise ConfigError(f"{folder} exists: remove it or pass another --to")

@@ -33,6 +33,7 @@ def claimed(s, rank=0):
     made, lock_made = not os.path.exists(out_dir), not os.path.exists(lock_path)
     try:
         os.makedirs(out_dir, exist_ok=True)
+        before = set(os.listdir(out_dir))
         with tempfile.TemporaryFile(dir=out_dir) as probe:
             probe.write(b"probe")
         lock = open(lock_path, "a")
@@ -46,7 +47,7 @@ def claimed(s, rank=0):
             remove_unfinished_writes(out_dir)
             yield
     except BaseException:
-        if lock_made and os.listdir(out_dir) == [".lock"]:  # nothing was written: leave the folder as it was
+        if lock_made and set(os.listdir(out_dir)) == before | {".lock"}:  # nothing written: leave it as it was
             os.remove(lock_path)
             if made:
                 os.rmdir(out_dir)

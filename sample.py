@@ -35,7 +35,7 @@ SETTINGS = {k: v for k, v in globals().items() if is_setting(k, v)}
 def main(argv):
     """Print samples with the settings above, overridden by argv (a copy: the defaults stay for the next call)."""
     s = dict(SETTINGS)
-    configure(s, argv)
+    configure(s, argv, help_from=__file__)
     if s["num_samples"] < 1 or s["max_new_tokens"] < 1 or s["temperature"] < 0 or s["top_k"] < 0:
         raise ConfigError("num_samples and max_new_tokens must be at least 1, temperature and top_k at least 0")
     checkpoint = ckpt.load(f"{s['out_dir']}/ckpt.pt",

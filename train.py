@@ -24,10 +24,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import checkpoint as ckpt
-import mod
 import ngram
 import planner
 import run_folder
+import run_report
 import settings_checks
 import tuning
 from configurator import ConfigError, configure
@@ -59,6 +59,9 @@ keep_best = False  # also write out_dir/best.pt (the weights) whenever an evalua
 # score_val_tokens tokens of the validation split (all of it when shorter), in consecutive block_size windows, and
 # write out_dir/score.json: what the experiments compare. 0 scores nothing.
 score_val_tokens = 0
+wandb_log = False  # also log every evaluation to Weights & Biases (pip install wandb)
+wandb_project = "three-techniques"  # the wandb project the run is logged to
+wandb_run_name = ""  # the run's name in wandb; empty lets wandb choose one
 # data
 dataset = "shakespeare_char"  # a name in data/, your own text (a .txt file or a folder of them), or a prepared folder
 tokenizer = "char"  # how your own text is tokenized: 'char' or 'gpt2' (BPE); other datasets bring their own
@@ -116,14 +119,13 @@ compile = None  # None compiles on CUDA only; True or False to force
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str,
                                                                                             type(None)))}
 PLAIN_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "plain.py")
-HEALTH_FROM = 0.2  # share of max_iters after which the techniques' health is judged
 
 
 def settings_from(argv):
     """The settings of a run with these command-line arguments: the defaults above, then argv's config files and
     --key=value, checked."""
     settings = dict(DEFAULTS)
-    configure(settings, argv)
+    configure(settings, argv, help_from=__file__)
     settings_checks.check(settings)
     return settings
 
@@ -133,10 +135,7 @@ def main(argv):
     s = settings_from(argv)
     with run_folder.claimed(s, int(os.environ.get("RANK", 0))):
         trainer = Trainer(s)
-        trainer.run()
-    if not argv and trainer.master:  # the main job: its result beside the plain model's, on the same settings
-        from experiments.combined import beside_plain
-        print(beside_plain(math.exp(trainer.score_val(len(trainer.tokens["val"]))["val_loss"])))
+        trainer.run(main_job=not argv)
     return trainer
 
 
@@ -345,12 +344,12 @@ class Trainer:
         score = {"val_loss": stats.pop("ce"), "val_tokens": len(starts) * T, "iter": self.iter_num,
                  "weights": "best.pt" if s["keep_best"] else "ckpt.pt", **{f"val_{k}": v for k, v in stats.items()}}
         write_atomically(os.path.join(s["out_dir"], "score.json"), lambda f: f.write(json.dumps(score).encode()))
-        print(f"validation loss over {score['val_tokens']:,} tokens of the split ({score['weights']}): "
-              f"{score['val_loss']:.4f}")
         return score
 
     # --- the loop -------------------------------------------------------------------------------------------
-    def run(self):
+    def run(self, main_job=False):
+        """The loop: evaluate (and save) every eval_interval steps and at the end, train a step, repeat. The main
+        job (python train.py) ends by scoring the whole validation split beside the plain GPT's stored result."""
         s = self.s
         if s["eval_only"]:
             if self.master:
@@ -358,6 +357,7 @@ class Trainer:
             return
         if self.master:
             run_folder.start_log(s["out_dir"], self.resuming, self.iter_num, self.last_record)
+            self.reporter = run_report.Reporter(s, self.model_args["n_layer"])
             print(f"{self.tokens_per_iter:,} tokens per iteration on {self.world} process(es), device {self.device},"
                   f" {self.dtype}{', compiled' if self.compile else ''}")
         already_saved = self.resuming  # a resumed run has already evaluated and saved the iteration it starts at
@@ -377,22 +377,24 @@ class Trainer:
                 self.t_last = time.time()
             if finished:
                 break
-            loss = self.train_step()
+            objective, ce = self.train_step()
             self.iter_num += 1
             self.steps_since += 1
             already_saved = False
             bar.update(1)
             if self.iter_num % s["log_interval"] == 0:
-                self.log_progress(loss, lr, bar)
+                self.log_progress(objective, ce, lr, bar)
         bar.close()
-        self.finish()
+        self.finish(main_job)
 
     @property
     def tokens_per_iter(self):
         return self.s["gradient_accumulation_steps"] * self.s["batch_size"] * self.s["block_size"]
 
     def train_step(self):
-        """One optimizer step over this process's share of the global batch; returns the last micro-batch loss."""
+        """One optimizer step over this process's share of the global batch; returns the last micro-batch's training
+        objective (the loss the gradient comes from: plain or n-gram CE plus the techniques' terms) and its plain
+        cross-entropy."""
         s = self.s
         # Every draw of an iteration is seeded from (seed, iteration[, rank]): the iteration number is therefore the
         # whole data position and RNG state, and a resumed run replays exactly what an uninterrupted one would.
@@ -406,7 +408,7 @@ class Trainer:
             if self.ddp:  # average gradients across processes only after the last micro-batch
                 self.train_model.require_backward_grad_sync = micro == self.local_accum - 1
             with self.autocast:
-                loss, _ = self.train_model(x, y, extra)
+                loss, stats = self.train_model(x, y, extra)
                 loss = loss / self.local_accum
             self.scaler.scale(loss).backward()
         if s["grad_clip"] > 0:
@@ -415,11 +417,12 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        return loss.detach(), stats["ce"]
 
-    def log_progress(self, loss, lr, bar):
-        """Every log_interval steps: the loss (a device sync) onto the bar and into the next log record."""
-        lossf = loss.item() * self.local_accum
+    def log_progress(self, objective, ce, lr, bar):
+        """Every log_interval steps (a device sync): the plain CE and the objective onto the bar, the objective
+        into the next log record."""
+        lossf = objective.item() * self.local_accum
         if not math.isfinite(lossf):
             raise FloatingPointError(f"the training loss is {lossf} at iteration {self.iter_num}; stopping. The last "
                                      f"good checkpoint is {os.path.join(self.s['out_dir'], 'ckpt.pt')}: lower "
@@ -430,15 +433,14 @@ class Trainer:
         self.tokens_per_sec = self.steps_since * self.tokens_per_iter / (now - self.t_last + 1e-9)
         self.elapsed += now - self.t_last
         self.t_last, self.steps_since = now, 0
-        bar.set_postfix(loss=f"{lossf:.4f}", lr=f"{lr:.2e}", tok_s=f"{self.tokens_per_sec:,.0f}")
+        bar.set_postfix_str(f"train_ce={ce.item():.4f}, objective={lossf:.4f}, lr={lr:.2e}, "
+                            f"tok_s={self.tokens_per_sec:,.0f}")
 
     def eval_log_and_save(self, lr):
-        """Evaluate, warn if a technique degenerated, write the checkpoint(s), then the log line and the plot."""
+        """Evaluate and report it, write the checkpoint(s), then the log line and the plot."""
         s = self.s
         record = self.log_record(lr)
-        tqdm.write(f"iter {self.iter_num}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}, "
-                   f"val ppl {record['val_ppl']:.2f}")
-        self.warn_degenerate(record)
+        self.reporter.evaluation(record)
         if not math.isfinite(record["val_loss"]):
             raise FloatingPointError(f"the validation loss is {record['val_loss']} at iteration {self.iter_num}; "
                                      f"stopping without overwriting the last good checkpoint in {s['out_dir']}")
@@ -467,30 +469,21 @@ class Trainer:
                 record["mfu"] = mfu
         return record
 
-    def warn_degenerate(self, record):
-        """A technique that stops doing its job says so: the warning is kept in the record (the plot marks it) and
-        printed the first time each technique degenerates. Judged from HEALTH_FROM of the run on: a router still
-        finding its layers or a planner still learning its labels in the first steps is not degenerate."""
-        if record["iter"] < HEALTH_FROM * self.s["max_iters"]:
-            return
-        warnings = {name: w for name, w in (("mod", mod.health_warning(record)),
-                                             ("planner", planner.health_warning(record))) if w}
-        if warnings:
-            record["warnings"] = list(warnings.values())
-        for name, warning in warnings.items():
-            if name not in self.warned:
-                self.warned.add(name)
-                tqdm.write(f"warning: {warning}")
-
-    def finish(self):
-        """After the last step: the score, a sample and the commands that go on from here (rank 0)."""
+    def finish(self, main_job):
+        """After the last step (rank 0): the score, the final numbers, a sample and the commands that go on."""
         s = self.s
-        if self.master and s["score_val_tokens"] > 0:
-            self.score_val(s["score_val_tokens"])
-        if self.master and s["sample_tokens"] > 0:
-            self.print_sample()
         if self.master:
-            print(run_folder.how_to_continue(s, DEFAULTS, self.iter_num, self.world if self.ddp else 1))
+            score_tokens = len(self.tokens["val"]) if main_job else s["score_val_tokens"]
+            score = self.score_val(score_tokens) if score_tokens > 0 else None
+            plain = None
+            if main_job:
+                from experiments.combined import plain_result
+                plain = plain_result()
+            print(run_report.final_numbers(self.last_record["val_loss"], s["eval_iters"], score, plain))
+            if s["sample_tokens"] > 0:
+                self.print_sample()
+            print(run_folder.how_to_continue(s, DEFAULTS, self.iter_num, self.world))
+            self.reporter.finish()
         if self.ddp:
             dist.destroy_process_group()
 

@@ -97,16 +97,16 @@ def planner_cells(scores):
     return f"{acc:.3f} / {majority:.3f} / {gain:+.4f}"
 
 
-def beside_plain(val_ppl, results_path=RESULTS):
-    """The main job's validation perplexity on the whole split beside the plain GPT's (mean over seeds) from the
-    results this experiment wrote, or the command that writes them."""
-    mine = f"validation perplexity {val_ppl:.2f} (whole split) with all three techniques"
+def plain_result(results_path=RESULTS):
+    """The plain GPT's validation perplexity on the main job's settings, mean over seeds, as this experiment stored
+    it (not a run of the caller's), or the command that stores it."""
     if not os.path.isfile(results_path):
-        return f"{mine}; for the plain GPT's on the same settings, run `{COMMAND}` (it writes {results_path})"
+        return f"for the plain GPT's on the same settings, run `{COMMAND}` (it writes {results_path})"
     with open(results_path) as f:
-        plain = json.load(f)["plain"]["val_ppl"]
-    return (f"{mine}; the plain GPT on the same settings: {plain:.2f}, mean over seeds ({results_path}, from "
-            f"`{COMMAND}`)")
+        plain = json.load(f)["plain"]
+    return (f"the plain GPT on the same settings: perplexity {plain['val_ppl']:.2f}, the mean over "
+            f"{len(plain['seeds'])} seeds stored in {os.path.relpath(results_path, ROOT)} by `{COMMAND}`, not this "
+            f"run")
 
 
 if __name__ == "__main__":

@@ -95,3 +95,14 @@ def test_all_three_under_two_gloo_processes_match_one_process(corpus, tmp_path):
     ddp, single = (ckpt.load(str(tmp_path / d / "ckpt.pt"))["model"] for d in ("ddp", "single"))
     for name in single:
         torch.testing.assert_close(ddp[name], single[name], atol=1e-6, rtol=1e-5)
+
+
+def test_each_technique_says_in_words_what_it_did_at_every_evaluation(corpus, tmp_path, capsys):
+    run(corpus, tmp_path, *ALL, "--max_iters=4", "--eval_interval=2")
+    printed, bar = capsys.readouterr()
+    for words in ("depth ensemble: routing weight", "on layer 2 of 3, ", "on layer 3 of 3 (final)",
+                  "a perfect per-token router", "planner: the next sentence's label right",
+                  "(always answering the most frequent label: ", "another sentence's plan the val loss rises by",
+                  "n-gram targets: on train batches, cross-entropy"):
+        assert printed.count(words) == 3, words  # the evaluations at 0, 2 and 4
+    assert "train_ce=" in bar and "objective=" in bar  # the bar names what it shows: not the CE alone

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import run_report
 import train
 from plot import read_log
 from configurator import ConfigError
@@ -135,8 +136,7 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(corpus, t
 
 
 def test_a_degenerate_technique_warns_once_and_marks_the_record(capsys):
-    trainer = train.Trainer.__new__(train.Trainer)
-    trainer.warned, trainer.s = set(), {"max_iters": 100}
+    trainer = run_report.Reporter({"max_iters": 100, "wandb_log": False}, n_layer=4)
     collapsed = {"iter": 20, "val_route2": 0.97, "val_route3": 0.03, "val_plan_acc": 0.05,
                  "val_plan_majority_acc": 0.17}
     early = {**collapsed, "iter": 10}  # the first fifth of the run: the techniques are still learning their jobs
