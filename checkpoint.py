@@ -9,6 +9,8 @@ Older checkpoints lack some keys; `vocab` falls back to what they do name.
 """
 
 import os
+import pickle
+import re
 
 import torch
 
@@ -56,9 +58,14 @@ def load(path, fix="train first, or point init_from at an existing file"):
         raise FileNotFoundError(f"no checkpoint at {path}: {fix}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # the safe unpickler met an object: a foreign or crafted file
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        raise ValueError(f"checkpoint {path} holds a Python object ({found.group(1) if found else 'not a tensor'}), "
+                         f"which a checkpoint of this repository never does: it is not loaded, since loading it "
+                         f"could run its code") from None
     except Exception as e:  # torch raises several types for a truncated or foreign file
-        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); it is truncated or not a "
-                         f"checkpoint of this repository") from None
+        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}): it is truncated or not a "
+                         f"checkpoint of this repository; resume from an earlier copy or train again") from None
 
 
 def check_same_run(checkpoint, settings):

@@ -13,7 +13,9 @@ requirements-dev.txt`).
 """
 
 import os
+import shutil
 import sys
+import tempfile
 
 import torch
 
@@ -111,12 +113,18 @@ def main(argv):
     for name, p in hf.state_dict().items():  # a model trained with bias=False has zero biases
         weights.setdefault(name, torch.zeros_like(p))
     hf.load_state_dict(weights)
-    hf.save_pretrained(folder + ".tmp")
     gpt2_encoding()  # makes sure GPT-2's vocabulary files are in TOKENIZER_DIR
     tokenizer = transformers.GPT2Tokenizer(vocab=str(TOKENIZER_DIR / "encoder.json"),
                                            merges=str(TOKENIZER_DIR / "vocab.bpe"))
-    tokenizer.save_pretrained(folder + ".tmp")  # so that tools load model and tokenizer from one folder
-    os.replace(folder + ".tmp", folder)
+    # A fresh temporary folder beside the export, renamed into place when whole: an earlier export that died
+    # half-way leaves nothing in it.
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(folder) + ".", suffix=".tmp", dir=os.path.dirname(folder) or ".")
+    try:
+        hf.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)  # so that tools load model and tokenizer from one folder
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrote {folder}: load it with transformers' GPT2LMHeadModel.from_pretrained('{folder}') and "
           f"AutoTokenizer.from_pretrained('{folder}')")
     return folder

@@ -104,18 +104,29 @@ def append_log(out_dir, record):
         f.write(json.dumps(record) + "\n")
 
 
-def how_to_continue(s, defaults, iter_num, world):
-    """Where the checkpoint is, and the commands that sample from it and resume it."""
+def interrupted(s, defaults):
+    """What a run stopped by Ctrl-C says: the checkpoint it leaves and the command that resumes it."""
+    path = os.path.join(s["out_dir"], "ckpt.pt")
+    if s["eval_only"] or not os.path.exists(path):
+        return "interrupted: nothing was saved; run the same command again to start over"
+    return (f"interrupted: the last checkpoint is {path}; resume it with: "
+            f"{resume_command(s, defaults, int(os.environ.get('WORLD_SIZE', 1)))}")
+
+
+def resume_command(s, defaults, world):
     launcher = f"torchrun --standalone --nproc_per_node={world}" if world > 1 else "python"
     resume = [f"--{k}={setting_text(v)}" for k, v in changed_settings(s, defaults).items()
               if k not in ("init_from", "overwrite")]
-    resume.append("--init_from=resume")
+    return f"{launcher} train.py " + " ".join(map(shlex.quote, resume + ["--init_from=resume"]))
+
+
+def how_to_continue(s, defaults, iter_num, world):
+    """Where the checkpoint is, and the commands that sample from it and resume it."""
     out_dir = s["out_dir"]
     return (f"checkpoint: {os.path.join(out_dir, 'ckpt.pt')} (iteration {iter_num}), curves: "
             f"{os.path.join(out_dir, 'loss.png')}\n"
             f"sample from it: python sample.py {shlex.quote(f'--out_dir={out_dir}')}\n"
-            f"resume it (raise --max_iters to train further): {launcher} train.py "
-            + " ".join(map(shlex.quote, resume)))
+            f"resume it (raise --max_iters to train further): {resume_command(s, defaults, world)}")
 
 
 def changed_settings(s, defaults):

@@ -134,8 +134,11 @@ def main(argv):
     """Train with the settings above, overridden by argv; returns the finished Trainer."""
     s = settings_from(argv)
     with run_folder.claimed(s, int(os.environ.get("RANK", 0))):
-        trainer = Trainer(s)
-        trainer.run(main_job=not argv)
+        try:
+            trainer = Trainer(s)
+            trainer.run(main_job=not argv)
+        except KeyboardInterrupt:  # Ctrl-C: one line on where the run stands, not a traceback
+            raise KeyboardInterrupt(run_folder.interrupted(s, DEFAULTS)) from None
     return trainer
 
 
@@ -355,37 +358,33 @@ class Trainer:
             if self.master:
                 print(json.dumps({split: r["ce"] for split, r in self.evaluate().items()}))
             return
+        self.start()
+        already_saved = self.resuming  # a resumed run has already evaluated and saved the iteration it starts at
+        with tqdm(total=s["max_iters"], initial=self.iter_num, disable=not self.master, dynamic_ncols=True) as bar:
+            while True:
+                lr = self.lr_at(self.iter_num)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                finished = self.iter_num >= s["max_iters"]
+                if (self.iter_num % s["eval_interval"] == 0 or finished) and not already_saved:
+                    self.eval_log_and_save(lr)
+                if finished:
+                    break
+                objective, ce = self.train_step()
+                self.iter_num, self.steps_since, already_saved = self.iter_num + 1, self.steps_since + 1, False
+                bar.update(1)
+                if self.iter_num % s["log_interval"] == 0:
+                    self.log_progress(objective, ce, lr, bar)
+        self.finish(main_job)
+
+    def start(self):
         if self.master:
-            run_folder.start_log(s["out_dir"], self.resuming, self.iter_num, self.last_record)
-            self.reporter = run_report.Reporter(s, self.model_args["n_layer"])
+            run_folder.start_log(self.s["out_dir"], self.resuming, self.iter_num, self.last_record)
+            self.reporter = run_report.Reporter(self.s, self.model_args["n_layer"])
             print(f"{self.tokens_per_iter:,} tokens per iteration on {self.world} process(es), device {self.device},"
                   f" {self.dtype}{', compiled' if self.compile else ''}")
-        already_saved = self.resuming  # a resumed run has already evaluated and saved the iteration it starts at
-        bar = tqdm(total=s["max_iters"], initial=self.iter_num, disable=not self.master, dynamic_ncols=True)
-        self.train_losses, self.tokens_per_sec = [], 0.0
+        self.train_losses, self.tokens_per_sec = [], 0.0  # (iteration, objective) every log_interval since an eval
         self.t_last, self.steps_since = time.time(), 0  # elapsed_s and tokens/s count training, not evaluations
-        while True:
-            lr = self.lr_at(self.iter_num)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            finished = self.iter_num >= s["max_iters"]
-            if (self.iter_num % s["eval_interval"] == 0 or finished) and not already_saved:
-                self.elapsed += time.time() - self.t_last
-                if self.master:
-                    self.eval_log_and_save(lr)
-                self.train_losses = []  # (iteration, loss) at each log_interval until the next evaluation
-                self.t_last = time.time()
-            if finished:
-                break
-            objective, ce = self.train_step()
-            self.iter_num += 1
-            self.steps_since += 1
-            already_saved = False
-            bar.update(1)
-            if self.iter_num % s["log_interval"] == 0:
-                self.log_progress(objective, ce, lr, bar)
-        bar.close()
-        self.finish(main_job)
 
     @property
     def tokens_per_iter(self):
@@ -437,7 +436,14 @@ class Trainer:
                             f"tok_s={self.tokens_per_sec:,.0f}")
 
     def eval_log_and_save(self, lr):
-        """Evaluate and report it, write the checkpoint(s), then the log line and the plot."""
+        """Evaluate and report it, write the checkpoint(s), then the log line and the plot (rank 0); the time it
+        takes is not training time."""
+        self.elapsed += time.time() - self.t_last
+        if self.master:
+            self.save_evaluation(lr)
+        self.train_losses, self.t_last = [], time.time()
+
+    def save_evaluation(self, lr):
         s = self.s
         record = self.log_record(lr)
         self.reporter.evaluation(record)
@@ -504,3 +510,11 @@ if __name__ == "__main__":
         main(sys.argv[1:])
     except (ValueError, OSError, FloatingPointError) as e:  # our messages name the problem and the fix
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt as e:
+        print(e, file=sys.stderr)
+        sys.exit(130)
+    except RuntimeError as e:  # under torchrun, the one a dead process leaves behind: gloo's or NCCL's words
+        if "RANK" not in os.environ or not ("peer" in str(e) or isinstance(e, dist.DistBackendError)):
+            raise
+        sys.exit(f"error: rank {os.environ['RANK']} lost contact with another process of the run, which has "
+                 f"probably died (its own error, if any, is above): {str(e).splitlines()[0]}")

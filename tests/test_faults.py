@@ -5,6 +5,7 @@ stops with one line naming the problem and the fix."""
 import errno
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -226,3 +227,37 @@ def test_sample_says_when_it_cuts_a_long_prompt(corpus, tmp_path, capsys):
                  "--max_new_tokens=2", "--device=cpu"])
     assert "the prompt has 39 tokens, more than the model reads (block_size 16); it is cut to its last 15" in \
         capsys.readouterr().err
+
+
+# --- 9. stopping by hand, and files from someone else ------------------------------------------------------------
+def test_ctrl_c_says_in_one_line_where_the_checkpoint_is_and_how_to_resume_it(corpus, tmp_path):
+    out_dir = tmp_path / "run"
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "train.py", *TINY, f"--dataset={corpus}", f"--out_dir={out_dir}",
+                                 "--max_iters=100000", "--eval_interval=5"], cwd=ROOT, env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+        while proc.poll() is None and not ((out_dir / "log.jsonl").exists() and
+                                           (out_dir / "log.jsonl").read_text().count("\n") >= 2):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    printed = (tmp_path / "stderr.txt").read_text()
+    assert "Traceback" not in printed
+    last = printed.replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith(f"interrupted: the last checkpoint is {out_dir / 'ckpt.pt'}; resume it with: python "
+                           f"train.py ")
+    resume = last.split("resume it with: python train.py ", 1)[1].split()
+    assert train.main([*resume, "--max_iters=12"]).iter_num == 12
+
+
+def test_a_crafted_checkpoint_runs_nothing_when_opened(tmp_path):
+    marker = tmp_path / "marker"
+
+    class Payload:  # what a pickle can make torch.load call: here, a shell command that writes the marker
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    torch.save({"model": {}, "config": {}, "payload": Payload()}, tmp_path / "ckpt.pt")
+    with pytest.raises(ValueError, match=r"holds a Python object \(posix.system\).*it is not loaded"):
+        sample.main([f"--out_dir={tmp_path}"])
+    assert not marker.exists()
