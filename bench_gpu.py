@@ -35,7 +35,7 @@ import torch
 
 import bench
 import train
-from lm import pick_precision
+from devices import pick_precision
 from model import GPT, GPTConfig, estimate_mfu, peak_flops
 
 OUT = "out-bench-gpu"  # git-ignored (out*/): each check's log, and the runs of the main-job and resume checks

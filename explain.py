@@ -30,7 +30,8 @@ import checkpoint as ckpt
 import ngram
 from configurator import configure, is_setting
 from data.common import ensure_prepared, get_codec, load_meta, load_tokens
-from lm import load_language_model, mean_stats, pick_device
+from devices import pick_device
+from lm import load_language_model, mean_stats
 from replanner import plan_data_of
 
 # -----------------------------------------------------------------------------

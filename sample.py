@@ -14,7 +14,8 @@ import torch
 from configurator import ConfigError, configure, is_setting
 from data.common import document_start, get_codec
 import checkpoint as ckpt
-from lm import load_language_model, pick_device, pick_precision
+from devices import pick_device, pick_precision
+from lm import load_language_model
 from replanner import plan_data_of
 
 # -----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import checkpoint as ckpt
+import devices
 import ngram
 import planner
 import run_folder
@@ -34,7 +35,7 @@ from configurator import ConfigError, configure
 from data.common import (document_start, ensure_prepared, get_codec, load_checked_tokens, load_meta, vocabulary,
                          write_atomically)
 from data.sentences import PlanData
-from lm import LanguageModel, mean_stats, pick_device, pick_precision
+from lm import LanguageModel, mean_stats
 from model import GPT, GPTConfig, configure_optimizers, estimate_mfu
 from plot import plot_log
 
@@ -158,50 +159,29 @@ class Trainer:
 
     def __init__(self, s):
         self.s = s
-        self.setup_processes()
         self.setup_device()
         self.load_data()
         self.build_model()
         self.build_optimizer()
 
-    # --- processes, device and precision ---------------------------------------------------------------------
-    def setup_processes(self):
-        self.ddp = int(os.environ.get("RANK", -1)) != -1
-        if self.ddp:
-            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-            self.rank, self.world = dist.get_rank(), dist.get_world_size()
-            self.local_rank = int(os.environ["LOCAL_RANK"])
-        else:
-            self.rank, self.world, self.local_rank = 0, 1, 0
-        self.master = self.rank == 0
-        accum = self.s["gradient_accumulation_steps"]
-        if accum % self.world:
-            raise ConfigError(f"gradient_accumulation_steps ({accum}) must be a multiple of the number of "
-                              f"processes ({self.world}): each process runs an equal share of the micro-batches")
-        self.local_accum = accum // self.world
-
     def setup_device(self):
+        """This process's place in the run (devices.py), its device and its precision."""
         s = self.s
-        self.device = pick_device(s["device"], self.local_rank if self.ddp else None)
+        self.ddp, self.rank, self.world, self.local_rank = devices.init_processes(s["gradient_accumulation_steps"])
+        self.master, self.local_accum = self.rank == 0, s["gradient_accumulation_steps"] // self.world
+        self.device = devices.pick_device(s["device"], self.local_rank if self.ddp else None)
         self.device_type = self.device.split(":")[0]
         if self.device_type == "cuda":
             torch.cuda.set_device(self.device)
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.dtype, self.autocast = pick_precision(self.device_type, s["dtype"])
+        self.dtype, self.autocast = devices.pick_precision(self.device_type, s["dtype"])
         # fp16 gradients underflow without loss scaling; bf16 has float32's range and needs none.
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=(self.dtype == "float16"))
         self.compile = s["compile"] if s["compile"] is not None else self.device_type == "cuda"
 
     def rank_zero_first(self, build):
-        """Run build on rank 0 before the other ranks, so that they read the cache it writes (data, n-gram targets,
-        sentence labels) instead of all building it at once."""
-        if self.ddp and not self.master:
-            dist.barrier()
-        result = build()
-        if self.ddp and self.master:
-            dist.barrier()
-        return result
+        return devices.rank_zero_first(self.ddp, self.rank, build)
 
     # --- data -----------------------------------------------------------------------------------------------
     def load_data(self):
@@ -257,7 +237,6 @@ class Trainer:
         around it (lm.py); then compiled and wrapped for DDP as the settings say."""
         s = self.s
         self.iter_num, self.best_val_loss, self.elapsed, self.last_record = 0, float("inf"), 0.0, None
-        self.warned = set()
         self.resuming, tuned = s["init_from"] == "resume", s["init_from"] not in ("scratch", "resume")
         self.model_args, start = self.scratch_shape(), None
         if self.resuming:

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-import lm
+import devices
 import sample
 import train
 from plot import read_log
@@ -204,13 +204,13 @@ def test_a_device_that_is_not_there_is_refused_by_name(corpus, tmp_path, monkeyp
         run(corpus, tmp_path, "--device=bogus")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="device 'cuda' is not on this machine.*--device=cpu"):
-        lm.pick_device("cuda")
-    assert lm.pick_device("cpu") == "cpu"
+        devices.pick_device("cuda")
+    assert devices.pick_device("cpu") == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert lm.pick_device("cuda", local_rank=1) == "cuda:1"  # one GPU per DDP process, not all on the first
+    assert devices.pick_device("cuda", local_rank=1) == "cuda:1"  # one GPU per DDP process, not all on the first
     with pytest.raises(ValueError, match="device 'cuda:2' is not on this machine \\(2 cuda device"):
-        lm.pick_device("cuda:2")
+        devices.pick_device("cuda:2")
 
 
 @pytest.mark.parametrize("change", ["--batch_size=8", "--gradient_accumulation_steps=2", "--seed=7"])
