@@ -4,7 +4,7 @@ Train a GPT, alone or with the techniques of this repository, on the CPU, one GP
     python train.py                                        # the main job: small GPT on shakespeare_char, all three
     python train.py config/plain.py                        # the same GPT with every technique off
     python train.py config/train_wiki.py --max_iters=500   # a config file, then overrides
-    torchrun --standalone --nproc_per_node=4 train.py config/train_wiki.py
+    torchrun --standalone --nproc_per_node=4 train.py config/train_gpt2_124m_sotu.py
 
 Settings are the globals below; config files and --key=value override them (configurator.py checks names and
 types, settings_checks.py the values). Every evaluation writes out_dir/ckpt.pt (checkpoint.py), then appends a line
@@ -31,7 +31,7 @@ import run_folder
 import run_report
 import settings_checks
 import tuning
-from configurator import ConfigError, configure
+from configurator import ConfigError, configure, is_setting
 from data.common import (document_start, ensure_prepared, get_codec, load_checked_tokens, load_meta, vocabulary,
                          write_atomically)
 from data.sentences import PlanData
@@ -117,8 +117,7 @@ device = "auto"  # 'auto' picks cuda, then mps, then cpu; or name one, e.g. 'cud
 dtype = "auto"  # 'auto': bfloat16 on CUDA where supported, else float16 on CUDA, else float32
 compile = None  # None compiles on CUDA only; True or False to force
 # -----------------------------------------------------------------------------
-DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str,
-                                                                                            type(None)))}
+DEFAULTS = {k: v for k, v in globals().items() if is_setting(k, v)}
 PLAIN_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "plain.py")
 
 
