@@ -223,11 +223,10 @@ def plain_comparison(config):
     if (config["dataset"], config.get("tokenizer", "char")) != (main_job["dataset"], main_job["tokenizer"]):
         return (f"The stored results hold the plain GPT on {main_job['dataset']} only, not on {config['dataset']}: "
                 f"to compare, train `python train.py config/plain.py` with this run's other settings.")
-    stored = plain_result()
-    sentence = f"Beside it, {stored}."
+    sentence = f"Beside it, {plain_result()}."
     differ = [f"{k} {config.get(k)!r} (the main job's: {main_job[k]!r})" for k in MAIN_JOB_SETTINGS
               if config.get(k) != main_job[k]]
-    if differ and "perplexity" in stored:
+    if differ:
         sentence += f" This run differs from the main job in {', '.join(differ)}: the two are not like for like."
     return sentence
 
@@ -367,22 +366,8 @@ def ensemble_section(reader, passage, score):
                     + passage_div(spans, passage, f"layer{j}"))
     stats = dict(score)
     stats[f"layer{layers[-1]}_lens"] = stats[f"layer{layers[-1]}_ce"]  # the final layer's own norm is the final norm
-    grid_rows = -(-(len(texts) + 1) // ROW_TOKENS) + 1
-    fig = Figure(figsize=(10, 0.3 * grid_rows * (mod.k - 1) + 2.8), layout="constrained")
-    axes = fig.subplots(mod.k, 1, height_ratios=[grid_rows] * (mod.k - 1) + [9])
-    for i, j in enumerate(layers[:-1]):  # the first token, context only, has no weight
-        routing_grid(axes[i], [passage["first"]] + texts, np.append(np.nan, weights[:, i].numpy()), names[j])
-    layer_loss_bars(axes[-1], stats, layers, names)
-    final = stats[f"layer{layers[-1]}_ce"]
-    cells = [(f"{names[j]}", stats[f"layer{j}_ce"], stats[f"layer{j}_lens"]) for j in layers]
-    table = ("<table><tr><th>validation loss</th><th>own norm</th><th>through the final norm (logit lens)</th>"
-             "<th>own norm minus the final layer alone</th></tr>"
-             + "".join(f"<tr><td>{name}</td><td>{own:.4f}</td><td>{lens:.4f}</td><td>{signed(own - final)}</td></tr>"
-                       for name, own, lens in cells)
-             + "".join(f"<tr><td>{name}</td><td colspan=2>{stats[key]:.4f}</td><td>{signed(stats[key] - final)}</td>"
-                       f"</tr>" for name, key in (("the mixture (the model's prediction)", "ce"),
-                                                   ("the ceiling (the best late layer per token)", "best_layer_ce")))
-             + "</table>")
+    fig = ensemble_figure([passage["first"]] + texts, weights, stats, layers, names)
+    table = layer_table(stats, layers, names)
     return section("Depth ensemble", "explain_ensemble.png", fig,
                    "The passage shaded by the weight the router gives each non-final late layer for predicting each "
                    "token (the final layer gets the rest): where the model trusts which depth. A boxed token is one "
@@ -394,9 +379,33 @@ def ensemble_section(reader, passage, score):
                    "the final layer alone, from zero, with its size written.", "".join(rows) + table)
 
 
+def ensemble_figure(texts, weights, stats, layers, names):
+    """The routing weight on each non-final late layer token by token (texts: the passage, its first token
+    included, which has no weight: it is context only), over the loss per layer."""
+    grid_rows = -(-len(texts) // ROW_TOKENS) + 1
+    fig = Figure(figsize=(10, 0.3 * grid_rows * (len(layers) - 1) + 2.8), layout="constrained")
+    axes = fig.subplots(len(layers), 1, height_ratios=[grid_rows] * (len(layers) - 1) + [9])
+    for i, j in enumerate(layers[:-1]):
+        image = routing_grid(axes[i], texts, np.append(np.nan, weights[:, i].numpy()), names[j])
+    fig.colorbar(image, ax=axes[:-1], label="routing weight")
+    layer_loss_bars(axes[-1], stats, layers, names)
+    return fig
+
+
+def layer_table(stats, layers, names):
+    final = stats[f"layer{layers[-1]}_ce"]
+    rows = [f"<tr><td>{names[j]}</td><td>{stats[f'layer{j}_ce']:.4f}</td><td>{stats[f'layer{j}_lens']:.4f}</td>"
+            f"<td>{signed(stats[f'layer{j}_ce'] - final)}</td></tr>" for j in layers]
+    rows += [f"<tr><td>{name}</td><td colspan=2>{stats[key]:.4f}</td><td>{signed(stats[key] - final)}</td></tr>"
+             for name, key in (("the mixture (the model's prediction)", "ce"),
+                               ("the ceiling (the best late layer per token)", "best_layer_ce"))]
+    return ("<table><tr><th>validation loss</th><th>own norm</th><th>through the final norm (logit lens)</th>"
+            "<th>own norm minus the final layer alone</th></tr>" + "".join(rows) + "</table>")
+
+
 def routing_grid(ax, texts, weight, name):
     """The passage's tokens in rows of ROW_TOKENS, each cell shaded by its routing weight with its token in it (a
-    token without a weight, NaN, unshaded and grey)."""
+    token without a weight, NaN, unshaded and grey); returns the image, for its colour bar."""
     rows = -(-len(texts) // ROW_TOKENS)
     grid = np.full(rows * ROW_TOKENS, np.nan)
     grid[:len(weight)] = weight
@@ -408,7 +417,7 @@ def routing_grid(ax, texts, weight, name):
     ax.set_xticks([])
     ax.set_yticks(range(rows), [f"token {r * ROW_TOKENS}" for r in range(rows)], fontsize=7)
     ax.set_title(f"Routing weight on {name}, token by token", fontsize=9)
-    ax.figure.colorbar(image, ax=ax, label="routing weight", shrink=0.9)
+    return image
 
 
 def layer_loss_bars(ax, stats, layers, names):
@@ -438,26 +447,23 @@ def planner_section(reader, passage):
     loss = passage["loss"].flatten().cpu()
     start, end = passage["start"], passage["start"] + len(loss) + 1  # the passage's tokens, its first one included
     sentence_of = data.token_sentence["val"][start:end]
-    predicted = torch.from_numpy(sentence_of[1:].astype(np.int64))  # the sentence of each predicted token
     ids = sorted(set(sentence_of.tolist()))
+    losses = sentence_losses(torch.from_numpy(sentence_of[1:].astype(np.int64)), ids, loss, uniform)
     labels = [int(data.labels["val"][sid]) for sid in ids]
     tops = [None] * len(ids)
     if plan.planner is not None:
         tops = [p.topk(3) for p in planner_probs(reader, torch.tensor(ids))]
     examples = nearest_train_sentences(reader, sorted(set(labels).union(
         *(t.indices.tolist() for t in tops if t is not None))))
-    rows, diffs = [], []
-    for n, (sid, label, top) in enumerate(zip(ids, labels, tops)):
-        mine = predicted == sid
+    rows = []
+    for n, (sid, label, top, pair) in enumerate(zip(ids, labels, tops, losses), 1):
         guesses = "-" if top is None else ", ".join(f"{label_name(k, examples)} ({p:.2f})"
                                                     for p, k in zip(top.values.tolist(), top.indices.tolist()))
-        losses = "<td colspan=3>- (no token of it is predicted in the passage)</td>"
-        if mine.any():
-            diffs.append((n + 1, (loss[mine].mean() - uniform[mine].mean()).item()))
-            losses = (f"<td>{loss[mine].mean():.3f}</td><td>{uniform[mine].mean():.3f}</td>"
-                      f"<td>{signed(diffs[-1][1], 3)}</td>")
-        rows.append(f'<tr><td>{n + 1}</td><td class="sentence">{sentence_html(reader, sid, start + 1, end)}</td>'
-                    f"<td>{label_name(label, examples)}</td><td>{guesses}</td>{losses}</tr>")
+        cells = "<td colspan=3>- (no token of it is predicted in the passage)</td>" if pair is None else \
+            f"<td>{pair[0]:.3f}</td><td>{pair[1]:.3f}</td><td>{signed(pair[0] - pair[1], 3)}</td>"
+        rows.append(f'<tr><td>{n}</td><td class="sentence">{sentence_html(reader, sid, start + 1, end)}</td>'
+                    f"<td>{label_name(label, examples)}</td><td>{guesses}</td>{cells}</tr>")
+    diffs = [(n, pair[0] - pair[1]) for n, pair in enumerate(losses, 1) if pair is not None]
     table = ("<table><tr><th>#</th><th>sentence</th><th>true label</th><th>planner's top labels</th><th>loss, its "
              "plan</th><th>loss, uniform plan</th><th>its plan minus uniform</th></tr>" + "".join(rows) + "</table>")
     return section("Planner", "explain_planner.png", plan_difference_figure(diffs, plan.mode),
@@ -469,6 +475,13 @@ def planner_section(reader, passage):
                    "predicted tokens under that plan and under a uniform plan. A plan that helps lowers the loss. A "
                    "label is named by the train sentence nearest its centroid; the legend gives three of them.",
                    table + label_legend(examples))
+
+
+def sentence_losses(predicted, ids, loss, uniform):
+    """Per sentence ids, the mean loss of its predicted tokens (predicted: each one's sentence) under its plan and
+    under a uniform plan; None for a sentence none of whose tokens is predicted."""
+    return [(loss[mine].mean().item(), uniform[mine].mean().item()) if mine.any() else None
+            for mine in (predicted == sid for sid in ids)]
 
 
 def sentence_html(reader, sid, first, end):
@@ -539,7 +552,7 @@ def ngram_section(reader, config, s):
         rows.append(ngram_row(reader, position, context, exact_probs, r,
                               compact(np.array([position])) if compact is not None else None))
     table = ('<table><tr><th>after</th><th>observed next</th><th>distinct next tokens</th>'
-             f'<th>mass beyond the top {r}</th>' + ("<th>compact target's tail token</th>" if compact else "")
+             f'<th>mass beyond the top {r}</th>' + ("<th>compact target's tail token</th>" if compact is not None else "")
              + "</tr>" + "".join(rows) + "</table>")
     choice = (f"where the context has more than {r + 1} distinct next tokens, so the compact target differs from "
               "the exact one" if differ else "with at least 3 distinct next tokens")
