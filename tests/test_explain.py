@@ -6,7 +6,6 @@ planner is shown whole, and the n-gram examples are where the compact target dif
 import html
 import json
 import re
-import shutil
 
 import numpy as np
 import pytest
