@@ -3,8 +3,9 @@ Checkpoints of train.py in one place: what one holds, how it is written and read
 
 A checkpoint is a dict of tensors and plain values (no pickled objects), so it loads with torch's safe unpickler:
     model, model_args, config (the run's settings), iter_num, tokenizer and vocab (so it can be sampled without its
-    data), and in ckpt.pt, which a resume continues, also optimizer, scaler, best_val_loss, elapsed_s and log_record
-    (the evaluation it was written at). best.pt (keep_best) holds the weights only.
+    data), data (the checksums of the token files it trained on), and in ckpt.pt, which a resume continues, also
+    optimizer, scaler, best_val_loss, elapsed_s and log_record (the evaluation it was written at). best.pt
+    (keep_best) holds the weights only.
 Older checkpoints lack some keys; `vocab` falls back to what they do name.
 """
 
@@ -33,7 +34,8 @@ def state(trainer, record, resumable=True):
     """What a checkpoint of the trainer's run holds now: the weights and what reads them, and, when resumable,
     everything a resume continues from."""
     weights = {"model": trainer.model.state_dict(), "model_args": trainer.model_args, "config": trainer.s,
-               "iter_num": trainer.iter_num, "tokenizer": trainer.meta["tokenizer"], "vocab": trainer.vocab}
+               "iter_num": trainer.iter_num, "tokenizer": trainer.meta["tokenizer"], "vocab": trainer.vocab,
+               "data": data_identity(trainer.meta)}
     if not resumable:
         return {**weights, "val_loss": record["val_loss"]}
     return {**weights, "optimizer": trainer.optimizer.state_dict(), "scaler": trainer.scaler.state_dict(),
@@ -83,6 +85,35 @@ def check_same_run(checkpoint, settings):
                           "as a new run in a new out_dir with --init_from=<its ckpt.pt>")
 
 
+def data_identity(meta):
+    """What identifies a dataset's tokens: the checksums of its token files, which its meta.json records."""
+    return {name: meta["files"][name]["crc32"] for name in ("train.bin", "val.bin")}
+
+
+def check_same_data(checkpoint, meta):
+    """Resuming continues one run on the same data: the same vocabulary (a character's id is its learned row) and
+    the same tokens (an edited text, prepared again, is another dataset under the same --dataset name)."""
+    fix = ("to go on from its weights on this data, start a new run in a new out_dir with --init_from=<its ckpt.pt> "
+           "(tuning moves the rows of the characters both share)")
+    saved = checkpoint.get("vocab")
+    if saved is not None and (saved["tokenizer"], saved["stoi"]) != (meta["tokenizer"], meta["stoi"]):
+        raise ConfigError(f"cannot resume: the dataset's vocabulary is not the checkpoint's "
+                          f"({vocabulary_change(saved, meta)}); {fix}")
+    if "data" in checkpoint and checkpoint["data"] != data_identity(meta):
+        changed = [name for name, crc in data_identity(meta).items() if checkpoint["data"].get(name) != crc]
+        raise ConfigError(f"cannot resume: the dataset's tokens are not those the checkpoint trained on "
+                          f"({' and '.join(changed)} changed: the text was edited, or prepared again differently); "
+                          f"{fix}")
+
+
+def vocabulary_change(saved, meta):
+    if saved["tokenizer"] != meta["tokenizer"]:
+        return f"{saved['tokenizer']} then, {meta['tokenizer']} now"
+    new, gone = sorted(set(meta["stoi"]) - set(saved["stoi"])), sorted(set(saved["stoi"]) - set(meta["stoi"]))
+    return (f"{len(saved['stoi'])} characters then, {len(meta['stoi'])} now; new: {''.join(new)!r}, gone: "
+            f"{''.join(gone)!r}")
+
+
 def gpt_weights(checkpoint):
     """The plain GPT a checkpoint stands for: its 'gpt.*' weights, with a LoRA run's adapters merged into them."""
     weights = strip_prefix(checkpoint["model"], "gpt.")
@@ -97,7 +128,7 @@ def strip_prefix(state_dict, prefix):
 
 
 def vocab(checkpoint):
-    """The vocabulary a checkpoint was trained with (a meta for data.common.get_codec). Checkpoints carry it; older
+    """The vocabulary a checkpoint was trained with (a meta for data.vocabulary.get_codec). Checkpoints carry it; older
     ones name only their tokenizer, all that GPT-2 BPE needs, and their dataset, which a character one reads."""
     if "vocab" in checkpoint:
         return checkpoint["vocab"]

@@ -192,11 +192,7 @@ class Trainer:
         self.data_dir = self.rank_zero_first(lambda: ensure_prepared(s["dataset"], s["tokenizer"]))
         self.meta = load_meta(self.data_dir)
         self.vocab = vocabulary(self.meta)
-        self.tokens = load_checked_tokens(self.data_dir, self.meta)
-        for split, data in self.tokens.items():
-            if len(data) <= s["block_size"]:
-                raise ConfigError(f"the {split} split of '{s['dataset']}' has {len(data)} tokens, not more than "
-                                  f"block_size {s['block_size']}: lower block_size")
+        self.tokens = load_checked_tokens(self.data_dir, self.meta, s["block_size"])
         self.ngram_targets = self.plan_data = None
         if s["ngram_mode"] != "off":
             self.ngram_targets = self.rank_zero_first(lambda: ngram.load_targets(
@@ -244,6 +240,7 @@ class Trainer:
             start = ckpt.load(os.path.join(s["out_dir"], "ckpt.pt"), fix="start with init_from='scratch' (nothing "
                               "to resume), or point out_dir at a run's folder")
             ckpt.check_same_run(start, s)
+            ckpt.check_same_data(start, self.meta)
             self.model_args.update({k: start["model_args"][k] for k in ckpt.MODEL_KEYS})  # a tuned run's shape
         elif tuned:
             start, self.model_args = tuning.load(s, self.meta, self.model_args, self.master)

@@ -254,3 +254,18 @@ def test_a_damaged_builtin_dataset_names_its_prepare_script(data_root):
     (folder / "meta.json").write_text('["not", "a", "dict"]')
     with pytest.raises(ValueError, match=f"holds a list.*prepare it again with python {folder / 'prepare.py'}"):
         ensure_prepared("shakespeare_char")
+
+
+def test_resume_refuses_an_edited_text_and_names_what_changed(data_root, tmp_path):
+    book, out_dir = tmp_path / "book.txt", tmp_path / "out"
+    book.write_text(FOX, encoding="utf-8")
+    run = [*TINY, f"--dataset={book}", f"--out_dir={out_dir}", "--eval_interval=2"]
+    train.main([*run, "--max_iters=2"])
+    book.write_text(FOX.replace("quick brown", "brown quick"), encoding="utf-8")  # the same characters, other tokens
+    with pytest.raises(ConfigError, match="tokens are not those the checkpoint trained on .train.bin"):
+        train.main([*run, "--max_iters=4", "--init_from=resume"])
+    book.write_text(FOX + " café", encoding="utf-8")  # a new character shifts the ids of those after it
+    with pytest.raises(ConfigError, match="vocabulary is not the checkpoint's .* new: 'é'.*--init_from=<its ckpt.pt>"):
+        train.main([*run, "--max_iters=4", "--init_from=resume"])
+    book.write_text(FOX, encoding="utf-8")  # the text it trained on: the run goes on
+    assert train.main([*run, "--max_iters=4", "--init_from=resume"]).iter_num == 4
