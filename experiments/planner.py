@@ -42,11 +42,11 @@ ARMS = {  # arm -> (flags, what position t is conditioned on)
 SHARED = {"none": "plain", "soft": "planner alone"}  # arms that are the main job's (experiments/combined.py)
 PRETRAINED = "--plan_init_planner={pretrained}"  # filled in with the stage-2 planner of the variant's labels
 VARIANTS = {  # variant -> (the flags of its soft arm beyond ARMS["soft"], the flags that change its labels)
+    "pre-trained planner (stage 2)": ([PRETRAINED], []),
+    "pre-trained planner, LM loss only (paper 2)": ([PRETRAINED, "--plan_lambda=0.0"], []),
     "MiniLM labels": (["--plan_embedder=minilm"], ["--plan_embedder=minilm"]),
     "K = 16": (["--plan_k=16"], ["--plan_k=16"]),
     "16 sentences of context": (["--plan_context=16"], []),
-    "pre-trained planner (stage 2)": ([PRETRAINED], []),
-    "pre-trained planner, LM loss only (paper 2)": ([PRETRAINED, "--plan_lambda=0.0"], []),
 }
 
 
