@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 transformers = pytest.importorskip("transformers")
 
-from data.encoders import load_encoder
+import data.encoders as encoders
+from data.encoders import BATCH_SIZE, load_encoder, pick_device
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "cat", "dog", "sat", "ran", "on", "under", "mat",
          "big", "red", "old", "house", "."]
@@ -75,6 +76,45 @@ def test_order_is_kept_when_batches_are_sorted_by_length(tiny):
     vectors = encoder.embed([TEXTS[i] for i in order], batch_size=2)
     assert vectors.shape == (len(order), 16) and vectors.dtype == torch.float32
     torch.testing.assert_close(vectors, reference[order], rtol=0, atol=1e-6)
+
+
+def test_the_batch_size_does_not_change_the_embeddings(tiny):
+    encoder = load_encoder(str(tiny), "cpu")
+    rng = random.Random(0)
+    texts = [" ".join(rng.choices(VOCAB[5:], k=rng.randint(1, 12))) for _ in range(3 * BATCH_SIZE["cpu"] + 5)]
+    reference = encoder.embed(texts, batch_size=1)  # no padding at all
+    for batch_size in (7, None, len(texts)):  # None: the device's own, BATCH_SIZE["cpu"]
+        torch.testing.assert_close(encoder.embed(texts, batch_size=batch_size), reference, rtol=0, atol=1e-6)
+
+
+def test_the_gpu_is_picked_when_there_is_one_unless_a_device_is_named(tiny, monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert pick_device() == "cpu"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert pick_device() == "mps"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device() == "cuda"
+    built_on = []
+    monkeypatch.setattr(encoders, "Encoder", lambda folder, device: built_on.append(device))
+    load_encoder(str(tiny))
+    load_encoder(str(tiny), "cpu")
+    assert built_on == ["cuda", "cpu"]
+
+
+def test_the_encoder_runs_in_full_float32_whatever_the_process_set(tiny, monkeypatch):
+    # train.py turns TF32 on for the language model on CUDA; the encoder turns it off for its own matmuls only.
+    encoder = load_encoder(str(tiny), "cpu")
+    assert encoder.batch_size == BATCH_SIZE["cpu"]
+    forward, seen = encoder.model.forward, []
+    monkeypatch.setattr(encoder.model, "forward", lambda **batch: seen.append(
+        torch.backends.cuda.matmul.allow_tf32) or forward(**batch))
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True  # a flag of torch's C++ core, which monkeypatch cannot restore
+    try:
+        encoder.embed(TEXTS)
+        assert seen == [False] and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def test_bad_encoders_are_refused_in_one_line(tmp_path, monkeypatch):
