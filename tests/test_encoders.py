@@ -130,7 +130,9 @@ def test_bad_encoders_are_refused_in_one_line(tmp_path, monkeypatch):
 def test_plan_embedder_minilm_labels_sentences_with_the_encoders_embeddings(tiny, tmp_path, monkeypatch):
     import data.sentences as sentences
     from data.common import write_dataset
-    monkeypatch.setattr(sentences, "load_encoder", lambda name: load_encoder(str(tiny)))  # stands in for MiniLM
+    devices = []
+    monkeypatch.setattr(sentences, "load_encoder", lambda name, device=None: devices.append(device) or
+                        load_encoder(str(tiny), device or "cpu"))  # stands in for MiniLM
     monkeypatch.setitem(sentences.EMBEDDERS, "minilm", 16)
     rng = random.Random(0)
     words = VOCAB[5:-1]
@@ -139,8 +141,12 @@ def test_plan_embedder_minilm_labels_sentences_with_the_encoders_embeddings(tiny
         return " ".join(" ".join(rng.choices(words, k=rng.randint(3, 6))) + " ." for _ in range(rng.randint(2, 4)))
     write_dataset(tmp_path, {"train": [document() for _ in range(20)], "val": [document() for _ in range(4)]},
                   "char", "tiny", source="test")
-    data = sentences.PlanData(tmp_path, 3, "minilm", 0)
+    data = sentences.PlanData(tmp_path, 3, "minilm", 0, device="cpu")
+    assert devices == ["cpu"]  # the labels are built on the device asked for
     texts = sentences.sentence_texts(tmp_path, sentences.load_meta(tmp_path), data.sentences)
-    torch.testing.assert_close(data.embeddings["train"], load_encoder(str(tiny)).embed(texts["train"]))
-    assert torch.equal(data.labels["val"], sentences.nearest_centroid(data.embeddings["val"], data.centroids))
-    torch.testing.assert_close(data.embedder.embed(texts["val"][:2]), data.embeddings["val"][:2])  # for generation
+    encoder = load_encoder(str(tiny), "cpu")
+    embeddings = {split: encoder.embed(texts[split]) for split in ("train", "val")}
+    assert torch.equal(data.embeddings["train"], embeddings["train"].half())
+    assert torch.equal(data.labels["val"], sentences.nearest_centroid(embeddings["val"], data.centroids))
+    # for generation, embedded as stored
+    assert torch.equal(data.embedder.embed(texts["val"][:2]), data.embeddings["val"][:2].float())
