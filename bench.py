@@ -37,7 +37,9 @@ import ngram
 import train
 from configurator import configure
 from data import ngrams
-from data.common import document_start, ensure_prepared, get_codec, load_meta, load_texts, load_tokens
+from data.dataset import load_meta, load_texts, load_tokens
+from data.prepare import ensure_prepared
+from data.vocabulary import document_start, get_codec
 from data.encoders import ENCODERS, load_encoder
 from data.sentences import EMBEDDERS, LSA, PlanData, build_labels, sentence_texts
 from model import configure_optimizers

@@ -8,7 +8,7 @@ table is (bench.run_measured): their time, and their peak memory against the bou
     python bench_planner_scale.py --plan_scale_millions="(10,)"    # one size
 
 A corpus is wiki's train sentences resampled into documents of 5 to 35 sentences (~560 tokens; the papers' articles
-~600), each followed by EOT, written straight in data/common.py's format with the sentences' own tokens, so that
+~600), each followed by EOT, written straight in data/dataset.py's format with the sentences' own tokens, so that
 nothing is encoded again: 200M tokens take about a minute. Only sentences that start with a space and a word and end
 without whitespace are drawn: GPT-2's pre-tokenizer cuts before such a space, so the tokens of sentences joined are
 the tokens of their texts joined (the build checks it of every document). A corpus is deleted once measured.
@@ -16,16 +16,16 @@ the tokens of their texts joined (the build checks it of every document). A corp
 
 import json
 import os
-import pickle
 import shutil
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from bench import SCALE_DIR, run_measured
 from configurator import configure
-from data.common import FORMAT_VERSION, ensure_prepared, load_meta, load_tokens
+from data.dataset import FORMAT_VERSION, META, load_meta, load_tokens
+from data.files import crc32
+from data.prepare import ensure_prepared
 from data.sentences import PlanData, sentence_texts
 
 # -----------------------------------------------------------------------------
@@ -59,7 +59,7 @@ def bench_plan_scale():
 def synthetic_corpus(n_tokens):
     """SCALE_DIR/plan_<n_tokens>/: a GPT-2 dataset of about n_tokens train tokens made of wiki's sentences, once."""
     folder = SCALE_DIR / f"plan_{n_tokens}"
-    if (folder / "meta.pkl").is_file():
+    if (folder / META).is_file():
         return folder
     pool = sentence_pool()
     work = folder.with_name(folder.name + ".tmp")
@@ -70,8 +70,9 @@ def synthetic_corpus(n_tokens):
          for split, target in (("train", n_tokens), ("val", n_tokens // 100))}
     meta = {"format_version": FORMAT_VERSION, "dataset": folder.name, "tokenizer": "gpt2", "vocab_size": 50257,
             "eot_token": EOT, "stoi": None, "itos": None, "n_tokens": n,
-            "source": "wiki's train sentences resampled by bench_planner_scale.py"}
-    (work / "meta.pkl").write_bytes(pickle.dumps(meta))
+            "source": "wiki's train sentences resampled by bench_planner_scale.py",
+            "files": {path.name: {"bytes": path.stat().st_size, "crc32": crc32(path)} for path in sorted(work.iterdir())}}
+    (work / META).write_text(json.dumps(meta))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(work, folder)
     return folder

@@ -28,7 +28,9 @@ from torch.nn import functional as F
 
 import ngram
 from configurator import configure
-from data.common import ensure_prepared, get_codec, load_meta, load_tokens
+from data.dataset import load_meta, load_tokens
+from data.prepare import ensure_prepared
+from data.vocabulary import get_codec
 from data.sentences import PlanData
 from lm import load_checkpoint, load_language_model, pick_device
 

@@ -18,7 +18,7 @@ import sys
 import torch
 
 from configurator import ConfigError, configure
-from data.common import TOKENIZER_DIR, gpt2_encoding
+from data.vocabulary import TOKENIZER_DIR, gpt2_encoding
 from lm import load_checkpoint
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")

@@ -14,7 +14,8 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 import ngram
-from data.common import ensure_prepared, load_meta
+from data.dataset import load_meta
+from data.prepare import ensure_prepared
 from lora import LoRA
 from mod import DepthEnsemble
 from model import GPT, GPTConfig

@@ -39,7 +39,8 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from configurator import ConfigError
-from data.common import ensure_prepared, load_meta
+from data.dataset import load_meta
+from data.prepare import ensure_prepared
 from data.sentences import EMBEDDERS, PlanData, plan_codec, sentence_breaks, sentence_starts
 
 MODES = ("none", "fixed", "uniform", "oracle", "hard", "st", "soft")

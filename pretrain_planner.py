@@ -17,7 +17,8 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from configurator import ConfigError, configure
-from data.common import ensure_prepared, write_atomically
+from data.prepare import ensure_prepared
+from data.files import write_atomically
 from data.sentences import PlanData
 from planner import Planner, initialise_planner, planner_metrics
 

@@ -12,7 +12,7 @@ import time
 import torch
 
 from configurator import ConfigError, configure, is_setting
-from data.common import document_start, get_codec
+from data.vocabulary import document_start, get_codec
 from lm import checkpoint_vocab, load_checkpoint, load_language_model, pick_device, pick_precision
 
 # -----------------------------------------------------------------------------

@@ -33,8 +33,10 @@ except ImportError:  # Windows: runs go unlocked, so two runs in one out_dir are
 
 import ngram
 from configurator import ConfigError, configure, parse
-from data.common import (document_start, ensure_prepared, get_codec, load_checked_tokens, load_meta, vocabulary,
-                         write_atomically)
+from data.dataset import load_checked_tokens, load_meta
+from data.prepare import ensure_prepared
+from data.vocabulary import document_start, get_codec, vocabulary
+from data.files import write_atomically
 from hf import GPT2_NAMES, gpt2_checkpoint, is_hf_source
 from lm import LanguageModel, checkpoint_vocab, load_checkpoint, pick_device, pick_precision
 from lora import merge_lora

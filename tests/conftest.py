@@ -2,7 +2,7 @@
 
 import pytest
 
-from data.common import write_dataset
+from data.write import write_dataset
 
 
 @pytest.fixture(scope="module")

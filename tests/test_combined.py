@@ -11,7 +11,7 @@ import torch
 
 import train
 from plot import read_log
-from data.common import write_dataset
+from data.write import write_dataset
 from lm import load_checkpoint, load_language_model
 
 TINY = [train.PLAIN_CONFIG, "--n_layer=3", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",

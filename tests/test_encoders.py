@@ -129,7 +129,7 @@ def test_bad_encoders_are_refused_in_one_line(tmp_path, monkeypatch):
 
 def test_plan_embedder_minilm_labels_sentences_with_the_encoders_embeddings(tiny, tmp_path, monkeypatch):
     import data.sentences as sentences
-    from data.common import write_dataset
+    from data.write import write_dataset
     devices = []
     monkeypatch.setattr(sentences, "load_encoder", lambda name, device=None: devices.append(device) or
                         load_encoder(str(tiny), device or "cpu"))  # stands in for MiniLM

@@ -9,7 +9,8 @@ import torch
 
 import explain
 import train
-from data.common import load_tokens, write_dataset
+from data.dataset import load_tokens
+from data.write import write_dataset
 from lm import load_checkpoint, load_language_model
 from data.sentences import PlanData
 from test_combined import ALL, TECHNIQUES, TINY, documents

@@ -14,7 +14,8 @@ import hf
 import train
 from plot import read_log
 from configurator import ConfigError
-from data.common import gpt2_encoding, write_dataset
+from data.vocabulary import gpt2_encoding
+from data.write import write_dataset
 from model import GPT, GPTConfig
 
 transformers.logging.set_verbosity_error()

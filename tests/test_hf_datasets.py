@@ -12,7 +12,9 @@ import pytest
 
 from configurator import ConfigError
 from data import hf_datasets
-from data.common import gpt2_encoding, load_meta, load_texts, load_tokens, split_of
+from data.dataset import load_meta, load_texts, load_tokens
+from data.vocabulary import gpt2_encoding
+from data.write import split_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [f"Document {i}: Ünïcödé 日本語 🙂 text.\n" * (i % 3 + 1) for i in range(60)] + ["   ", "", None]

@@ -10,7 +10,7 @@ import mod
 import train
 from plot import read_log
 from configurator import ConfigError
-from data.common import write_dataset
+from data.write import write_dataset
 from lm import LanguageModel, load_checkpoint, load_language_model
 from lora import merge_lora
 from model import GPT, GPTConfig, configure_optimizers

