@@ -2,7 +2,7 @@
 The planner's data at its papers' scale (about 285k Wikipedia articles: 170M tokens, 7M sentences): the build of
 data/sentences.py (split, LSA fit, k-means, labels) and a training step's gather (PlanData.batch) on synthetic
 corpora of 10M, 50M and 200M GPT-2 tokens, each run in a fresh process sampled from /proc as bench.py's n-gram scale
-table is (bench.run_measured): their time, and their peak memory against the bound of the README.
+table is (bench_scale.run_measured): their time, and their peak memory against the bound of the README.
 
     python bench_planner_scale.py                                  # 10M, 50M and 200M tokens
     python bench_planner_scale.py --plan_scale_millions="(10,)"    # one size
@@ -17,16 +17,20 @@ the tokens of their texts joined (the build checks it of every document). A corp
 import json
 import os
 import shutil
+import statistics
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
+import torch
 
-from bench import SCALE_DIR, run_measured
+from bench_scale import SCALE_DIR, run_measured
 from configurator import configure
+from data import sentences
 from data.dataset import FORMAT_VERSION, META, load_meta, load_tokens
 from data.files import crc32
 from data.prepare import ensure_prepared
-from data.sentences import PlanData, sentence_texts
 
 # -----------------------------------------------------------------------------
 plan_scale_millions = (10, 50, 200)  # corpus sizes, millions of train tokens (val: a hundredth of that)
@@ -34,26 +38,66 @@ plan_scale_keep = False  # keep the corpora in data/_bench/ (about 17 bytes a to
 # -----------------------------------------------------------------------------
 EOT = 50256
 SENTENCES_PER_DOCUMENT = (5, 35)
+K, SEED = 64, 0  # train.py's plan_k and plan_seed
+B, T, M = 12, 64, 8  # train.py's batch_size, block_size and plan_context
 
 
 def bench_plan_scale():
-    print(f"\nplanner data at scale: LSA labels, K = 64; gather: PlanData.batch of 12 x 64 windows, plan_context 8; "
-          f"{os.cpu_count()} CPU cores")
+    print(f"\nplanner data at scale: LSA labels, K = {K}; gather: PlanData.batch of {B} x {T} windows, plan_context "
+          f"{M}; {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}")
     print("| tokens | sentences | split s | LSA fit s | sample embed s | k-means s | label + write s | build s | "
-          "build peak MB (PSS / own) | gather ms | gather peak MB (own) |\n|---|---|---|---|---|---|---|---|---|---|---|")
+          "build peak MB (PSS / own) | gather ms | gather peak MB (own) |\n" + "|---" * 11 + "|")
     for millions in plan_scale_millions:
-        folder = synthetic_corpus(millions * 10**6)
-        for built in folder.glob("plan_*"):
-            shutil.rmtree(built)
-        build, build_memory = run_measured(PLAN_BUILD, folder)
-        step, step_memory = run_measured(PLAN_STEP, folder)
+        folder = str(synthetic_corpus(millions * 10**6))
+        build, build_memory = run_measured("bench_planner_scale.build_at_scale", folder)
+        gather, gather_memory = run_measured("bench_planner_scale.gather_at_scale", folder)
         s = build["seconds"]
-        print(f"| {build['tokens'] / 1e6:.0f}M | {build['sentences']:,} | {s['split']:.0f} | {s['fit']:.0f} | "
-              f"{s['embed']:.0f} | {s['kmeans']:.0f} | {s['label']:.0f} | {s['total']:.0f} | "
-              f"{build_memory['pss'] / 2**20:,.0f} / {build_memory['anonymous'] / 2**20:,.0f} | {step['gather_ms']:.2f} | "
-              f"{step_memory['anonymous'] / 2**20:,.0f} |", flush=True)
+        print(f"| {build['tokens'] / 1e6:.0f}M | {build['sentences']:,} | {s['split_documents']:.0f} | {s['fit']:.0f} "
+              f"| {s['embed_in_batches']:.0f} | {s['kmeans']:.0f} | {s['write_labelled']:.0f} | {s['total']:.0f} | "
+              f"{build_memory['pss'] / 2**20:,.0f} / {build_memory['anonymous'] / 2**20:,.0f} | "
+              f"{gather['gather_ms']:.2f} | {gather_memory['anonymous'] / 2**20:,.0f} |", flush=True)
         if not plan_scale_keep:
             shutil.rmtree(folder)
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+
+
+def build_at_scale(folder):
+    """Build the planner's data of folder afresh, as PlanData does, with the time spent in each step of the build
+    (split_documents, LSA.fit, embed_in_batches: the k-means sample, kmeans, write_labelled: the other sentences
+    embedded, labelled and written). Run by run_measured, in a fresh process."""
+    for built in Path(folder).glob("plan_*"):
+        shutil.rmtree(built)
+    seconds = {}
+
+    def timed(name, step):
+        def run(*args, **kwargs):
+            t0 = time.perf_counter()
+            result = step(*args, **kwargs)
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
+            return result
+        return run
+
+    for name in ("split_documents", "embed_in_batches", "kmeans", "write_labelled"):
+        setattr(sentences, name, timed(name, getattr(sentences, name)))
+    sentences.LSA.fit = timed("fit", sentences.LSA.fit)
+    t0 = time.perf_counter()
+    data = sentences.PlanData(folder, K, "lsa", SEED)
+    seconds["total"] = time.perf_counter() - t0
+    return dict(seconds=seconds, tokens=len(data.token_sentence["train"]), sentences=len(data.labels["train"]))
+
+
+def gather_at_scale(folder, steps=300):
+    """The median time of PlanData.batch for random windows, as train.py samples them, over steps batches (the
+    first 20 untimed). Run by run_measured, in a fresh process."""
+    data = sentences.PlanData(folder, K, "lsa", SEED)
+    generator = torch.Generator().manual_seed(0)
+    seconds = []
+    for _ in range(steps):
+        ix = torch.randint(len(data.token_sentence["train"]) - T, (B,), generator=generator)
+        t0 = time.perf_counter()
+        data.batch("train", ix, T, M)
+        seconds.append(time.perf_counter() - t0)
+    return dict(gather_ms=1000 * statistics.median(seconds[20:]))
 
 
 def synthetic_corpus(n_tokens):
@@ -68,10 +112,10 @@ def synthetic_corpus(n_tokens):
     rng = np.random.default_rng(n_tokens)
     n = {split: write_split(work, split, target, pool, rng)
          for split, target in (("train", n_tokens), ("val", n_tokens // 100))}
+    files = {path.name: {"bytes": path.stat().st_size, "crc32": crc32(path)} for path in sorted(work.iterdir())}
     meta = {"format_version": FORMAT_VERSION, "dataset": folder.name, "tokenizer": "gpt2", "vocab_size": 50257,
             "eot_token": EOT, "stoi": None, "itos": None, "n_tokens": n,
-            "source": "wiki's train sentences resampled by bench_planner_scale.py",
-            "files": {path.name: {"bytes": path.stat().st_size, "crc32": crc32(path)} for path in sorted(work.iterdir())}}
+            "source": "wiki's train sentences resampled by bench_planner_scale.py", "files": files}
     (work / META).write_text(json.dumps(meta))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(work, folder)
@@ -82,11 +126,11 @@ def sentence_pool():
     """wiki's train sentences that join cleanly, and EOT as one more: (tokens, token offsets, UTF-8 bytes, byte
     offsets), the i-th sentence's tokens being tokens[offsets[i]:offsets[i + 1]]."""
     data_dir = ensure_prepared("wiki")
-    sentences = PlanData(data_dir, 64, "lsa", 0).sentences
-    texts = sentence_texts(data_dir, load_meta(data_dir), sentences)["train"]
+    split = sentences.PlanData(data_dir, K, "lsa", SEED).sentences
+    texts = sentences.sentence_texts(data_dir, load_meta(data_dir), split)["train"]
     tokens = load_tokens(data_dir, "train")
-    spans, token_pieces, text_pieces = sentences["train"]["sentence_span"], [], []
-    for (start, end), text in zip(spans.tolist(), texts):
+    token_pieces, text_pieces = [], []
+    for (start, end), text in zip(split["train"]["sentence_span"].tolist(), texts):
         if len(text) > 1 and text[0] == " " and not text[1].isspace() and not text[-1].isspace():
             token_pieces.append(np.asarray(tokens[start:end]))
             text_pieces.append(np.frombuffer(text.encode(), dtype=np.uint8))
@@ -133,49 +177,10 @@ def gather(flat, offsets, ids):
     return flat[np.arange(lengths.sum()) + shift]
 
 
-PLAN_BUILD = """
-import json, sys, time
-import data.sentences as sentences
-seconds = {}
-
-def timed(name, fn):
-    def run(*args, **kwargs):
-        t0 = time.perf_counter()
-        result = fn(*args, **kwargs)
-        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
-        return result
-    return run
-
-sentences.split_documents = timed("split", sentences.split_documents)
-sentences.LSA.fit = timed("fit", sentences.LSA.fit)
-sentences.embed_in_batches = timed("embed", sentences.embed_in_batches)
-sentences.kmeans = timed("kmeans", sentences.kmeans)
-sentences.write_labelled = timed("label", sentences.write_labelled)
-t0 = time.perf_counter()
-data = sentences.PlanData(sys.argv[1], 64, "lsa", 0)
-seconds["total"] = time.perf_counter() - t0
-print(json.dumps(dict(seconds=seconds, tokens=len(data.token_sentence["train"]), sentences=len(data.labels["train"]))))
-"""
-
-PLAN_STEP = """
-import json, statistics, sys, time
-import torch
-from data.sentences import PlanData
-data = PlanData(sys.argv[1], 64, "lsa", 0)
-B, T, M = 12, 64, 8
-generator = torch.Generator().manual_seed(0)
-seconds = []
-for step in range(300):
-    ix = torch.randint(len(data.token_sentence["train"]) - T, (B,), generator=generator)
-    t0 = time.perf_counter()
-    data.batch("train", ix, T, M)
-    seconds.append(time.perf_counter() - t0)
-print(json.dumps(dict(gather_ms=1000 * statistics.median(seconds[20:]))))
-"""
-
-
 def main(argv):
-    configure(globals(), argv)
+    settings = {"plan_scale_millions": plan_scale_millions, "plan_scale_keep": plan_scale_keep}
+    configure(settings, argv)
+    globals().update(settings)
     bench_plan_scale()
 
 
