@@ -1,6 +1,6 @@
 """Pretrained sentence encoders for the planner's labels, from PyPI wheels, run on the GPU when there is one.
 
-    encoder = load_encoder("minilm")          # or "mpnet", or the path of a local model folder; device="cpu" to choose
+    encoder = load_encoder("minilm")          # or "mpnet", or a local model folder; device="cpu" (default "auto")
     vectors = encoder.embed(texts)            # (len(texts), encoder.dim) float32 on the CPU, rows of unit length
 
 Both models are sentence-transformers models, and their modules.json spells out the recipe this file follows:
@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from data.prepare import DATA_ROOT
 from data.wheels import fetch_wheel
+from devices import pick_device
 
 ENCODER_ROOT = DATA_ROOT / "_encoders"
 MPNET_PART_SHA256 = ("74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f",
@@ -55,25 +56,15 @@ ENCODERS = {
                           for i in range(1, 6)],
                   folder="all-mpnet-base-v2/"),
 }
-# Sentences per forward pass. The batches are sorted by length, so their padding is small; on a GPU a large batch
-# keeps it busy (transformers' scaled-dot-product attention holds no (T, T) matrix per head), on a CPU a modest one
-# is as fast and holds less.
-BATCH_SIZE = {"cuda": 512, "mps": 128, "cpu": 64}
+# Sentences per forward pass. The batches are sorted by length, so their padding is small; a GPU wants them large,
+# a CPU is as fast with modest ones. Bounded by memory: MPNet's attention (eager in transformers) holds (T, T) scores
+# per head, 256 x 12 x 384^2 floats = 1.8 GB for a batch of sentences cut at 384 tokens.
+BATCH_SIZE = {"cuda": 256, "mps": 64, "cpu": 64}
 
 
-def pick_device():
-    """CUDA when present, then Apple's MPS, else the CPU: the choice of lm.pick_device's 'auto', which this module
-    cannot import (lm imports the planner, which imports this module)."""
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def load_encoder(name, device=None):
+def load_encoder(name, device="auto"):
     """The encoder called name in ENCODERS (fetched and unpacked on first use), or the model folder at path name, on
-    device (None: pick_device())."""
+    device ('auto': CUDA, then MPS, then the CPU, as train.py's device setting)."""
     if name in ENCODERS:
         folder = ENCODER_ROOT / name
         if not folder.is_dir():
@@ -83,7 +74,7 @@ def load_encoder(name, device=None):
     else:
         raise ValueError(f"unknown sentence encoder '{name}': expected one of {', '.join(ENCODERS)}, "
                          "or the folder of a sentence-transformers model")
-    return Encoder(folder, device or pick_device())
+    return Encoder(folder, pick_device(device))
 
 
 def unpack(name, folder):

@@ -393,7 +393,7 @@ def sentence_texts(data_dir, meta, sentences):
             for split in ("train", "val")}
 
 
-def build_labels(texts, k, seed, embedder, out, device=None):
+def build_labels(texts, k, seed, embedder, out, device="auto"):
     """Embed every sentence (fitting LSA on the train sentences, or with a pretrained encoder on device), fit
     k-means on the train embeddings and label every sentence with its nearest centroid, writing into folder out:
     centroids.npy, {split}_embeddings.npy, {split}_labels.npy and the fitted LSA's lsa_*.npy. Beyond LABEL_SAMPLE
@@ -460,9 +460,9 @@ class PlanData:
     """Everything the planner reads, for both splits: the sentence of every token, each sentence's position in its
     document, its embedding and its label; the centroids; and the fitted embedder (for generated text)."""
 
-    def __init__(self, data_dir, k, embedder, seed, device=None):
+    def __init__(self, data_dir, k, embedder, seed, device="auto"):
         """The arrays are memory-mapped from the caches beside the dataset (built first if missing or stale), so
-        that a batch reads only its rows. device: where a pretrained encoder builds the labels (None: the GPU if
+        that a batch reads only its rows. device: where a pretrained encoder builds the labels ('auto': the GPU if
         there is one)."""
         if embedder not in EMBEDDERS:
             raise ConfigError(f"plan_embedder must be one of {sorted(EMBEDDERS)}, got '{embedder}'")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 transformers = pytest.importorskip("transformers")
 
 import data.encoders as encoders
-from data.encoders import BATCH_SIZE, load_encoder, pick_device
+from data.encoders import BATCH_SIZE, load_encoder
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "cat", "dog", "sat", "ran", "on", "under", "mat",
          "big", "red", "old", "house", "."]
@@ -88,17 +88,20 @@ def test_the_batch_size_does_not_change_the_embeddings(tiny):
 
 
 def test_the_gpu_is_picked_when_there_is_one_unless_a_device_is_named(tiny, monkeypatch):
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    assert pick_device() == "cpu"
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
-    assert pick_device() == "mps"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert pick_device() == "cuda"
     built_on = []
     monkeypatch.setattr(encoders, "Encoder", lambda folder, device: built_on.append(device))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    load_encoder(str(tiny))
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    load_encoder(str(tiny))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     load_encoder(str(tiny))
     load_encoder(str(tiny), "cpu")
-    assert built_on == ["cuda", "cpu"]
+    assert built_on == ["cpu", "mps", "cuda", "cpu"]
+    with pytest.raises(ValueError, match="device 'cuda:1' is not on this machine"):
+        load_encoder(str(tiny), "cuda:1")
 
 
 def test_the_encoder_runs_in_full_float32_whatever_the_process_set(tiny, monkeypatch):
@@ -131,8 +134,8 @@ def test_plan_embedder_minilm_labels_sentences_with_the_encoders_embeddings(tiny
     import data.sentences as sentences
     from data.write import write_dataset
     devices = []
-    monkeypatch.setattr(sentences, "load_encoder", lambda name, device=None: devices.append(device) or
-                        load_encoder(str(tiny), device or "cpu"))  # stands in for MiniLM
+    monkeypatch.setattr(sentences, "load_encoder", lambda name, device="cpu": devices.append(device) or
+                        load_encoder(str(tiny), device))  # stands in for MiniLM
     monkeypatch.setitem(sentences.EMBEDDERS, "minilm", 16)
     rng = random.Random(0)
     words = VOCAB[5:-1]
