@@ -9,7 +9,7 @@ table is (bench_scale.run_measured): their time, and their peak memory against t
 
 A corpus is wiki's train sentences resampled into documents of 5 to 35 sentences (~560 tokens; the papers' articles
 ~600), each followed by EOT, written straight in data/dataset.py's format with the sentences' own tokens, so that
-nothing is encoded again: 200M tokens take about a minute. Only sentences that start with a space and a word and end
+nothing is encoded again: 200M tokens take 18 s. Only sentences that start with a space and a word and end
 without whitespace are drawn: GPT-2's pre-tokenizer cuts before such a space, so the tokens of sentences joined are
 the tokens of their texts joined (the build checks it of every document). A corpus is deleted once measured.
 """
@@ -34,7 +34,7 @@ from data.prepare import ensure_prepared
 
 # -----------------------------------------------------------------------------
 plan_scale_millions = (10, 50, 200)  # corpus sizes, millions of train tokens (val: a hundredth of that)
-plan_scale_keep = False  # keep the corpora in data/_bench/ (about 17 bytes a token with their caches)
+plan_scale_keep = False  # keep the corpora in data/_bench/ (21 bytes a token with their caches: 4 GB at 200M)
 # -----------------------------------------------------------------------------
 EOT = 50256
 SENTENCES_PER_DOCUMENT = (5, 35)
@@ -42,13 +42,15 @@ K, SEED = 64, 0  # train.py's plan_k and plan_seed
 B, T, M = 12, 64, 8  # train.py's batch_size, block_size and plan_context
 
 
-def bench_plan_scale():
+def bench_plan_scale(millions, keep=False):
+    """The table: a synthetic corpus of each size in millions of tokens, built and gathered from, then deleted
+    unless keep."""
     print(f"\nplanner data at scale: LSA labels, K = {K}; gather: PlanData.batch of {B} x {T} windows, plan_context "
           f"{M}; {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}")
     print("| tokens | sentences | split s | LSA fit s | sample embed s | k-means s | label + write s | build s | "
           "build peak MB (PSS / own) | gather ms | gather peak MB (own) |\n" + "|---" * 11 + "|")
-    for millions in plan_scale_millions:
-        folder = str(synthetic_corpus(millions * 10**6))
+    for n in millions:
+        folder = str(synthetic_corpus(n * 10**6))
         build, build_memory = run_measured("bench_planner_scale.build_at_scale", folder)
         gather, gather_memory = run_measured("bench_planner_scale.gather_at_scale", folder)
         s = build["seconds"]
@@ -56,7 +58,7 @@ def bench_plan_scale():
               f"| {s['embed_in_batches']:.0f} | {s['kmeans']:.0f} | {s['write_labelled']:.0f} | {s['total']:.0f} | "
               f"{build_memory['pss'] / 2**20:,.0f} / {build_memory['anonymous'] / 2**20:,.0f} | "
               f"{gather['gather_ms']:.2f} | {gather_memory['anonymous'] / 2**20:,.0f} |", flush=True)
-        if not plan_scale_keep:
+        if not keep:
             shutil.rmtree(folder)
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
@@ -180,8 +182,7 @@ def gather(flat, offsets, ids):
 def main(argv):
     settings = {"plan_scale_millions": plan_scale_millions, "plan_scale_keep": plan_scale_keep}
     configure(settings, argv)
-    globals().update(settings)
-    bench_plan_scale()
+    bench_plan_scale(settings["plan_scale_millions"], settings["plan_scale_keep"])
 
 
 if __name__ == "__main__":
