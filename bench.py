@@ -1,30 +1,28 @@
 """
-Speed, measured in one run so that every ratio compares like with like on the same machine and load.
+Speed and memory, measured in one run so that every ratio compares like with like on the same machine and load.
 
-    python bench.py          # the plain model: ms/iter and tokens/s, against a bare PyTorch loop of the same
-                             # model, and generation with and without the KV cache
-    python bench.py --all    # also every technique's step time as a ratio to the plain model, the planner's
-                             # generation speed as a ratio to the plain model's, build times, sentence encoders,
-                             # and the n-gram loss against the plain cross-entropy on a 65- and a 50304-token head
-    python bench.py --ngram_scale  # only the n-gram build at scale: synthetic GPT-2-vocabulary corpora of 10M, 50M
-                             # and 200M tokens, the build's time and peak memory, and a training step that reads
-                             # the memory-mapped targets
+    python bench.py                # the plain model: ms/iter and tokens/s against a bare PyTorch loop of the same
+                                   # model, and generation with and without the KV cache
+    python bench.py --techniques   # also each technique's step time as a ratio to the plain model's (the planner's
+                                   # among them), the planner's generation speed as a ratio to the plain model's,
+                                   # the n-gram build's speed, the n-gram loss against the plain cross-entropy, the
+                                   # planner's labels and the sentence encoders
+    python bench.py --ngram_scale  # only the n-gram build at scale: 10M, 50M and 200M synthetic GPT-2 tokens
+    python bench.py --gpu          # only the check of every CUDA path on one GPU, in 8 minutes (bench_gpu.py)
 
 Training steps run through train.py's own Trainer, so what is timed is exactly what training does (batch
-sampling, the techniques' extras, forward, backward, AdamW). Arms are timed in alternation over several rounds
-and the median is kept, so a passing load on the machine hits every arm alike.
+sampling, the techniques' extras, forward, backward, AdamW). Every timing goes through time_arms: the arms run in
+alternating rounds after a warm-up and the median round is kept, so a passing load on the machine hits every arm
+alike.
 """
 
+import copy
 import functools
-import json
 import os
 import re
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -33,16 +31,17 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+import bench_scale
 import ngram
 import train
 from configurator import configure
-from data import ngrams
 from data.dataset import load_meta, load_texts, load_tokens
 from data.prepare import ensure_prepared
 from data.vocabulary import document_start, get_codec
 from data.encoders import ENCODERS, load_encoder
 from data.sentences import EMBEDDERS, LSA, PlanData, build_labels, sentence_texts
-from model import configure_optimizers
+from lm import LanguageModel
+from model import GPT, GPTConfig, configure_optimizers
 
 # -----------------------------------------------------------------------------
 # the plain model measured by default: nanoGPT's CPU configuration on shakespeare_char
@@ -59,130 +58,150 @@ generate_tokens = 63  # tokens generated per timing, within block_size so the ca
 device = "auto"
 dtype = "auto"
 compile = None  # None: on for CUDA only, as in train.py
-all = False  # also time every technique as a ratio to the plain model
+techniques = False  # also time every technique as a ratio to the plain model, and the builds and losses below
 ngram_scale = False  # only the n-gram build at scale (bench_ngram_scale)
 ngram_scale_millions = (10, 50, 200)  # corpus sizes, millions of tokens
 ngram_memory_mb = 2000  # the build's memory bound (train.py's setting of the same name)
 ngram_workers = 2
+gpu = False  # only the check of every CUDA path (bench_gpu.py)
+gpu_only = ""  # with --gpu: only the checks whose name contains this text, e.g. --gpu_only=resume
 # -----------------------------------------------------------------------------
 
 
-def make_trainer(**overrides):
-    """A Trainer of the plain GPT at the benchmark's shape (config/plain.py), with overrides switching techniques on."""
-    settings = train.settings_from([train.PLAIN_CONFIG])
-    settings.update(dataset=dataset, n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
-                    batch_size=batch_size, device=device, dtype=dtype, compile=compile, dropout=0.0)
-    settings.update(overrides)
-    train.validate_settings(settings)
-    return train.Trainer(settings)
+def time_arms(arms, repeats, warmup, rounds):
+    """Median seconds per call of each arm (name -> function of no arguments). Every arm is called warmup times
+    untimed, then repeats times in each of rounds rounds, the arms taking turns within each round."""
+    for arm in arms.values():
+        for _ in range(warmup):
+            arm()
+    seconds = {name: [] for name in arms}
+    for _ in range(rounds):
+        for name, arm in arms.items():
+            synchronize()
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                arm()
+            synchronize()
+            seconds[name].append((time.perf_counter() - t0) / repeats)
+    return {name: statistics.median(times) for name, times in seconds.items()}
 
 
-def sync(trainer):
-    if trainer.device_type == "cuda":
+def synchronize():
+    """Wait for the GPU's queued work, so that it is timed by the round that queued it."""
+    if torch.cuda.is_initialized():
         torch.cuda.synchronize()
 
 
-def time_steps(trainer, n):
-    """Seconds per training step over n steps."""
-    sync(trainer)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        trainer.train_step()
-    sync(trainer)
-    return (time.perf_counter() - t0) / n
+def make_trainer(*overrides):
+    """A Trainer of the plain GPT at the benchmark's shape (config/plain.py), with --key=value overrides."""
+    shape = dict(dataset=dataset, n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                 batch_size=batch_size, device=device, dtype=dtype, compile=compile, dropout=0.0)
+    return train.Trainer(train.settings_from([train.PLAIN_CONFIG, *flags(shape), *overrides]))
 
 
-def time_arms(arms):
-    """Median seconds per step of each arm (name -> trainer), timed in alternating rounds."""
-    for trainer in arms.values():
-        time_steps(trainer, warmup)
-    samples = {name: [] for name in arms}
-    for _ in range(rounds):
-        for name, trainer in arms.items():
-            samples[name].append(time_steps(trainer, steps))
-    return {name: statistics.median(times) for name, times in samples.items()}
+def flags(settings):
+    return [f"--{key}={value!r}" for key, value in settings.items()]
 
 
 def bench_plain():
     trainer = make_trainer()
-    seconds = time_arms({"plain": trainer})["plain"]
-    tokens = trainer.s["batch_size"] * trainer.s["block_size"]
-    print(f"training: {seconds * 1000:.1f} ms/iter, {tokens / seconds:,.0f} tokens/s "
+    seconds = time_arms({"train.py": trainer.train_step, "bare": bare_step(trainer)}, steps, warmup, rounds)
+    tokens = batch_size * block_size
+    print(f"training: {seconds['train.py'] * 1000:.1f} ms/iter, {tokens / seconds['train.py']:,.0f} tokens/s "
           f"({n_layer} layers, {n_embd} wide, batch {batch_size} x {block_size} on {dataset}, "
           f"{trainer.device}, {trainer.dtype}{', compiled' if trainer.compile else ''})")
     print("  target on 2 CPU cores for nanoGPT's CPU configuration (the default): at most 31 ms/iter")
-    bare = time_bare_loop(trainer)
     print(f"  the same model in a bare PyTorch loop (forward, backward, clipping, AdamW on one fixed batch): "
-          f"{bare * 1000:.1f} ms/iter; train.py's step is x{seconds / bare:.3f} of it")
-    bench_generation(trainer.model.gpt, trainer.device)
+          f"{seconds['bare'] * 1000:.1f} ms/iter; train.py's step is x{seconds['train.py'] / seconds['bare']:.3f} "
+          f"of it")
+    bench_generation(trainer)
 
 
-def time_bare_loop(trainer):
-    """Median seconds per step of the reference: the trainer's GPT trained with nothing of train.py around it."""
-    gpt, s = trainer.model.gpt, trainer.s
+def bare_step(trainer):
+    """A training step of the reference: a copy of the trainer's GPT on one fixed batch, nothing of train.py."""
+    s = trainer.s
+    gpt = copy.deepcopy(trainer.model.gpt)
+    model = torch.compile(gpt) if trainer.compile else gpt
     optimizer = configure_optimizers(gpt, s["weight_decay"], s["learning_rate"], (s["beta1"], s["beta2"]),
                                      trainer.device_type)
     x, y, _ = trainer.get_batch("train", torch.Generator().manual_seed(0), s["batch_size"])
 
-    def seconds_per_step(n):
-        sync(trainer)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            with trainer.autocast:
-                _, loss = gpt(x, y)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(gpt.parameters(), s["grad_clip"])
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        sync(trainer)
-        return (time.perf_counter() - t0) / n
-
-    seconds_per_step(warmup)
-    return statistics.median(seconds_per_step(steps) for _ in range(rounds))
+    def step():
+        with trainer.autocast:
+            _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(gpt.parameters(), s["grad_clip"])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
 
 
 @torch.no_grad()
-def bench_generation(gpt, device_name):
-    gpt.eval()
-    prompt = torch.zeros((1, 1), dtype=torch.long, device=device_name)
-    speed = {}
-    for use_cache in (True, False):
-        best = float("inf")
-        for _ in range(rounds):
-            t0 = time.perf_counter()
+def bench_generation(trainer):
+    gpt = trainer.model.gpt.eval()
+    prompt = torch.zeros((1, 1), dtype=torch.long, device=trainer.device)
+
+    def generate(use_cache):
+        with trainer.autocast:
             gpt.generate(prompt, generate_tokens, temperature=0, use_cache=use_cache)
-            best = min(best, time.perf_counter() - t0)
-        speed[use_cache] = generate_tokens / best
-    print(f"generation: {speed[True]:,.0f} tokens/s with the KV cache, {speed[False]:,.0f} without "
-          f"(x{speed[True] / speed[False]:.2f})")
+
+    seconds = time_arms({"cache": lambda: generate(True), "no cache": lambda: generate(False)}, 1, 1, rounds)
+    cached, uncached = generate_tokens / seconds["cache"], generate_tokens / seconds["no cache"]
+    print(f"generation: {cached:,.0f} tokens/s with the KV cache, {uncached:,.0f} without (x{cached / uncached:.2f})")
+
+
+# --- the techniques: step time, generation, builds and losses (--techniques) -----------------------------------
+NGRAM_N = {"shakespeare_char": 5, "wiki": 3}  # the n of config/ngram/
+
+
+def technique_arms(n):
+    """The arms timed against the plain model; n is the n-gram order that suits the dataset's tokens."""
+    ngram_compact, planner = ["--ngram_mode=compact", f"--ngram_n={n}"], ["--plan_mode=soft", "--plan_lambda=1.0"]
+    return {"ngram compact": ngram_compact, "ngram all": ["--ngram_mode=all", f"--ngram_n={n}"],
+            "mod_k=3": ["--mod_k=3"], "mod_k=3, distill every position": ["--mod_k=3", "--mod_distill_frac=1.0"],
+            "planner soft": planner, "all three": [*ngram_compact, "--mod_k=3", *planner]}
 
 
 def bench_techniques():
     """Each technique's training step time, and all three's, as a ratio to the plain model's on each dataset."""
     print("\nstep time as a ratio to the plain model (median of alternating rounds)")
     print("| dataset | arm | ms/iter | ratio |\n|---|---|---|---|")
+    planner = {}
     for name, n in NGRAM_N.items():
-        times = time_arms({"plain": make_trainer(dataset=name), **technique_arms(name, n)})
+        arms = {"plain": [], **technique_arms(n)}
+        trainers = {arm: make_trainer(f"--dataset={name!r}", *overrides) for arm, overrides in arms.items()}
+        times = time_arms({arm: trainer.train_step for arm, trainer in trainers.items()}, steps, warmup, rounds)
         for arm, seconds in times.items():
             print(f"| {name} | {arm} | {seconds * 1000:.1f} | {seconds / times['plain']:.3f} |")
+        planner[name] = times["planner soft"] / times["plain"]
+    print("planner soft step / plain step: " + ", ".join(f"{r:.3f} on {name}" for name, r in planner.items())
+          + " (target: at most 1.10)")
 
 
-def technique_arms(name, n):
-    """The arms timed against the plain model on one dataset; n is the n-gram order that suits its tokens."""
-    arms = {"ngram compact": dict(ngram_mode="compact", ngram_n=n), "ngram all": dict(ngram_mode="all", ngram_n=n),
-            "mod_k=3": dict(mod_k=3), "mod_k=3, distill every position": dict(mod_k=3, mod_distill_frac=1.0),
-            "planner soft": dict(plan_mode="soft", plan_lambda=1.0),
-            "all three": dict(ngram_mode="compact", ngram_n=n, mod_k=3, plan_mode="soft", plan_lambda=1.0)}
-    return {arm: make_trainer(dataset=name, **settings) for arm, settings in arms.items()}
+@torch.no_grad()
+def bench_planner_generation(new_tokens=300):
+    """sample.py's speed with the planner, which re-plans at every sentence end, as a ratio to the plain model's."""
+    print(f"\ngeneration of {new_tokens} tokens as sample.py runs it (target for the planner: at least 0.5x plain)")
+    trainers = {"plain": make_trainer(), "planner soft": make_trainer("--plan_mode=soft", "--plan_lambda=1.0")}
+    meta = trainers["plain"].meta
+    prompt = torch.tensor([get_codec(meta)[0](document_start(meta))], device=trainers["plain"].device)
 
+    def generate(trainer):
+        trainer.model.eval()
+        torch.manual_seed(0)
+        trainer.model.generate(prompt, new_tokens, temperature=0.8, top_k=200, plan_data=trainer.plan_data,
+                               vocab=trainer.vocab)
 
-NGRAM_N = {"shakespeare_char": 5, "wiki": 3}  # the n of config/ngram/
+    seconds = time_arms({arm: functools.partial(generate, t) for arm, t in trainers.items()}, 1, 1, rounds)
+    print("| arm | tokens/s | ratio |\n|---|---|---|")
+    for arm, s in seconds.items():
+        print(f"| {arm} | {new_tokens / s:,.0f} | {seconds['plain'] / s:.2f} |")
 
 
 def bench_ngram_build():
     """Build speed of the n-gram counts and compact targets (data/ngrams.py) on each train split, read from its
     memmap and written to a temporary folder, and the build's peak memory (one worker: these splits are one
-    partition)."""
+    partition). Median of alternating rounds."""
     print("\nn-gram compact targets, r=8: build from the train split (target: at least 2M tokens/s on 2 CPU cores)")
     print("| dataset | n | tokens | seconds | tokens/s | peak bytes/token |\n|---|---|---|---|---|---|")
     for name, n in NGRAM_N.items():
@@ -191,155 +210,15 @@ def bench_ngram_build():
 
         def build():
             with tempfile.TemporaryDirectory() as folder:
-                ngrams.load_or_build(folder, tokens, n, 8, 0, eot, ngram_memory_mb, 1)
+                bench_scale.build_targets(folder, tokens, n, eot, ngram_memory_mb, 1)
 
-        seconds = []
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            build()
-            seconds.append(time.perf_counter() - t0)
+        seconds = time_arms({"build": build}, 1, 1, rounds)["build"]
         tracemalloc.start()  # numpy reports its allocations to tracemalloc
         build()
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-        best = min(seconds)
-        print(f"| {name} | {n} | {len(tokens):,} | {best:.3f} | {len(tokens) / best:,.0f} | "
+        print(f"| {name} | {n} | {len(tokens):,} | {seconds:.3f} | {len(tokens) / seconds:,.0f} | "
               f"{peak / len(tokens):.0f} |")
-
-
-SCALE_DIR = Path(__file__).resolve().parent / "data" / "_bench"  # git-ignored
-GPT2_VOCAB, GPT2_EOT = 50257, 50256
-
-
-def bench_ngram_scale():
-    """The out-of-core n-gram build (data/ngrams.py, n = 3, r = 8) on synthetic corpora with GPT-2's vocabulary,
-    written as train.bin memmaps, and a training step of a tiny GPT (batch 4 x 64, GPT-2's padded head) that gathers
-    its targets from the memory-mapped files. Each runs in a fresh process (the build's with numpy only), sampled
-    from /proc: the build's peak memory is its processes' summed PSS (workers included, shared pages counted once);
-    the step's is its own (anonymous) memory, without the pages of the files it maps: the memory-mapped targets are
-    page cache, which the kernel shares and drops as it needs (on this machine's kernel a touched page maps its whole
-    folio, so a run soon shows most of a freshly written file as resident)."""
-    print(f"\nn-gram build at scale: n = 3, r = 8, ngram_memory_mb = {ngram_memory_mb}, {ngram_workers} workers, "
-          f"{os.cpu_count()} CPU cores")
-    print("| tokens | contexts | partitions | build s | tokens/s | build peak MB | step ms | gather ms | "
-          "step peak MB (own) |\n|---|---|---|---|---|---|---|---|---|")
-    for millions in ngram_scale_millions:
-        folder = synthetic_corpus(millions * 10**6)
-        for built in folder.glob("ngram_n3*"):
-            shutil.rmtree(built)
-        build, build_memory = run_measured(SCALE_BUILD, folder)
-        step, step_memory = run_measured(SCALE_STEP, folder)
-        print(f"| {millions}M | {build['contexts']:,} | {build['partitions']} | {build['seconds']:.1f} | "
-              f"{millions * 1e6 / build['seconds']:,.0f} | {build_memory['pss'] / 2**20:,.0f} | "
-              f"{step['step_ms']:.1f} | {step['gather_ms']:.2f} | {step_memory['anonymous'] / 2**20:,.0f} |",
-              flush=True)
-
-
-def synthetic_corpus(n_tokens, chunk=1 << 22):
-    """SCALE_DIR/zipf_<n>/train.bin: Zipf(1.1) ids over GPT-2's vocabulary, documents of about 1000 tokens ended by
-    EOT, written chunk by chunk (never whole in memory), once."""
-    folder = SCALE_DIR / f"zipf_{n_tokens}"
-    path = folder / "train.bin"
-    if path.is_file() and path.stat().st_size == 2 * n_tokens:
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(n_tokens)
-    with open(path, "wb") as f:
-        for start in range(0, n_tokens, chunk):
-            size = min(chunk, n_tokens - start)
-            tokens = (rng.zipf(1.1, size) - 1) % GPT2_EOT
-            tokens[rng.random(size) < 1e-3] = GPT2_EOT
-            f.write(tokens.astype(np.uint16).tobytes())
-    return folder
-
-
-SCALE_BUILD = """
-import json, sys, time
-import numpy as np
-from data import ngrams
-folder, memory_mb, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-tokens = np.memmap(f"{folder}/train.bin", np.uint16, mode="r")
-t0 = time.perf_counter()
-arrays = ngrams.load_or_build(folder, tokens, 3, 8, 0, 50256, memory_mb, workers)
-print(json.dumps(dict(seconds=time.perf_counter() - t0, contexts=len(arrays["context_keys"]),
-                      partitions=ngrams.plan(len(tokens) - 1, memory_mb, workers, 8)[0])))
-"""
-
-SCALE_STEP = """
-import json, statistics, sys, time
-import numpy as np, torch
-import ngram
-from lm import LanguageModel
-from model import GPT, GPTConfig, configure_optimizers
-folder, memory_mb, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-tokens = np.memmap(f"{folder}/train.bin", np.uint16, mode="r")
-targets = ngram.load_targets("compact", folder, tokens, 3, 8, 0, 50256, memory_mb, workers)
-torch.manual_seed(0)
-B, T = 4, 64
-model = LanguageModel(GPT(GPTConfig(block_size=T, vocab_size=50304, n_layer=2, n_head=2, n_embd=64)),
-                      dict(ngram_mode="compact", ngram_alpha=0.5))
-optimizer = configure_optimizers(model, 0.1, 1e-3, (0.9, 0.99), "cpu")
-generator = torch.Generator().manual_seed(0)
-steps, gathers = [], []
-for step in range(30):
-    t0 = time.perf_counter()
-    ix = torch.randint(len(tokens) - T, (B,), generator=generator).numpy()
-    rows = ix[:, None] + np.arange(T)
-    x, y = (torch.from_numpy(tokens[rows + shift].astype(np.int64)) for shift in (0, 1))
-    t1 = time.perf_counter()
-    ids, probs = targets(rows)
-    gathers.append(time.perf_counter() - t1)
-    loss, _ = model(x, y, {"ngram_ids": torch.from_numpy(ids), "ngram_probs": torch.from_numpy(probs)})
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    steps.append(time.perf_counter() - t0)
-print(json.dumps(dict(step_ms=1000 * statistics.median(steps[5:]), gather_ms=1000 * statistics.median(gathers[5:]))))
-"""
-
-
-def run_measured(code, folder):
-    """Run code in a fresh Python with folder and the build's settings as arguments; its printed JSON result, and
-    the peaks of its processes' summed PSS and anonymous memory (bytes), sampled every 50 ms."""
-    process = subprocess.Popen([sys.executable, "-c", code, str(folder), str(ngram_memory_mb), str(ngram_workers)],
-                               cwd=Path(__file__).resolve().parent, stdout=subprocess.PIPE,
-                               env=dict(os.environ, OMP_NUM_THREADS="1"))
-    peaks = {"pss": 0, "anonymous": 0}
-
-    def sample():
-        while process.poll() is None:
-            used = {"pss": 0, "anonymous": 0}
-            for pid in process_tree(process.pid):
-                try:
-                    with open(f"/proc/{pid}/smaps_rollup") as f:
-                        fields = dict(line.split()[:2] for line in f if line[0].isupper())
-                except (OSError, ValueError):
-                    continue
-                used["pss"] += int(fields.get("Pss:", 0)) * 1024
-                used["anonymous"] += int(fields.get("Anonymous:", 0)) * 1024
-            peaks.update({k: max(peaks[k], used[k]) for k in peaks})
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    out, _ = process.communicate()
-    sampler.join()
-    if process.returncode:
-        raise RuntimeError(f"the measured process failed with exit code {process.returncode}")
-    return json.loads(out.decode().strip().splitlines()[-1]), peaks
-
-
-def process_tree(pid):
-    """pid and its descendants (Linux /proc)."""
-    tree, i = [pid], 0
-    while i < len(tree):
-        try:
-            with open(f"/proc/{tree[i]}/task/{tree[i]}/children") as f:
-                tree += [int(child) for child in f.read().split()]
-        except OSError:
-            pass
-        i += 1
-    return tree
 
 
 def bench_ngram_loss():
@@ -355,26 +234,18 @@ def bench_ngram_loss():
         logits = torch.randn(rows, vocab, generator=generator, requires_grad=True)
         ids = torch.randint(vocab, (rows, k), generator=generator)
         weights = torch.softmax(torch.randn(rows, k, generator=generator), dim=1)
-        arms = {"plain CE": lambda: F.cross_entropy(logits, ids[:, 0]),
-                "autograd": lambda: -(weights * F.log_softmax(logits, dim=-1).gather(1, ids)).sum(1).mean(),
-                "SparseCrossEntropy": lambda: ngram.SparseCrossEntropy.apply(logits, ids, weights)[0]}
+        losses = {"plain CE": lambda: F.cross_entropy(logits, ids[:, 0]),
+                  "autograd": lambda: -(weights * F.log_softmax(logits, dim=-1).gather(1, ids)).sum(1).mean(),
+                  "SparseCrossEntropy": lambda: ngram.SparseCrossEntropy.apply(logits, ids, weights)[0]}
 
         def forward_backward(loss_fn):
             loss_fn().backward()
             logits.grad = None
 
-        seconds = {name: [] for name in arms}
-        for loss_fn in arms.values():
-            forward_backward(loss_fn)
+        arms = {name: functools.partial(forward_backward, loss_fn) for name, loss_fn in losses.items()}
         repeats = steps if vocab < 1024 else 2  # a 50k head takes a good part of a second on a CPU
-        for _ in range(rounds):
-            for name, loss_fn in arms.items():
-                t0 = time.perf_counter()
-                for _ in range(repeats):
-                    forward_backward(loss_fn)
-                seconds[name].append((time.perf_counter() - t0) / repeats)
-        seconds = {name: statistics.median(times) for name, times in seconds.items()}
-        peaks = {name: peak_bytes(lambda: forward_backward(loss_fn)) for name, loss_fn in arms.items()}
+        seconds = time_arms(arms, repeats, 1, rounds)
+        peaks = {name: peak_bytes(arm) for name, arm in arms.items()}
         for name in arms:
             print(f"| {vocab} | {name} | {seconds[name] * 1000:.2f} | {seconds[name] / seconds['plain CE']:.3f} | "
                   f"{peaks[name] / 2**20:.1f} | {peaks[name] / peaks['plain CE']:.3f} |")
@@ -397,11 +268,13 @@ def bench_plan_labels():
     """The planner's label building (LSA embedding + k-means), per 10k sentences of wiki."""
     data_dir = ensure_prepared("wiki")
     texts = sentence_texts(data_dir, load_meta(data_dir), PlanData(data_dir, 64, "lsa", 0).sentences)
-    t0 = time.perf_counter()
-    build_labels(texts, 64, seed=0)
+    def build():
+        with tempfile.TemporaryDirectory() as out:  # build_labels writes the cache's files there
+            build_labels(texts, 64, 0, "lsa", Path(out))
+    seconds = time_arms({"labels": build}, 1, 0, rounds)["labels"]
     n = sum(len(t) for t in texts.values())
-    print(f"planner labels: {(time.perf_counter() - t0) / n * 1e4:.2f} s per 10k sentences (LSA + k-means, K = 64, "
-          f"{n:,} wiki sentences)")
+    print(f"planner labels: {seconds / n * 1e4:.2f} s per 10k sentences (LSA + k-means, K = 64, {n:,} wiki "
+          f"sentences, median of {rounds} builds)")
 
 
 def bench_sentence_encoders(n=200):
@@ -416,53 +289,90 @@ def bench_sentence_encoders(n=200):
             arms[name] = functools.partial(load_encoder(name).embed, sample)
         except ValueError as e:  # transformers is an optional dependency
             print(f"{name}: not timed: {e}")
-    seconds = {name: [] for name in arms}
-    for _ in range(rounds):
-        for name, embed in arms.items():
-            t0 = time.perf_counter()
-            embed()
-            seconds[name].append(time.perf_counter() - t0)
-    per_10k = ", ".join(f"{name} {statistics.median(s) / n * 1e4:.2f} s" for name, s in seconds.items())
+    seconds = time_arms(arms, 1, 1, rounds)
+    per_10k = ", ".join(f"{name} {s / n * 1e4:.2f} s" for name, s in seconds.items())
     print(f"sentence embeddings per 10k wiki sentences (median of {rounds} rounds on {n} sentences, CPU, "
           f"torch threads: {torch.get_num_threads()}): {per_10k}")
 
 
-@torch.no_grad()
-def bench_planner_generation(new_tokens=300):
-    """sample.py's speed with the planner, which re-plans at every sentence end, as a ratio to the plain model's."""
-    print(f"\ngeneration of {new_tokens} tokens as sample.py runs it (target for the planner: at least 0.5x plain)")
-    models = {"plain": make_trainer().model, "planner soft": make_trainer(plan_mode="soft", plan_lambda=1.0).model}
-    meta = load_meta(ensure_prepared(dataset))
-    prompt = torch.tensor([get_codec(meta)[0](document_start(meta))], device=next(models["plain"].parameters()).device)
-    seconds = {arm: [] for arm in models}
-    for _ in range(rounds):
-        for arm, model in models.items():
-            model.eval()
-            torch.manual_seed(0)
-            t0 = time.perf_counter()
-            model.generate(prompt, new_tokens, temperature=0.8, top_k=200)
-            seconds[arm].append(time.perf_counter() - t0)
-    print("| arm | tokens/s | ratio |\n|---|---|---|")
-    plain = statistics.median(seconds["plain"])
-    for arm, times in seconds.items():
-        print(f"| {arm} | {new_tokens / statistics.median(times):,.0f} | {plain / statistics.median(times):.2f} |")
+# --- the n-gram build at scale (--ngram_scale) ----------------------------------------------------------------
+def bench_ngram_scale():
+    """The out-of-core n-gram build (data/ngrams.py, n = 3, r = 8) on synthetic corpora with GPT-2's vocabulary,
+    written as train.bin memmaps, and a training step of a tiny GPT (batch 4 x 64, GPT-2's padded head) that gathers
+    its targets from the memory-mapped files. Each runs in a fresh process (the build's with numpy only,
+    bench_scale.py), sampled from /proc: the build's peak memory is its processes' summed PSS (workers included,
+    shared pages counted once); the step's is its own (anonymous) memory, without the pages of the files it maps:
+    the memory-mapped targets are page cache, which the kernel shares and drops as it needs (on this machine's
+    kernel a touched page maps its whole folio, so a run soon shows most of a freshly written file as resident)."""
+    print(f"\nn-gram build at scale: n = 3, r = 8, ngram_memory_mb = {ngram_memory_mb}, {ngram_workers} workers, "
+          f"{os.cpu_count()} CPU cores")
+    print("| tokens | contexts | partitions | build s | tokens/s | build peak MB | step ms | gather ms | "
+          "step peak MB (own) |\n|---|---|---|---|---|---|---|---|---|")
+    for millions in ngram_scale_millions:
+        folder = str(bench_scale.synthetic_corpus(millions * 10**6))
+        build, build_memory = bench_scale.run_measured("bench_scale.build_at_scale", folder, ngram_memory_mb,
+                                                       ngram_workers)
+        step, step_memory = bench_scale.run_measured("bench.ngram_scale_step", folder, ngram_memory_mb,
+                                                     ngram_workers)
+        print(f"| {millions}M | {build['contexts']:,} | {build['partitions']} | {build['seconds']:.1f} | "
+              f"{millions * 1e6 / build['seconds']:,.0f} | {build_memory['pss'] / 2**20:,.0f} | "
+              f"{step['step_ms']:.1f} | {step['gather_ms']:.2f} | {step_memory['anonymous'] / 2**20:,.0f} |",
+              flush=True)
+
+
+def ngram_scale_step(folder, memory_mb, workers):
+    """Median milliseconds of a training step of a tiny GPT whose n-gram targets are gathered from folder's
+    memory-mapped files, and of the gather alone (random rows each call). Run in a fresh process by
+    bench_ngram_scale."""
+    tokens = np.memmap(f"{folder}/train.bin", np.uint16, mode="r")
+    targets = ngram.load_targets("compact", folder, tokens, 3, bench_scale.NGRAM_R, bench_scale.NGRAM_SEED,
+                                 bench_scale.GPT2_EOT, memory_mb, workers)
+    torch.manual_seed(0)
+    B, T = 4, 64
+    model = LanguageModel(GPT(GPTConfig(block_size=T, vocab_size=50304, n_layer=2, n_head=2, n_embd=64)),
+                          dict(ngram_mode="compact", ngram_alpha=0.5))
+    optimizer = configure_optimizers(model, 0.1, 1e-3, (0.9, 0.99), "cpu")
+    generator = torch.Generator().manual_seed(0)
+
+    def random_rows():
+        ix = torch.randint(len(tokens) - T, (B,), generator=generator).numpy()
+        return ix[:, None] + np.arange(T)
+
+    def step():
+        rows = random_rows()
+        x, y = (torch.from_numpy(tokens[rows + shift].astype(np.int64)) for shift in (0, 1))
+        ids, probs = targets(rows)
+        loss, _ = model(x, y, {"ngram_ids": torch.from_numpy(ids), "ngram_probs": torch.from_numpy(probs)})
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    seconds = time_arms({"step": step, "gather": lambda: targets(random_rows())}, 5, 5, 5)
+    return {"step_ms": 1000 * seconds["step"], "gather_ms": 1000 * seconds["gather"]}
 
 
 def main(argv):
     configure(globals(), argv)
     torch.manual_seed(0)
+    if gpu:
+        import bench_gpu  # here, not at the top: bench_gpu imports this file for time_arms
+        return bench_gpu.main(gpu_only)
     if ngram_scale:
         bench_ngram_scale()
-        return
+        return 0
     bench_plain()
-    if all:
+    if techniques:
         bench_techniques()
         bench_planner_generation()
         bench_ngram_build()
         bench_ngram_loss()
         bench_plan_labels()
         bench_sentence_encoders()
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except (ValueError, OSError) as e:  # our messages name the problem and the fix
+        sys.exit(f"error: {e}")

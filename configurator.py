@@ -3,12 +3,14 @@ Settings the nanoGPT way: a script's settings are plain globals at its top, and 
 with config files (`config/train_wiki.py`, plain Python assignments) and `--key=value` pairs, applied left to
 right; a bare `--key` sets a True/False setting to True. Unlike a bare exec, each override is checked: an unknown
 key or a value of the wrong type stops the run with a message that names it, so a typo never silently trains the
-wrong model. `--help` prints the settings with their defaults and exits.
+wrong model. `--help` prints the settings with their defaults and exits; given the script's file, each setting with
+its comment from the script, under the comment lines that head its group.
 
     configure(globals(), sys.argv[1:])
 """
 
 import difflib
+import re
 import traceback
 from ast import literal_eval
 
@@ -17,14 +19,12 @@ class ConfigError(ValueError):
     pass
 
 
-def configure(settings, args):
-    """Apply config files and --key=value overrides from args to the settings dict (a script's globals)."""
+def configure(settings, args, help_from=None):
+    """Apply config files and --key=value overrides from args to the settings dict (a script's globals).
+    help_from: the script's path, whose comments --help prints beside each setting."""
     known = {k: v for k, v in settings.items() if is_setting(k, v)}
     if "--help" in args or "-h" in args:
-        print("settings and their defaults (the comments at the top of the script say what they do); override "
-              "them with config files and --key=value, left to right:")
-        for key, value in known.items():
-            print(f"  --{key}={value!r}")
+        print(help_text(known, help_from))
         raise SystemExit(0)
     for arg in args:
         if arg.startswith("--"):
@@ -36,6 +36,33 @@ def configure(settings, args):
         else:
             for key, value in read_config_file(arg).items():
                 apply(settings, known, key, value, f"config file {arg}")
+
+
+SETTING_LINE = re.compile(r"^(\w+) = .*?(?:  # (.*))?$")
+
+
+def help_text(known, script=None):
+    """The settings with their defaults; with the script, each with its comment and grouped as the script groups
+    them: comment lines above a setting that has no comment of its own are its help, above one that has, a group's
+    heading."""
+    lines = ["settings and their defaults; override them with config files and --key=value, left to right:"]
+    comments, help_of, heading_of = [], {}, {}
+    for line in open(script).read().splitlines() if script else []:
+        match = SETTING_LINE.match(line)
+        if line.startswith("# ") and not line.startswith("# ---"):
+            comments.append(line[2:])
+        elif match and match.group(1) in known:
+            key, own = match.groups()
+            help_of[key] = own or " ".join(comments)
+            if own and comments:
+                heading_of[key] = comments
+            comments = []
+        else:
+            comments = []
+    for key, value in known.items():
+        lines += ["", *heading_of[key]] if key in heading_of else []
+        lines.append(f"  --{key}={value!r}" + (f"  {help_of[key]}" if help_of.get(key) else ""))
+    return "\n".join(lines)
 
 
 def is_setting(key, value):

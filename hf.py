@@ -13,13 +13,15 @@ requirements-dev.txt`).
 """
 
 import os
+import shutil
 import sys
+import tempfile
 
 import torch
 
+import checkpoint as ckpt
 from configurator import ConfigError, configure
 from data.vocabulary import TOKENIZER_DIR, gpt2_encoding
-from lm import load_checkpoint
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 GPT2_VOCAB_SIZE = 50257
@@ -86,12 +88,11 @@ to = ""  # the folder to write; empty: out_dir/hf
 def main(argv):
     """Write out_dir/ckpt.pt as a transformers GPT-2 folder; returns the folder."""
     s = {"out_dir": out_dir, "to": to}
-    configure(s, argv)
+    configure(s, argv, help_from=__file__)
     folder = s["to"] or os.path.join(s["out_dir"], "hf")
     if os.path.exists(folder):
         raise ConfigError(f"{folder} exists: remove it or pass another --to")
-    checkpoint = load_checkpoint(os.path.join(s["out_dir"], "ckpt.pt"),
-                                 fix="train first, or point out_dir at a run's folder")
+    checkpoint = ckpt.load(os.path.join(s["out_dir"], "ckpt.pt"), fix="train first, or point out_dir at a run's folder")
     techniques = sorted({k.split(".")[0] for k in checkpoint["model"]} - {"gpt", "lora"})
     if techniques:
         raise ConfigError(f"{s['out_dir']} was trained with {' and '.join(techniques)}, which change the model's "
@@ -99,26 +100,31 @@ def main(argv):
     if checkpoint.get("tokenizer") != "gpt2":
         raise ConfigError(f"{s['out_dir']} was trained on the '{checkpoint.get('tokenizer')}' tokenizer; GPT-2 tools "
                           f"read token ids as GPT-2 BPE: export only models trained on a GPT-2 BPE dataset")
-    from train import tuned_gpt_weights  # here, not at the top: train.py imports this module
     transformers = import_transformers()
     args = checkpoint["model_args"]
     config = transformers.GPT2Config(vocab_size=GPT2_VOCAB_SIZE, n_positions=args["block_size"],
                                      n_embd=args["n_embd"], n_layer=args["n_layer"], n_head=args["n_head"],
                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     hf = transformers.GPT2LMHeadModel(config)
-    weights = swap_conv1d(tuned_gpt_weights(checkpoint))
+    weights = swap_conv1d(ckpt.gpt_weights(checkpoint))
     # The rows past GPT-2's vocabulary only padded the matrix for speed; no token has their ids.
     for name in ("transformer.wte.weight", "lm_head.weight"):
         weights[name] = weights[name][:GPT2_VOCAB_SIZE]
     for name, p in hf.state_dict().items():  # a model trained with bias=False has zero biases
         weights.setdefault(name, torch.zeros_like(p))
     hf.load_state_dict(weights)
-    hf.save_pretrained(folder + ".tmp")
     gpt2_encoding()  # makes sure GPT-2's vocabulary files are in TOKENIZER_DIR
     tokenizer = transformers.GPT2Tokenizer(vocab=str(TOKENIZER_DIR / "encoder.json"),
                                            merges=str(TOKENIZER_DIR / "vocab.bpe"))
-    tokenizer.save_pretrained(folder + ".tmp")  # so that tools load model and tokenizer from one folder
-    os.replace(folder + ".tmp", folder)
+    # A fresh temporary folder beside the export, renamed into place when whole: an earlier export that died
+    # half-way leaves nothing in it.
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(folder) + ".", suffix=".tmp", dir=os.path.dirname(folder) or ".")
+    try:
+        hf.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)  # so that tools load model and tokenizer from one folder
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrote {folder}: load it with transformers' GPT2LMHeadModel.from_pretrained('{folder}') and "
           f"AutoTokenizer.from_pretrained('{folder}')")
     return folder

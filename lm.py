@@ -6,7 +6,6 @@ single forward, and one state_dict holds the whole run.
 With every technique off, `LanguageModel` computes exactly what `GPT.forward` computes.
 """
 
-import os
 from contextlib import nullcontext
 
 import torch
@@ -14,12 +13,11 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 import ngram
-from data.dataset import load_meta
-from data.prepare import ensure_prepared
 from lora import LoRA
 from mod import DepthEnsemble
 from model import GPT, GPTConfig
-from planner import PlanConditioner
+from planner import PLANNER_MODES, SHUFFLED, PlanConditioner
+from replanner import Replanner
 
 
 class LanguageModel(nn.Module):
@@ -38,26 +36,40 @@ class LanguageModel(nn.Module):
             gpt.requires_grad_(False)  # the base is frozen; only the techniques' own parameters (and LoRA's) train
         self.lora = LoRA(gpt, settings["lora_rank"], settings["lora_alpha"]) if base == "lora" else None
 
+    def logits(self, x, extra, plan_mode=None):
+        """Next-token logits (B, T, V) for inputs x with the techniques that are on, and what they computed on the
+        way: 'hidden' (every block's output), 'weights' and 'normed' (the ensemble's routing weights and normalised
+        late states, or None), 'plan_loss' and 'plan_stats' (the planner's). Training, evaluation, scoring, sampling
+        and explain.py all read the model through here. plan_mode conditions this call on another plan (explain.py's
+        uniform plan) without changing the model."""
+        attn_add, plan_loss, plan_stats = self.plan(extra, plan_mode) if self.plan is not None else (None, None, {})
+        hidden = self.gpt.body(x, attn_add)
+        weights = normed = None
+        if self.mod is not None:  # the depth ensemble's mixed logits are the model's prediction
+            logits, weights, normed = self.mod(hidden, self.gpt)
+        else:
+            logits = self.gpt.head(hidden[-1])
+        return logits, dict(hidden=hidden, weights=weights, normed=normed, plan_loss=plan_loss, plan_stats=plan_stats)
+
     def forward(self, x, y, extra):
         """Training loss for inputs x and next tokens y (B, T), and a dict of scalars to log.
 
         extra holds the per-position data a technique gathered with the batch (empty when all are off).
         stats['ce'] is always the plain next-token cross-entropy: the number validation reports.
         """
-        attn_add, plan_loss, plan_stats = self.plan(extra) if self.plan is not None else (None, None, {})
-        hidden = self.gpt.body(x, attn_add)
-        if self.mod is not None:  # the depth ensemble's mixed logits are the model's prediction
-            logits, weights, normed = self.mod(hidden, self.gpt)
-        else:
-            logits = self.gpt.head(hidden[-1])
+        logits, parts = self.logits(x, extra)
         loss, stats = self.next_token_loss(logits, y, extra)
-        stats.update(plan_stats)
+        stats.update(parts["plan_stats"])
+        if not self.training and self.plan is not None and self.plan.mode in ("oracle", *PLANNER_MODES):
+            # what the LM loses when each sentence gets another sentence's plan: how much it reads its own
+            shuffled, _ = self.logits(x, extra, SHUFFLED)
+            stats["plan_gain"] = F.cross_entropy(shuffled.flatten(0, 1).float(), y.flatten()) - stats["ce"]
         if self.mod is not None:
-            distill, mod_stats = self.mod.aux_loss(self.gpt, hidden, normed, weights, y)
+            distill, mod_stats = self.mod.aux_loss(self.gpt, parts["hidden"], parts["normed"], parts["weights"], y)
             loss = loss + distill
             stats.update(mod_stats)
-        if plan_loss is not None:
-            loss = loss + plan_loss
+        if parts["plan_loss"] is not None:
+            loss = loss + parts["plan_loss"]
         return loss, stats
 
     def next_token_loss(self, logits, y, extra):
@@ -71,43 +83,30 @@ class LanguageModel(nn.Module):
             return F.cross_entropy(flat_logits, flat_y, label_smoothing=self.label_smoothing), {"ce": ce.detach()}
         return ce, {"ce": ce.detach()}
 
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True):
-        """Sample with the techniques in the loop: the ensemble's mixed logits, the planner's plan of each sentence."""
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, plan_data=None, vocab=None):
+        """Sample with the techniques in the loop: the ensemble's mixed logits, and the planner's plan of each
+        sentence, re-planned from the text as it is written (replanner.py: it needs the run's PlanData and
+        vocabulary)."""
         logits_fn = (lambda hidden: self.mod(hidden, self.gpt)[0]) if self.mod is not None else None
-        attn_add_fn = self.plan.generation_hook() if self.plan is not None else None
+        attn_add_fn = Replanner(self.plan, plan_data, vocab) if self.plan is not None else None
         return self.gpt.generate(idx, max_new_tokens, temperature, top_k, use_cache, logits_fn=logits_fn,
                                  attn_add_fn=attn_add_fn)
 
 
-def load_checkpoint(path, fix="train first, or point init_from at an existing file"):
-    """A checkpoint of train.py; fix says how the caller's settings point at another one."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path}: {fix}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises several types for a truncated or foreign file
-        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); it is truncated or not a "
-                         f"checkpoint of this repository") from None
-
-
-def checkpoint_vocab(checkpoint):
-    """The vocabulary a checkpoint was trained with (a meta for data.common.get_codec). Checkpoints carry it; older
-    ones name only their tokenizer, all that GPT-2 BPE needs, and their dataset, which a character one reads."""
-    if "vocab" in checkpoint:
-        return checkpoint["vocab"]
-    if checkpoint.get("tokenizer") == "gpt2":
-        return {"dataset": "GPT-2 BPE", "tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256, "stoi": None,
-                "itos": None}
-    config = checkpoint["config"]
-    if "dataset" not in config:
-        raise ValueError(f"the checkpoint names neither its vocabulary nor its dataset (its tokenizer: "
-                         f"{checkpoint.get('tokenizer')!r}): it cannot be decoded or tuned here")
-    try:
-        return load_meta(ensure_prepared(config["dataset"], config.get("tokenizer", "char")))
-    except (ValueError, FileNotFoundError) as e:
-        raise ValueError(f"this checkpoint predates checkpoints that carry their vocabulary, and its dataset "
-                         f"'{config['dataset']}' cannot be read ({e}): put the dataset back, or train it "
-                         f"again") from None
+@torch.no_grad()
+def mean_stats(model, batches, autocast=nullcontext()):
+    """Mean of every scalar the model reports over batches of (x, y, extra), each weighted by its number of
+    windows, in eval mode: what train.py's evaluations, its score and explain.py's tables report."""
+    model.eval()
+    sums, windows = {}, 0
+    for x, y, extra in batches:
+        with autocast:
+            _, stats = model(x, y, extra)
+        for name, value in stats.items():
+            sums[name] = sums.get(name, 0.0) + value.float().item() * len(x)
+        windows += len(x)
+    model.train()
+    return {name: total / windows for name, total in sums.items()}
 
 
 def load_language_model(checkpoint, device):
@@ -115,42 +114,3 @@ def load_language_model(checkpoint, device):
     model = LanguageModel(GPT(GPTConfig(**checkpoint["model_args"])), checkpoint["config"])
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval()
-
-
-def pick_device(requested="auto", local_rank=None):
-    """'auto' means CUDA (this process's GPU under DDP), then Apple's MPS, then the CPU. A named device must exist
-    here: torch's own message for a missing one is about device indices or a build option."""
-    if requested != "auto":
-        try:
-            named = torch.device(requested)
-        except RuntimeError:
-            named = None
-        if named is None or named.type not in ("cpu", "cuda", "mps"):
-            raise ValueError(f"unknown device '{requested}': use auto, cpu, cuda, cuda:N or mps")
-        kind = named.type
-        present = {"cpu": 1, "cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
-                   "mps": int(torch.backends.mps.is_available())}[kind]
-        if (named.index or 0) >= present:
-            raise ValueError(f"device '{requested}' is not on this machine ({present} {kind} device(s) found): use "
-                             f"--device=auto, which picks the best one present, or --device=cpu")
-        if requested == "cuda" and local_rank is not None:  # under DDP each process takes its own GPU
-            return f"cuda:{local_rank}"
-        return requested
-    if torch.cuda.is_available():
-        return f"cuda:{local_rank}" if local_rank is not None else "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def pick_precision(device_type, requested="auto"):
-    """The compute dtype's name and the autocast context that applies it. 'auto' is bfloat16 on CUDA where the
-    GPU has it, float16 on older CUDA GPUs (train.py then scales the loss), and float32 elsewhere: on CPUs
-    bfloat16 autocast is available (dtype=bfloat16) but rarely faster for models this small."""
-    dtype = requested
-    if dtype == "auto":
-        on_cuda = device_type == "cuda"
-        dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if on_cuda else "float32"
-    if dtype == "float32":
-        return dtype, nullcontext()
-    return dtype, torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))

@@ -38,7 +38,9 @@ Decisions where the paper is silent (ours; docs/mod.md gives the reasons and the
 
 Layers are named by their 0-based block index j in logs: layer{j}_ce is the CE of layer j through its trained norm,
 layer{j}_lens through ln_f (the untrained "logit lens"), layer{j}_rescue the share of tokens that layer j gets
-right (argmax) while the final layer gets them wrong, route{j} the mean routing weight.
+right (argmax) while the final layer gets them wrong, route{j} the mean routing weight. best_layer_ce is the
+ensemble's ceiling: the mean over tokens of min_j CE_j, the loss of a router that always picked, in hindsight, the
+late layer that is best for that token.
 """
 
 import torch
@@ -106,8 +108,11 @@ class DepthEnsemble(nn.Module):
         """hidden: every block's output (a list of n_layer tensors (..., n_embd)). Returns the mixed logits,
         the routing weights (..., k) and the k normalised late states, final layer last."""
         late = hidden[self.first:]
+        # n_j = norm_j(h_j) for the non-final late layers, ln_f(h_final) for the final one
         normed = [norm(h) for norm, h in zip(self.norms, late[:-1])] + [gpt.transformer.ln_f(late[-1])]
+        # g = softmax(W_r x + b_r), x the final normalised state
         weights = F.softmax(self.router(normed[-1]).float(), dim=-1)
+        # logits = sum_j g_j * lm_head(n_j) = lm_head(sum_j g_j * n_j): one vocabulary matmul
         mixed = sum(weights[..., j, None].to(n.dtype) * n for j, n in enumerate(normed))
         return gpt.lm_head(mixed), weights, normed
 
@@ -120,35 +125,45 @@ class DepthEnsemble(nn.Module):
             flat = [n.flatten(0, -2) for n in normed]
             count = max(1, round(self.distill_frac * flat[0].size(0)))
             pick = torch.randperm(flat[0].size(0), device=flat[0].device)[:count]
+            # the teacher's head is detached too: the distillation moves the late layers, never the shared lm_head
             distill = self.distillation([F.linear(n[pick], gpt.lm_head.weight.detach()) for n in flat])
         else:
             distill = self.evaluate_layers(gpt, hidden, normed, y, stats)
         stats["distill"] = distill.detach()
+        # H(g) = -sum_j g_j log g_j, averaged over tokens
         entropy = torch.special.entr(weights).sum(-1).mean()
+        # aux = lambda * sum_j KL(P_final || P_j) - router_entropy * H(g)
         return self.distill_lambda * distill - self.router_entropy * entropy, stats
 
     def distillation(self, layer_logits):
         """Sum over the non-final late layers of the mean KL between the final layer's distribution and theirs."""
         logp = [F.log_softmax(logits.float(), dim=-1) for logits in layer_logits]
+        # sum over j < final of KL(P_final || P_j), the final layer the (detached) teacher
         return sum(kl_div(logp[-1].detach(), student) for student in logp[:-1])
 
     @torch.no_grad()
     def evaluate_layers(self, gpt, hidden, normed, y, stats):
-        """Per-layer CE through the trained norm and through ln_f (the logit lens), the rescue rate and the
-        distillation on every position, holding one non-final layer's logits at a time."""
+        """Per-layer CE through the trained norm and through ln_f (the logit lens), the rescue rate, the per-token
+        best layer's CE (the ceiling) and the distillation on every position, holding one non-final layer's logits
+        at a time."""
         y = y.flatten()
         final_logp = F.log_softmax(gpt.lm_head(normed[-1]).flatten(0, -2).float(), dim=-1)
         final_right = final_logp.argmax(-1) == y
-        stats[f"layer{self.first + self.k - 1}_ce"] = F.nll_loss(final_logp, y)
+        best = F.nll_loss(final_logp, y, reduction="none")  # per token, min over the layers seen so far
+        stats[f"layer{self.first + self.k - 1}_ce"] = best.mean()
         distill = 0.0
         for j, n in enumerate(normed[:-1]):
             layer = self.first + j
             logp = F.log_softmax(gpt.lm_head(n).flatten(0, -2).float(), dim=-1)
-            stats[f"layer{layer}_ce"] = F.nll_loss(logp, y)
+            ce = F.nll_loss(logp, y, reduction="none")
+            stats[f"layer{layer}_ce"] = ce.mean()
+            best = torch.minimum(best, ce)
             stats[f"layer{layer}_rescue"] = ((logp.argmax(-1) == y) & ~final_right).float().mean()
             distill = distill + kl_div(final_logp, logp)
             del logp
             stats[f"layer{layer}_lens"] = F.cross_entropy(gpt.head(hidden[layer]).flatten(0, -2).float(), y)
+        # the ceiling: mean over tokens of min_j CE_j, the best late layer for each token chosen in hindsight
+        stats["best_layer_ce"] = best.mean()
         return distill
 
 

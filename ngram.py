@@ -79,7 +79,9 @@ class ExactTargets:
         filled = width < degree[..., None]
         index = np.where(filled & has_context[..., None], start[..., None] + width, 0)
         counts = np.where(filled, self.counts[index], 0)
+        # without a context the target is onehot(NT): the observed next token, with probability 1
         ids = np.where(has_context[..., None], self.next_ids[index], np.asarray(self.tokens[rows + 1])[..., None])
+        # y_all[v] = C(c, v) / C(c)
         probs = np.where(has_context[..., None], counts / np.maximum(counts.sum(axis=-1, keepdims=True), 1), 1.0)
         return ids.astype(np.int64), np.where(filled, probs, 0.0).astype(np.float32)
 
@@ -98,6 +100,8 @@ class CompactTargets:
     def __call__(self, rows):
         """(ids, probs) of shape rows.shape + (r + 1,): the r top tokens, then the tail token."""
         context = self.row_context[rows]
+        # y_S + (1 - m) * onehot(t): the context's top r tokens with their probabilities, then the tail token t
+        # (the observed one, or one dealt from the tail) with the tail's mass 1 - m
         ids = np.concatenate((self.top_ids[context], self.tail_ids[rows][..., None]), axis=-1)
         probs = np.concatenate((self.top_probs[context], self.tail_probs[context][..., None]), axis=-1)
         return ids.astype(np.int64), probs
@@ -124,7 +128,9 @@ def soft_target_loss(logits, targets, ids, probs, alpha):
     target of k + 1 entries."""
     ids = torch.cat((targets.reshape(-1, 1), ids.flatten(0, -2)), dim=1)
     probs = probs.flatten(0, -2)
+    # one target: weight 1 - alpha on the observed token NT, alpha * y[v] on each v of the soft target
     weights = torch.cat((torch.full_like(ids[:, :1], 1 - alpha, dtype=probs.dtype), alpha * probs), dim=1)
+    # loss = (1 - alpha) * CE(onehot(NT), p) + alpha * CE(y, p), with CE(y, p) = -sum_v y[v] log p[v]
     loss, picked = SparseCrossEntropy.apply(logits.float().flatten(0, -2), ids, weights)
     return loss, {"ce": -picked[:, 0].mean(), "ngram_ce": -(probs * picked[:, 1:]).sum(dim=1).mean()}
 
@@ -146,5 +152,6 @@ class SparseCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, grad_picked):
         logprobs, ids, weights = ctx.saved_tensors
+        # d loss / d logits = (softmax(logits) - target) / rows
         grad = logprobs.exp().scatter_add_(1, ids, -weights)
         return grad.mul_(grad_loss / len(grad)), None, None

@@ -42,7 +42,7 @@ SETTINGS = [k for k, v in globals().items() if not k.startswith("_") and isinsta
 def main(argv):
     """Pre-train with the settings above, overridden by argv (config files and --key=value)."""
     s = {k: globals()[k] for k in SETTINGS}
-    configure(s, argv)
+    configure(s, argv, help_from=__file__)
     data = PlanData(ensure_prepared(s["dataset"]), s["plan_k"], s["plan_embedder"], s["plan_seed"])
     torch.manual_seed(s["seed"])
     planner = Planner(s["plan_k"], data.centroids.size(1), s["plan_context"])

@@ -13,7 +13,10 @@ import torch
 
 from configurator import ConfigError, configure, is_setting
 from data.vocabulary import document_start, get_codec
-from lm import checkpoint_vocab, load_checkpoint, load_language_model, pick_device, pick_precision
+import checkpoint as ckpt
+from devices import pick_device, pick_precision
+from lm import load_language_model
+from replanner import plan_data_of
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # sample from out_dir/ckpt.pt
@@ -33,15 +36,16 @@ SETTINGS = {k: v for k, v in globals().items() if is_setting(k, v)}
 def main(argv):
     """Print samples with the settings above, overridden by argv (a copy: the defaults stay for the next call)."""
     s = dict(SETTINGS)
-    configure(s, argv)
+    configure(s, argv, help_from=__file__)
     if s["num_samples"] < 1 or s["max_new_tokens"] < 1 or s["temperature"] < 0 or s["top_k"] < 0:
         raise ConfigError("num_samples and max_new_tokens must be at least 1, temperature and top_k at least 0")
-    checkpoint = load_checkpoint(f"{s['out_dir']}/ckpt.pt",
-                                 fix="train first (python train.py), or point out_dir at a run's folder")
+    checkpoint = ckpt.load(f"{s['out_dir']}/ckpt.pt",
+                           fix="train first (python train.py), or point out_dir at a run's folder")
     run_device = pick_device(s["device"])
     _, autocast = pick_precision(run_device.split(":")[0], s["dtype"])
     model = load_language_model(checkpoint, run_device)
-    meta = checkpoint_vocab(checkpoint)
+    meta = ckpt.vocab(checkpoint)
+    plan_data = plan_data_of(checkpoint["config"]) if model.plan is not None else None
     encode, decode = get_codec(meta)
     prompt = read_prompt(s["start"], meta)
     idx = torch.tensor([encode(prompt)], dtype=torch.long, device=run_device)
@@ -54,7 +58,8 @@ def main(argv):
     for _ in range(s["num_samples"]):
         t0 = time.time()
         with autocast:
-            out = model.generate(idx, s["max_new_tokens"], s["temperature"], s["top_k"] or None, s["use_cache"])
+            out = model.generate(idx, s["max_new_tokens"], s["temperature"], s["top_k"] or None, s["use_cache"],
+                                 plan_data, meta)
         print(decode(out[0].tolist()))
         print(f"---------------- {s['max_new_tokens'] / (time.time() - t0):.0f} tokens/s")
 

@@ -65,7 +65,7 @@ def prepare(dataset, out_dir, name, text_column="text", tokenizer="gpt2", val_pe
 
 if __name__ == "__main__":
     try:
-        configure(globals(), sys.argv[1:])
+        configure(globals(), sys.argv[1:], help_from=__file__)
         if not name:
             raise ConfigError("say which dataset: --name=openwebtext (from the hub) or --name=json "
                               "--data_files=docs.jsonl (your files)")

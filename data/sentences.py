@@ -509,19 +509,16 @@ class PlanData:
         return embeddings * inside[..., None], pos
 
     def batch(self, split, ix, block_size, m):
-        """The per-batch inputs of PlanConditioner for windows starting at ix: position t of row b is planned
-        by the sentence of token ix[b] + t + 1, the token it predicts. Each row's sentences get the slots 0..S-1
-        (padding slots repeat the row's last sentence and have label -1)."""
-        target = torch.from_numpy(
-            self.token_sentence[split][ix.numpy()[:, None] + np.arange(1, block_size + 1)].astype(np.int64))
-        first = target[:, :1]
-        slot = target - first
-        planned = slot[:, -1:] + 1  # sentences planned in each row
-        slots = torch.arange(int(planned.max()))
-        ids = torch.minimum(first + slots, target[:, -1:])
+        """The planner's inputs for windows starting at ix: position t of row b is planned by the sentence of token
+        ix[b] + t + 1, the token it predicts. Each sentence of the batch is listed once (its planner input and its
+        label), and plan_index points every position at its entry: the planner runs once per sentence, on no
+        padding."""
+        target = self.token_sentence[split][ix.numpy()[:, None] + np.arange(1, block_size + 1)]
+        ids, index = np.unique(target, return_inverse=True)
+        ids = torch.from_numpy(ids)
         context, pos = self.context(split, ids, m)
-        label = torch.where(slots < planned, self.labels[split][ids], -1)
-        return {"plan_slot": slot, "plan_context": context, "plan_pos": pos, "plan_label": label}
+        return {"plan_index": torch.from_numpy(index.reshape(target.shape)), "plan_context": context,
+                "plan_pos": pos, "plan_label": self.labels[split][ids]}
 
 
 class Rounded:

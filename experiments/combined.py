@@ -1,12 +1,12 @@
 """
-Plain vs all three: the main job (`python train.py`: shakespeare_char, n-gram targets + depth ensemble + planner)
-next to the same model, steps and batches with every technique off (config/plain.py), over paired seeds.
+The main job taken apart: which technique does its gain come from, and is all three the best mix? On the main job's
+settings (`python train.py`: shakespeare_char, 4 layers, 128 wide, 3000 steps), over paired seeds, eight arms: the
+plain GPT (config/plain.py), each technique alone, all three (the main job), and all three but each one.
 
     python experiments/combined.py [small|gpu]
 
-Writes results/combined{,_gpu}.md and .png, and each arm's validation loss and perplexity (mean over seeds) to
-results/combined{,_gpu}.json, which the main job prints its own beside. Each technique alone is measured by its own
-experiment (ngram, mod, planner).
+Writes results/combined{,_gpu}.md and .png, and each arm's validation loss (per seed and mean) to
+results/combined{,_gpu}.json, which the main job prints its own result beside.
 """
 
 import json
@@ -15,45 +15,98 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments.common import (ROOT, SEEDS, VERDICT_NOTE, markdown_table, mean_sd, paired_columns, plot_curves,
-                                read_score, train_arm)
+from experiments.common import (MAIN_JOB_ITERS, ROOT, SEEDS, TECHNIQUES, VERDICT_NOTE, main_job_dir, markdown_table,
+                                mean_sd, paired_columns, per_seed, plot_curves, read_score, train_arm)
 
 SUITES = {
-    "small": dict(args=[], max_iters=3000),
+    "small": dict(args=[], max_iters=MAIN_JOB_ITERS),
     "gpu": dict(args=["--n_layer=12", "--n_head=12", "--n_embd=768", "--block_size=256", "--batch_size=64",
                       "--dropout=0.2", "--learning_rate=6e-4", "--min_lr=6e-5", "--eval_interval=250"],
                 max_iters=5000),
 }
-# train_arm starts every arm from config/plain.py; the flags switch train.py's defaults for each technique back on.
-ARMS = {"plain": [], "all three (the main job)": ["--ngram_mode=compact", "--mod_k=2", "--plan_mode=soft",
-                                                  "--plan_lambda=1.0"]}
+ALL = "all three (the main job)"
+ARMS = {"plain": [], **{f"{name} alone": [name] for name in TECHNIQUES}, ALL: list(TECHNIQUES),
+        **{f"all but {name}": [other for other in TECHNIQUES if other != name] for name in TECHNIQUES}}
+# The table of plain vs all three on the main job's settings, and the command that writes it.
+RESULTS = os.path.join(ROOT, "results", "combined.json")
+COMMAND = "python experiments/run.py --suite small --only combined"
+
+
+def arm_flags(techniques):
+    return [flag for name in techniques for flag in TECHNIQUES[name]]
 
 
 def run(suite, results_dir):
     plan = SUITES[suite]
-    out = os.path.join(ROOT, "out", f"combined-{suite}")
-    runs = {arm: [train_arm(os.path.join(out, f"seed{seed}", str(i)), [*flags, *plan["args"]], plan["max_iters"],
-                            seed) for seed in SEEDS]
-            for i, (arm, flags) in enumerate(ARMS.items())}
-    scores = {arm: [read_score(os.path.join(out, f"seed{seed}", str(i)))["val_loss"] for seed in SEEDS]
-              for i, arm in enumerate(ARMS)}
-    rows = [[arm, *paired_columns(losses, scores["plain"]), f"{math.exp(mean_sd(losses)[0]):.2f}",
-             f"{runs[arm][0][-1]['trainable_params']:,}",
-             f"{sum(r[-1]['elapsed_s'] for r in runs[arm]) / len(SEEDS):.0f}"]
-            for arm, losses in scores.items()]
-    table = markdown_table(["arm", "val loss", "vs plain", "verdict", "val ppl", "trainable params",
-                            "training seconds per seed"], rows)
+    runs, scores = {}, {}
+    for arm, techniques in ARMS.items():
+        dirs = [main_job_dir(arm, seed, suite) for seed in SEEDS]
+        runs[arm] = [train_arm(d, [*arm_flags(techniques), *plan["args"]], plan["max_iters"], seed)
+                     for d, seed in zip(dirs, SEEDS)]
+        scores[arm] = [read_score(d) for d in dirs]
+    table = report(runs, scores)
     name = "combined" if suite == "small" else f"combined_{suite}"
     os.makedirs(results_dir, exist_ok=True)
     with open(os.path.join(results_dir, f"{name}.md"), "w") as f:
-        f.write(f"# Plain vs all three techniques ({suite} suite, shakespeare_char, {plan['max_iters']} steps)\n\n"
+        f.write(f"# The main job taken apart ({suite} suite, shakespeare_char, {plan['max_iters']} steps)\n\n"
                 f"{table}\n{VERDICT_NOTE} Training seconds: without evaluations, on the machine and load of the "
-                "run.\n")
+                "run. Routing and the ensemble's ceiling (the per-token best late layer, chosen in hindsight) are "
+                "means over seeds on the same validation split; 'router's share' is (final layer alone - mixture) / "
+                "(final layer alone - ceiling), per seed. 'plan gain' is how much the loss rises when each sentence "
+                "is conditioned on another sentence's plan.\n")
     with open(os.path.join(results_dir, f"{name}.json"), "w") as f:
-        json.dump({arm: {"val_loss": mean_sd(losses)[0], "val_ppl": math.exp(mean_sd(losses)[0]),
-                         "seeds": dict(zip(map(str, SEEDS), losses))} for arm, losses in scores.items()}, f, indent=1)
-    plot_curves(runs, os.path.join(results_dir, f"{name}.png"), "shakespeare_char: plain vs all three")
+        json.dump({arm: {"val_loss": mean_sd(per_seed(s))[0], "val_ppl": math.exp(mean_sd(per_seed(s))[0]),
+                         "seeds": dict(zip(map(str, SEEDS), per_seed(s)))} for arm, s in scores.items()}, f, indent=1)
+    plot_curves(runs, os.path.join(results_dir, f"{name}.png"), "shakespeare_char: the main job taken apart")
     print(table)
+
+
+def report(runs, scores):
+    losses = {arm: per_seed(s) for arm, s in scores.items()}
+    rows = []
+    for arm in ARMS:
+        rows.append([arm, *paired_columns(losses[arm], losses["plain"]),
+                     *paired_columns(losses[arm], losses[ALL])[1:], f"{math.exp(mean_sd(losses[arm])[0]):.2f}",
+                     ensemble_cells(scores[arm]), planner_cells(scores[arm]),
+                     f"{runs[arm][0][-1]['trainable_params']:,}",
+                     f"{sum(r[-1]['elapsed_s'] for r in runs[arm]) / len(SEEDS):.0f}"])
+    return markdown_table(["arm", "val loss", "vs plain", "verdict", "vs all three", "verdict", "val ppl",
+                           "ensemble: routing / final layer alone / ceiling / router's share",
+                           "planner: accuracy / majority / plan gain", "trainable params",
+                           "training seconds per seed"], rows)
+
+
+def ensemble_cells(scores):
+    if "val_best_layer_ce" not in scores[0]:
+        return "-"
+    routes = sorted(k for k in scores[0] if k.startswith("val_route"))
+    final = max((k for k in scores[0] if k.startswith("val_layer") and k.endswith("_ce")),
+                key=lambda k: int(k[len("val_layer"):-len("_ce")]))
+    mean = {k: mean_sd(per_seed(scores, k))[0] for k in [*routes, final, "val_best_layer_ce"]}
+    shares = [(s[final] - s["val_loss"]) / (s[final] - s["val_best_layer_ce"]) for s in scores]
+    share, sd = mean_sd(shares)
+    return (f"{' / '.join(f'{mean[k]:.2f}' for k in routes)} / {mean[final]:.4f} / {mean['val_best_layer_ce']:.4f} / "
+            f"{100 * share:.0f}% ± {100 * sd:.0f}%")
+
+
+def planner_cells(scores):
+    if "val_plan_acc" not in scores[0]:
+        return "-"
+    acc, majority, gain = (mean_sd(per_seed(scores, k))[0] for k in ("val_plan_acc", "val_plan_majority_acc",
+                                                                      "val_plan_gain"))
+    return f"{acc:.3f} / {majority:.3f} / {gain:+.4f}"
+
+
+def plain_result(results_path=RESULTS):
+    """The plain GPT's validation perplexity on the main job's settings, mean over seeds, as this experiment stored
+    it (not a run of the caller's), or the command that stores it."""
+    if not os.path.isfile(results_path):
+        return f"for the plain GPT's on the same settings, run `{COMMAND}` (it writes {results_path})"
+    with open(results_path) as f:
+        plain = json.load(f)["plain"]
+    return (f"the plain GPT on the same settings: perplexity {plain['val_ppl']:.2f}, the mean over "
+            f"{len(plain['seeds'])} seeds stored in {os.path.relpath(results_path, ROOT)} by `{COMMAND}`, not this "
+            f"run")
 
 
 if __name__ == "__main__":

@@ -56,6 +56,32 @@ def mean_sd(values):
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
+def per_seed(scores, key="val_loss"):
+    """One value of each seed's score.json (scores: the arm's scores in SEEDS order)."""
+    return [score[key] for score in scores]
+
+
+def share_of_ceiling(values, baseline, ceiling):
+    """'mean ± sd' over seeds of the share of the ceiling's gain an arm takes: (baseline - arm) / (baseline -
+    ceiling), each seed's from its own baseline and ceiling (lower loss is better)."""
+    shares = [(b - v) / (b - c) for v, b, c in zip(values, baseline, ceiling)]
+    mean, sd = mean_sd(shares)
+    return f"{100 * mean:.0f}% ± {100 * sd:.0f}%"
+
+
+# The main job's settings (python train.py) from config/plain.py: the flags that switch each technique back on.
+MAIN_JOB_ITERS = 3000
+TECHNIQUES = {"n-gram targets": ["--ngram_mode=compact"], "depth ensemble": ["--mod_k=2"],
+              "planner": ["--plan_mode=soft", "--plan_lambda=1.0"]}
+
+
+def main_job_dir(name, seed, suite="small"):
+    """The folder of one arm on the main job's settings, shared by the experiments that run it (combined, planner),
+    so that an arm two experiments compare trains once."""
+    slug = name.replace(" ", "_").replace("/", "-").replace("=", "")
+    return os.path.join(ROOT, "out", "main-job" if suite == "small" else f"main-job-{suite}", f"seed{seed}", slug)
+
+
 def verdict(differences):
     """The rule of the module docstring, on an arm's per-seed differences to its baseline (lower is better)."""
     mean, sd = mean_sd(differences)

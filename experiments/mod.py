@@ -21,8 +21,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments.common import (ROOT, SEEDS, VERDICT_NOTE, markdown_table, mean_sd, paired_columns, plot_curves,
-                                read_score, train_arm)
+from plot import draw_curves, new_figure, series
+from experiments.common import (ROOT, SEEDS, VERDICT_NOTE, markdown_table, mean_sd, paired_columns, per_seed,
+                                plot_curves, read_score, share_of_ceiling, train_arm)
 
 ARMS = {"full": "tune_full", "full + MoD": "tune_full_mod", "LoRA": "tune_lora", "LoRA + MoD": "tune_lora_mod",
         "MoD only": "tune_mod_only"}
@@ -67,50 +68,49 @@ def report(runs, scores, suite, plan):
     losses = {label: [score["val_loss"] for score in per_seed] for label, per_seed in scores.items()}
     rows = []
     for label in ARMS:
-        per_seed = scores[label]
-        layers = sorted(k for k in per_seed[0] if k.startswith("val_layer") and k.endswith("_ce"))
-        routes = sorted(k for k in per_seed[0] if k.startswith("val_route"))
-        final_alone = f"{mean_sd([s[layers[-1]] for s in per_seed])[0]:.4f}" if layers else "-"
-        weights = " / ".join(f"{mean_sd([s[k] for s in per_seed])[0]:.2f}" for k in routes) or "-"
         rows.append([label, BASELINE[label], f"{runs[label][0][-1]['trainable_params']:,}",
-                     *paired_columns(losses[label], losses[BASELINE[label]]), final_alone,
-                     f"{weights} ({', '.join(k[len('val_route'):] for k in routes)})" if routes else "-"])
+                     *paired_columns(losses[label], losses[BASELINE[label]]), *ensemble_cells(scores[label])])
     header = ["arm", "baseline", "trainable params", "val loss", "vs baseline", "verdict", "final layer alone",
-              "mean routing weights (layers)"]
+              "ceiling: per-token best late layer", "router's share of the ceiling", "mean routing weights (layers)"]
     return (f"# Depth ensemble: tuning on sotu ({suite} suite)\n\nFrom a GPT pretrained {plan['pretrain_iters']} "
             f"iterations on wiki, {plan['tune_iters']} tuning iterations per arm. Validation loss before tuning "
             f"('untuned'): {start:.4f} (ppl {math.exp(start):.1f}).\n\n" + markdown_table(header, rows) +
             f"\n{VERDICT_NOTE} Each MoD arm is compared with the same tuning without the ensemble, 'MoD only' and the "
-            "plain tunings with the untuned model. Layers are numbered from 0; the routing weights and the final "
-            "layer's own loss are means over seeds on the same 120k tokens.\n")
+            "plain tunings with the untuned model. Layers are numbered from 0; the routing weights, the final "
+            "layer's own loss and the ceiling (the loss of a router that picks, for every token in hindsight, the "
+            "late layer best for it) are means over seeds on the same 120k tokens; the router's share is (final "
+            "layer alone - mixture) / (final layer alone - ceiling), per seed.\n")
+
+
+def ensemble_cells(scores):
+    """Final layer alone, the ceiling, the router's share of it, and the routing weights, for an arm's seeds."""
+    layers = sorted((k for k in scores[0] if k.startswith("val_layer") and k.endswith("_ce")),
+                    key=lambda k: int(k[len("val_layer"):-len("_ce")]))
+    if not layers:
+        return ["-"] * 4
+    routes = [k.replace("layer", "route")[:-len("_ce")] for k in layers]
+    final, ceiling = per_seed(scores, layers[-1]), per_seed(scores, "val_best_layer_ce")
+    weights = " / ".join(f"{mean_sd(per_seed(scores, k))[0]:.2f}" for k in routes)
+    return [f"{mean_sd(final)[0]:.4f}", f"{mean_sd(ceiling)[0]:.4f}",
+            share_of_ceiling(per_seed(scores), final, ceiling),
+            f"{weights} ({', '.join(k[len('val_route'):] for k in routes)})"]
 
 
 def plot_layers(runs, path):
-    """For each MoD arm: every late layer's validation loss through its own norm (and the mixture's), and the
-    mean routing weight of each late layer, over the tuning iterations."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, len(runs), figsize=(4 * len(runs), 6.5), sharex=True, squeeze=False)
+    """For each MoD arm: every late layer's validation loss through its own norm (and the mixture's and the
+    ceiling's), and the mean routing weight of each late layer, over the tuning iterations."""
+    fig = new_figure(2, len(runs), width=4.0, height=3.2)[0]
+    axes = fig.axes
     for column, (label, records) in enumerate(runs.items()):
-        iters = [r["iter"] for r in records]
-        layers = sorted(k for k in records[-1] if k.startswith("val_layer") and k.endswith("_ce"))
-        loss_ax, route_ax = axes[0, column], axes[1, column]
-        loss_ax.plot(iters, [r["val_loss"] for r in records], "k-", label="mixture")
-        for key in layers:
-            loss_ax.plot(iters, [r[key] for r in records], marker=".", label=key[len("val_"):-len("_ce")])
-            route = key.replace("layer", "route")[:-len("_ce")]
-            route_ax.plot(iters, [r[route] for r in records], marker=".", label=route[len("val_"):])
-        loss_ax.set_title(label)
-        loss_ax.set_ylabel("validation loss (nats/token)")
-        route_ax.set_ylabel("mean routing weight")
-        route_ax.set_xlabel("iteration")
-        for ax in (loss_ax, route_ax):
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-    fig.tight_layout()
+        loss_ax, route_ax = axes[column], axes[len(runs) + column]
+        layers = sorted((k for k in records[-1] if k.startswith("val_layer") and k.endswith("_ce")),
+                        key=lambda k: int(k[len("val_layer"):-len("_ce")]))
+        curves = {"mixture": series(records, "val_loss"), "ceiling": series(records, "val_best_layer_ce"),
+                  **{f"layer {k[len('val_layer'):-len('_ce')]}": series(records, k) for k in layers}}
+        draw_curves(loss_ax, curves, label, "validation loss (nats/token)")
+        draw_curves(route_ax, {f"layer {k[len('val_layer'):-len('_ce')]}": series(
+            records, k.replace("layer", "route")[:-len("_ce")]) for k in layers}, "", "mean routing weight")
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

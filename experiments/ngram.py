@@ -17,7 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configurator import read_config_file
 from experiments.common import (ROOT, SEEDS, VERDICT_NOTE, first_iter_reaching, markdown_table, paired_columns,
-                                plot_curves, read_score, train_arm)
+                                plot_curves, read_score, share_of_ceiling, train_arm)
 
 # arm -> (mode, n, r, alpha)
 ARMS = {"off": ("off", 3, 8, 0.5), "AllNTs": ("all", 3, 8, 0.5),
@@ -45,8 +45,10 @@ def run(suite, results_dir):
         rows.append([arm, n, "-" if mode != "compact" else r, alpha if mode != "off" else "-",
                      *paired_columns(scores[arm], scores["off"]),
                      paired_columns(scores[arm], scores["AllNTs"])[1] if mode == "compact" else "-",
+                     share_of_ceiling(scores[arm], scores["off"], scores["AllNTs"]) if mode == "compact" else "-",
                      " / ".join("never" if s is None else str(s) for s in steps)])
     header = ["arm", "n", "r", "alpha", "val loss", "vs off", "verdict", "vs AllNTs (n=3, alpha=0.5)",
+              "share of AllNTs' gain",
               f"first step at off's final val loss (of {max_iters}), per seed"]
     table = markdown_table(header, rows)
     name = "ngram" if suite == "small" else f"ngram_{suite}"

@@ -1,21 +1,18 @@
 """
-The planner experiment on wiki: does conditioning on a sentence plan lower validation loss, does end-to-end
-('soft') fine-tuning of the planner beat the argmax ('hard') of paper 1, and do labels from a real sentence encoder
-(MiniLM) do better than LSA's?
+The planner where a plan can be seen to help: the main job's settings (shakespeare_char, 4 layers, 128 wide, 3000
+steps, LM and planner trained together from the start), over paired seeds. Every arm is scored against the
+ceiling of its labels, 'oracle' (the true label of the sentence being written: what a perfect planner would give).
 
-Stages (each a command; finished ones are skipped when the suite runs again):
-  1. base LM, plain GPT                          python train.py config/plain.py config/planner/small.py
-  2. planner pre-training on the labels          python pretrain_planner.py config/planner/pretrain.py
-  3. base LM frozen + adapters on the pre-trained planner's argmax labels ('hard'), from 1 and 2
-  4. fine-tuning in 'soft' (the planner trains through its distribution) or 'hard' again, from 3's best checkpoint
-Controls from 1 with the same steps after the base as 3 + 4: 'uniform' (the mean label embedding: the extra
-parameters without a plan, the soft control) and 'none' (the base itself). ('oracle', the true label of the sentence
-being written, is left out to pay for the seeds: in the one-seed run before it was 0.0006 nats below the base.)
-The base LM stays frozen in 3 and 4, as the paper freezes its pretrained GPT-2, with the authors' recipe
-(config/planner/tune.py). Stages 1 and 2 are shared; stages 3 and 4 run with every seed, for each label set (LSA,
-MiniLM).
+    python experiments/planner.py [small|gpu]      # results/planner{,_gpu}.md and .png
 
-    python experiments/planner.py [small|gpu]   # results/planner{,_gpu}.md and .png
+1. The papers' comparison: none (the plain GPT), uniform (the mean label embedding: the adapters without a plan),
+   hard (paper 1: the planner's argmax; only its own cross-entropy trains it), st (straight-through), soft (paper 2:
+   the planner's distribution, so the LM loss trains the planner too), oracle. Every planner arm also learns its
+   labels (plan_lambda = 1), as the main job does: a planner trained from scratch needs it.
+2. Raising the planner's share: changes to the planner (its labels, K, context, a pre-trained start), each judged
+   by its share of its own labels' oracle, and the papers' LM-loss-only training (plan_lambda = 0) from a
+   pre-trained planner, the setting in which the planner drifts off its labels.
+'none' and 'soft' are the main job's 'plain' and 'planner alone' arms (experiments/combined.py): same folders.
 """
 
 import os
@@ -23,107 +20,114 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import torch
-
-from data.prepare import ensure_prepared
-from data.sentences import PlanData
-from experiments.common import (ROOT, SEEDS, VERDICT_NOTE, markdown_table, paired_columns, plot_curves, read_log,
-                                read_score, train_arm)
-from planner import Planner
-from pretrain_planner import evaluate_planner
+from experiments.common import (MAIN_JOB_ITERS, ROOT, SEEDS, VERDICT_NOTE, main_job_dir, markdown_table, mean_sd,
+                                paired_columns, per_seed, plot_curves, read_log, read_score, share_of_ceiling,
+                                train_arm, verdict)
 
 SUITES = {
-    "small": dict(config="config/planner/small.py", base_iters=800, planner_iters=1000, stage_iters=100),
-    "gpu": dict(config="config/planner/gpu.py", base_iters=5000, planner_iters=3000, stage_iters=1000),
+    "small": dict(args=[], max_iters=MAIN_JOB_ITERS, planner_iters=2000),
+    "gpu": dict(args=["--n_layer=12", "--n_head=12", "--n_embd=768", "--block_size=256", "--batch_size=64",
+                      "--dropout=0.2", "--learning_rate=6e-4", "--min_lr=6e-5", "--eval_interval=250"],
+                max_iters=5000, planner_iters=5000),
 }
-ARMS = {  # arm -> what position t is conditioned on
-    "none": "nothing (the base LM)",
-    "uniform": "the mean label embedding",
-    "hard": "the planner's argmax label (paper 1)",
-    "soft": "the planner's label distribution (paper 2)",
+PLANNER = ["--plan_lambda=1.0"]  # what every planner arm adds to its mode
+ARMS = {  # arm -> (flags, what position t is conditioned on)
+    "none": ([], "nothing (the plain GPT)"),
+    "uniform": (["--plan_mode=uniform"], "the mean label embedding (the adapters without a plan)"),
+    "hard": (["--plan_mode=hard", *PLANNER], "the planner's argmax label (paper 1)"),
+    "st": (["--plan_mode=st", *PLANNER], "argmax forward, the softmax's gradient backward"),
+    "soft": (["--plan_mode=soft", *PLANNER], "the planner's label distribution (paper 2)"),
+    "oracle": (["--plan_mode=oracle"], "the true label of the sentence being written (the ceiling)"),
 }
-EMBEDDERS = {"lsa": "LSA", "minilm": "MiniLM"}
+SHARED = {"none": "plain", "soft": "planner alone"}  # arms that are the main job's (experiments/combined.py)
+PRETRAINED = "--plan_init_planner={pretrained}"  # filled in with the stage-2 planner of the variant's labels
+VARIANTS = {  # variant -> (the flags of its soft arm beyond ARMS["soft"], the flags that change its labels)
+    "MiniLM labels": (["--plan_embedder=minilm"], ["--plan_embedder=minilm"]),
+    "K = 16": (["--plan_k=16"], ["--plan_k=16"]),
+    "16 sentences of context": (["--plan_context=16"], []),
+    "pre-trained planner (stage 2)": ([PRETRAINED], []),
+    "pre-trained planner, LM loss only (paper 2)": ([PRETRAINED, "--plan_lambda=0.0"], []),
+}
 
 
 def run(suite, results_dir):
-    cfg = SUITES[suite]
-    out = os.path.join(ROOT, "out", f"planner-{suite}")
-    stage = cfg["stage_iters"]
-    train_arm(f"{out}/base", [cfg["config"]], cfg["base_iters"])
-    rows, curves = [], {}
-    for embedder, name in EMBEDDERS.items():
-        planner = pretrain_planner(f"{out}/planner_{embedder}", cfg["planner_iters"], embedder)
-        tune = [cfg["config"], "config/planner/tune.py", f"--plan_embedder={embedder}"]
-        scores, accuracy = {"none": [read_score(f"{out}/base")["val_loss"]] * len(SEEDS)}, {}
-        for arm in [a for a in ARMS if a != "none"]:
-            per_seed = [train_arms(out, embedder, tune, arm, stage, seed) for seed in SEEDS]
-            curves[f"{name} {arm}"] = [records for records, _ in per_seed]
-            scores[arm] = [read_score(best_dir)["val_loss"] for _, best_dir in per_seed]
-            if arm in ("hard", "soft"):
-                accuracy[arm] = sum(planner_scores(f"{d}/best.pt")["val_plan_acc"] for _, d in per_seed) / len(SEEDS)
-        for arm, what in ARMS.items():
-            rows.append([name, arm, what, *paired_columns(scores[arm], scores["none"]),
-                         paired_columns(scores[arm], scores["uniform"])[1] if arm in ("hard", "soft") else "-",
-                         f"{accuracy[arm]:.3f}" if arm in accuracy else "-", f"{planner['val_majority_acc']:.3f}"])
-        rows.append([name, "(pre-trained planner)", "", "", "", "", "", f"{planner['val_plan_acc']:.3f}",
-                     f"{planner['val_majority_acc']:.3f}"])
-    header = ["labels", "arm", "position t is conditioned on", "val loss", "vs none", "verdict", "vs uniform",
-              "planner acc", "majority acc"]
-    note = (f"\nBase LM: {cfg['base_iters']} steps ({cfg['config']}), shared. Each other arm trains {2 * stage} more "
-            f"steps from it with the base LM frozen (config/planner/tune.py), in two runs of {stage} ('hard' and "
-            "'soft' share their first, in 'hard', from the planner pre-trained on the labels for "
-            f"{cfg['planner_iters']} steps); the second starts from the first's best checkpoint, and its best "
-            "(best.pt) is scored. 'none' is the base itself. Planner accuracy is over every validation sentence "
-            "(mean over seeds for 'hard' and 'soft'); 'majority acc' is always answering the most frequent train "
-            f"label. {VERDICT_NOTE}\n")
-    name = "planner" if suite == "small" else f"planner_{suite}"
-    os.makedirs(results_dir, exist_ok=True)
-    plot_curves(curves, os.path.join(results_dir, f"{name}.png"),
-                f"sentence planner on wiki ({suite}): steps after the base LM")
-    with open(os.path.join(results_dir, f"{name}.md"), "w") as f:
-        f.write(f"# Planner on wiki ({suite} suite, base LM frozen in stages 3-4)\n\n" + markdown_table(header, rows)
-                + note)
-    print(markdown_table(header, rows) + note)
+    plan = SUITES[suite]
+    runs, scores = {}, {}
+    for arm, (flags, _) in ARMS.items():
+        runs[arm], scores[arm] = train_over_seeds(arm, flags, suite, plan)
+    variant_rows = []
+    for variant, (flags, labels) in VARIANTS.items():
+        if PRETRAINED in flags:
+            flags = [f.format(pretrained=pretrained_planner(suite, plan)) for f in flags]
+        runs[variant], soft = train_over_seeds(variant, [*ARMS["soft"][0], *flags], suite, plan)
+        oracle = scores["oracle"] if not labels else train_over_seeds(
+            f"oracle, {variant}", [*ARMS["oracle"][0], *labels], suite, plan)[1]
+        variant_rows.append(variant_row(variant, soft, oracle, scores["none"]))
+    write_report(suite, results_dir, plan, runs, scores, variant_rows)
 
 
-def train_arms(suite_dir, embedder, tune, arm, stage, seed):
-    """One arm of one seed and label set, from the base LM in suite_dir; returns its log records, iterations
-    counted from the base, and the folder of the run whose best.pt is its result. Every arm is two runs of `stage`
-    steps, so each restarts its optimizer once: a control runs twice in its own mode; 'hard' and 'soft' share a
-    first run in 'hard' (stage 3). The second run starts from the first's best checkpoint."""
-    out = f"{suite_dir}/seed{seed}/{embedder}"
-    first = "hard" if arm in ("hard", "soft") else arm
-    planner = [f"--plan_init_planner={suite_dir}/planner_{embedder}/planner.pt"] if first == "hard" else []
-    stage3 = train_arm(f"{out}/{first}_stage3", tune + [f"--init_from={suite_dir}/base/ckpt.pt",
-                                                         f"--plan_mode={first}", *planner], stage, seed, score=False)
-    stage4 = train_arm(f"{out}/{arm}", tune + [f"--init_from={out}/{first}_stage3/best.pt", f"--plan_mode={arm}"],
-                       stage, seed)
-    return stage3 + [dict(r, iter=r["iter"] + stage) for r in stage4[1:]], f"{out}/{arm}"
+def train_over_seeds(arm, flags, suite, plan):
+    """An arm's log records and scores for every seed (the main job's folders for the arms it shares)."""
+    dirs = [main_job_dir(SHARED.get(arm, f"planner {arm}"), seed, suite) for seed in SEEDS]
+    records = [train_arm(d, [*flags, *plan["args"]], plan["max_iters"], seed) for d, seed in zip(dirs, SEEDS)]
+    return records, [read_score(d) for d in dirs]
 
 
-def planner_scores(checkpoint_path):
-    """Accuracy and top-5 of the planner inside a train.py checkpoint (ckpt.pt or best.pt), over every validation
-    sentence."""
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    s = checkpoint["config"]
-    data = PlanData(ensure_prepared(s["dataset"]), s["plan_k"], s["plan_embedder"], s["plan_seed"])
-    planner = Planner(s["plan_k"], data.centroids.size(1), s["plan_context"])
-    planner.load_state_dict({k[len("plan.planner."):]: v for k, v in checkpoint["model"].items()
-                             if k.startswith("plan.planner.")})
-    return evaluate_planner(planner, data, s["plan_context"])
-
-
-def pretrain_planner(out_dir, max_iters, embedder):
-    """Stage 2 on one label set, skipped when out_dir already holds a finished planner; returns its final
-    validation record."""
+def pretrained_planner(suite, plan):
+    """Stage 2 on the main job's labels (pretrain_planner.py, skipped when done); the path of its planner.pt."""
+    out_dir = os.path.join(ROOT, "out", "main-job" if suite == "small" else f"main-job-{suite}", "planner")
     records = read_log(out_dir)
-    if not (records and records[-1]["iter"] >= max_iters and os.path.isfile(f"{out_dir}/planner.pt")):
-        command = [sys.executable, os.path.join(ROOT, "pretrain_planner.py"), "config/planner/pretrain.py",
-                   f"--out_dir={out_dir}", f"--max_iters={max_iters}", f"--plan_embedder={embedder}"]
+    if not (records and records[-1]["iter"] >= plan["planner_iters"] and os.path.isfile(f"{out_dir}/planner.pt")):
+        command = [sys.executable, os.path.join(ROOT, "pretrain_planner.py"), "--dataset=shakespeare_char",
+                   f"--out_dir={out_dir}", f"--max_iters={plan['planner_iters']}"]
         print("$", " ".join(command[1:]), flush=True)
         subprocess.run(command, cwd=ROOT, check=True)
-        records = read_log(out_dir)
-    return records[-1]
+    return os.path.join(out_dir, "planner.pt")
+
+
+def planner_cells(scores):
+    """Planner accuracy / the majority label's / plan gain, means over seeds, or '-' for an arm without a planner."""
+    if "val_plan_acc" not in scores[0]:
+        return ["-", "-", f"{mean_sd(per_seed(scores, 'val_plan_gain'))[0]:+.4f}" if "val_plan_gain" in scores[0]
+                else "-"]
+    return [f"{mean_sd(per_seed(scores, k))[0]:{fmt}}" for k, fmt in (
+        ("val_plan_acc", ".3f"), ("val_plan_majority_acc", ".3f"), ("val_plan_gain", "+.4f"))]
+
+
+def variant_row(variant, soft, oracle, none):
+    losses = per_seed(soft)
+    return [variant, *paired_columns(losses, per_seed(none)), f"{mean_sd(per_seed(oracle))[0]:.4f}",
+            share_of_ceiling(losses, per_seed(none), per_seed(oracle)), *planner_cells(soft)]
+
+
+def write_report(suite, results_dir, plan, runs, scores, variant_rows):
+    losses = {arm: per_seed(s) for arm, s in scores.items()}
+    rows = [[arm, what, *paired_columns(losses[arm], losses["none"]),
+             share_of_ceiling(losses[arm], losses["none"], losses["oracle"]) if arm != "none" else "-",
+             paired_columns(losses[arm], losses["uniform"])[1] if arm not in ("none", "uniform") else "-",
+             *planner_cells(scores[arm])] for arm, (_, what) in ARMS.items()]
+    comparisons = [("soft", "hard"), ("hard", "uniform"), ("st", "hard"), ("soft", "uniform"), ("oracle", "uniform")]
+    verdicts = "".join(f"- {a} vs {b}: {paired_columns(losses[a], losses[b])[1]}, "
+                       f"{verdict([x - y for x, y in zip(losses[a], losses[b])])}\n" for a, b in comparisons)
+    table = markdown_table(["arm", "position t is conditioned on", "val loss", "vs none", "verdict",
+                            "share of the oracle's gain", "vs uniform", "planner acc", "majority acc", "plan gain"],
+                           rows)
+    variants = markdown_table(["soft, changed", "val loss", "vs none", "verdict", "its labels' oracle",
+                               "share of the oracle's gain", "planner acc", "majority acc", "plan gain"],
+                              variant_rows)
+    name = "planner" if suite == "small" else f"planner_{suite}"
+    os.makedirs(results_dir, exist_ok=True)
+    with open(os.path.join(results_dir, f"{name}.md"), "w") as f:
+        f.write(f"# The planner on the main job's settings ({suite} suite, shakespeare_char, {plan['max_iters']} "
+                f"steps, LM and planner trained together)\n\n{table}\n{verdicts}\n## Raising the planner's share\n\n"
+                f"{variants}\n{VERDICT_NOTE} 'Share of the oracle's gain' is (none - arm) / (none - oracle) per "
+                "seed, mean ± sd, against the oracle of the arm's own labels. Planner accuracy is on the "
+                "validation split's sentences, beside always answering the most frequent train label; 'plan gain' "
+                "is how much the validation loss rises when each sentence is conditioned on another sentence's "
+                "plan: what the LM reads from its own plan.\n")
+    plot_curves({arm: runs[arm] for arm in ARMS}, os.path.join(results_dir, f"{name}.png"),
+                f"the planner on shakespeare_char ({suite} suite)")
+    print(table + verdicts + variants)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments.common import ROOT
 
-EXPERIMENTS = ("ngram", "mod", "planner", "combined")
+EXPERIMENTS = ("ngram", "mod", "planner", "planner_frozen", "combined")
 
 
 def main():

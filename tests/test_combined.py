@@ -12,7 +12,9 @@ import torch
 import train
 from plot import read_log
 from data.write import write_dataset
-from lm import load_checkpoint, load_language_model
+import checkpoint as ckpt
+from lm import load_language_model
+from replanner import plan_data_of
 
 TINY = [train.PLAIN_CONFIG, "--n_layer=3", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
         "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--log_interval=1", "--compile=False",
@@ -51,11 +53,14 @@ def test_techniques_train_together_and_sample_from_their_checkpoint(corpus, tmp_
     run(corpus, tmp_path, *args, "--max_iters=12", "--eval_interval=6", "--learning_rate=3e-3")
     losses = [r["val_loss"] for r in read_log(tmp_path)]
     assert losses[-1] < losses[0]
-    model = load_language_model(load_checkpoint(str(tmp_path / "ckpt.pt")), "cpu")
+    checkpoint = ckpt.load(str(tmp_path / "ckpt.pt"))
+    model = load_language_model(checkpoint, "cpu")
     assert (model.mod is not None) == ("mod" in names) and (model.plan is not None) == ("planner" in names)
     prompt = torch.tensor([[5, 3, 7]])
-    cached = model.generate(prompt, 20, temperature=0, use_cache=True)
-    assert torch.equal(cached, model.generate(prompt, 20, temperature=0, use_cache=False))
+    planning = dict(plan_data=plan_data_of(checkpoint["config"]) if model.plan is not None else None,
+                    vocab=ckpt.vocab(checkpoint))
+    cached = model.generate(prompt, 20, temperature=0, use_cache=True, **planning)
+    assert torch.equal(cached, model.generate(prompt, 20, temperature=0, use_cache=False, **planning))
 
 
 def test_all_three_resume_exactly(corpus, tmp_path):
@@ -87,6 +92,17 @@ def test_all_three_under_two_gloo_processes_match_one_process(corpus, tmp_path):
         run(corpus, tmp_path / "single", *args[len(TINY) + 1:])
     finally:
         torch.set_num_threads(threads)
-    ddp, single = (load_checkpoint(str(tmp_path / d / "ckpt.pt"))["model"] for d in ("ddp", "single"))
+    ddp, single = (ckpt.load(str(tmp_path / d / "ckpt.pt"))["model"] for d in ("ddp", "single"))
     for name in single:
         torch.testing.assert_close(ddp[name], single[name], atol=1e-6, rtol=1e-5)
+
+
+def test_each_technique_says_in_words_what_it_did_at_every_evaluation(corpus, tmp_path, capsys):
+    run(corpus, tmp_path, *ALL, "--max_iters=4", "--eval_interval=2")
+    printed, bar = capsys.readouterr()
+    for words in ("depth ensemble: routing weight", "on layer 2 of 3, ", "on layer 3 of 3 (final)",
+                  "a perfect per-token router", "planner: the next sentence's label right",
+                  "(always answering the most frequent label: ", "another sentence's plan the val loss rises by",
+                  "n-gram targets: on train batches, cross-entropy"):
+        assert printed.count(words) == 3, words  # the evaluations at 0, 2 and 4
+    assert "train_ce=" in bar and "objective=" in bar  # the bar names what it shows: not the CE alone

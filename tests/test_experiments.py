@@ -22,7 +22,7 @@ def made_up_records(max_iters):
 
 
 @pytest.mark.parametrize("suite", ["small", "gpu"])
-@pytest.mark.parametrize("name", ["ngram", "mod", "planner", "combined"])
+@pytest.mark.parametrize("name", ["ngram", "mod", "planner", "planner_frozen", "combined"])
 def test_every_arm_is_a_run_train_py_accepts(name, suite, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # the scripts name some config files relative to the repository, as train_arm's cwd
     stand_in = tmp_path / "ckpt.pt"
@@ -42,6 +42,8 @@ def test_every_arm_is_a_run_train_py_accepts(name, suite, tmp_path, monkeypatch)
     monkeypatch.setattr(experiment, "train_arm", check_arm)
     monkeypatch.setattr(experiment, "read_score", lambda out_dir: {"val_loss": 2.0 + 0.001 * len(out_dir)})
     if name == "planner":
+        monkeypatch.setattr(experiment, "pretrained_planner", lambda suite, plan: str(stand_in))
+    if name == "planner_frozen":
         monkeypatch.setattr(experiment, "pretrain_planner", lambda out_dir, iters, embedder: made_up_records(iters)[-1])
         monkeypatch.setattr(experiment, "planner_scores", lambda path: made_up_records(0)[-1])
     experiment.run(suite, str(tmp_path / "results"))

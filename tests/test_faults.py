@@ -5,6 +5,7 @@ stops with one line naming the problem and the fix."""
 import errno
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -12,12 +13,12 @@ import time
 import pytest
 import torch
 
-import lm
+import devices
 import sample
 import train
 from plot import read_log
 from configurator import ConfigError
-from lm import load_checkpoint
+import checkpoint as ckpt
 from test_train import TINY, comparable, run
 
 ROOT = os.path.dirname(os.path.abspath(train.__file__))
@@ -44,7 +45,7 @@ def test_overwrite_replaces_the_run_and_its_whole_log(corpus, tmp_path):
     run(corpus, tmp_path, "--max_iters=4", "--eval_interval=2")
     run(corpus, tmp_path, "--max_iters=2", "--eval_interval=2", "--learning_rate=3e-3", "--overwrite")
     assert [r["iter"] for r in read_log(tmp_path)] == [0, 2]
-    checkpoint = load_checkpoint(str(tmp_path / "ckpt.pt"))
+    checkpoint = ckpt.load(str(tmp_path / "ckpt.pt"))
     assert checkpoint["iter_num"] == 2 and checkpoint["config"]["learning_rate"] == 3e-3
     # Tuning a checkpoint into its own folder replaces it only after reading it.
     run(corpus, tmp_path, "--max_iters=0", f"--init_from={tmp_path / 'ckpt.pt'}", "--overwrite")
@@ -93,7 +94,7 @@ def test_a_save_that_fails_half_way_keeps_the_previous_checkpoint_and_stops(corp
                                       f"device; the previous checkpoint is kept"):
         run(corpus, tmp_path, "--max_iters=4", "--eval_interval=2")
     assert saves == [0, 2]
-    assert load_checkpoint(str(tmp_path / "ckpt.pt"))["iter_num"] == 0
+    assert ckpt.load(str(tmp_path / "ckpt.pt"))["iter_num"] == 0
     assert sorted(os.listdir(tmp_path)) == [".lock", "ckpt.pt", "log.jsonl", "loss.png"]  # no temporary file
     assert [r["iter"] for r in read_log(tmp_path)] == [0]
 
@@ -103,12 +104,12 @@ class Killed(BaseException):
     """A kill -9 stand-in: nothing in train.py catches it, and nothing after it runs."""
 
 
-@pytest.mark.parametrize("killed_in", ["save_checkpoint", "plot_log"])
+@pytest.mark.parametrize("module, killed_in", [(ckpt, "save"), (train, "plot_log")])
 def test_a_kill_between_checkpoint_and_log_line_leaves_each_evaluation_logged_once(corpus, tmp_path, monkeypatch,
-                                                                                    killed_in):
+                                                                                    module, killed_in):
     args = ["--eval_interval=2", "--max_iters=8"]
     run(corpus, tmp_path / "straight", *args)
-    real, calls = getattr(train, killed_in), []
+    real, calls = getattr(module, killed_in), []
 
     def die_at_iteration_4(*a, **k):
         calls.append(1)
@@ -117,7 +118,7 @@ def test_a_kill_between_checkpoint_and_log_line_leaves_each_evaluation_logged_on
             raise Killed
         return result
 
-    monkeypatch.setattr(train, killed_in, die_at_iteration_4)
+    monkeypatch.setattr(module, killed_in, die_at_iteration_4)
     with pytest.raises(Killed):
         run(corpus, tmp_path / "killed", *args)
     monkeypatch.undo()
@@ -156,7 +157,7 @@ def test_sigkill_at_random_moments_resumes_to_the_weights_of_an_uninterrupted_ru
     proc = start(out, "--init_from=resume")
     assert proc.wait() == 0, (tmp_path / "stderr.txt").read_text()
     assert any(interrupted)
-    a, b = (load_checkpoint(str(tmp_path / d / "ckpt.pt")) for d in ("straight", "killed"))
+    a, b = (ckpt.load(str(tmp_path / d / "ckpt.pt")) for d in ("straight", "killed"))
     assert a["iter_num"] == b["iter_num"] == 12
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert [comparable(r) for r in read_log(out)] == [comparable(r) for r in read_log(tmp_path /
@@ -203,13 +204,13 @@ def test_a_device_that_is_not_there_is_refused_by_name(corpus, tmp_path, monkeyp
         run(corpus, tmp_path, "--device=bogus")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="device 'cuda' is not on this machine.*--device=cpu"):
-        lm.pick_device("cuda")
-    assert lm.pick_device("cpu") == "cpu"
+        devices.pick_device("cuda")
+    assert devices.pick_device("cpu") == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert lm.pick_device("cuda", local_rank=1) == "cuda:1"  # one GPU per DDP process, not all on the first
+    assert devices.pick_device("cuda", local_rank=1) == "cuda:1"  # one GPU per DDP process, not all on the first
     with pytest.raises(ValueError, match="device 'cuda:2' is not on this machine \\(2 cuda device"):
-        lm.pick_device("cuda:2")
+        devices.pick_device("cuda:2")
 
 
 @pytest.mark.parametrize("change", ["--batch_size=8", "--gradient_accumulation_steps=2", "--seed=7"])
@@ -226,3 +227,37 @@ def test_sample_says_when_it_cuts_a_long_prompt(corpus, tmp_path, capsys):
                  "--max_new_tokens=2", "--device=cpu"])
     assert "the prompt has 39 tokens, more than the model reads (block_size 16); it is cut to its last 15" in \
         capsys.readouterr().err
+
+
+# --- 9. stopping by hand, and files from someone else ------------------------------------------------------------
+def test_ctrl_c_says_in_one_line_where_the_checkpoint_is_and_how_to_resume_it(corpus, tmp_path):
+    out_dir = tmp_path / "run"
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "train.py", *TINY, f"--dataset={corpus}", f"--out_dir={out_dir}",
+                                 "--max_iters=100000", "--eval_interval=5"], cwd=ROOT, env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+        while proc.poll() is None and not ((out_dir / "log.jsonl").exists() and
+                                           (out_dir / "log.jsonl").read_text().count("\n") >= 2):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    printed = (tmp_path / "stderr.txt").read_text()
+    assert "Traceback" not in printed
+    last = printed.replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith(f"interrupted: the last checkpoint is {out_dir / 'ckpt.pt'}; resume it with: python "
+                           f"train.py ")
+    resume = last.split("resume it with: python train.py ", 1)[1].split()
+    assert train.main([*resume, "--max_iters=12"]).iter_num == 12
+
+
+def test_a_crafted_checkpoint_runs_nothing_when_opened(tmp_path):
+    marker = tmp_path / "marker"
+
+    class Payload:  # what a pickle can make torch.load call: here, a shell command that writes the marker
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    torch.save({"model": {}, "config": {}, "payload": Payload()}, tmp_path / "ckpt.pt")
+    with pytest.raises(ValueError, match=r"holds a Python object \(posix.system\).*it is not loaded"):
+        sample.main([f"--out_dir={tmp_path}"])
+    assert not marker.exists()

@@ -85,6 +85,8 @@ def test_tuning_a_save_pretrained_folder_starts_from_its_weights_and_exports_bac
 def test_export_of_a_plain_run_cuts_the_padded_vocabulary_and_fills_zero_biases(bpe_corpus, tmp_path):
     trainer = run(bpe_corpus, tmp_path, "--max_iters=2", "--eval_interval=2", "--bias=False")
     assert trainer.model.gpt.config.vocab_size == 50304
+    (tmp_path / "hf.tmp").mkdir()  # what an earlier export that died half-way left
+    (tmp_path / "hf.tmp" / "junk.bin").write_bytes(b"not part of the export")
     exported = transformers.GPT2LMHeadModel.from_pretrained(hf.main([f"--out_dir={tmp_path}",
                                                                      f"--to={tmp_path / 'hf'}"])).eval()
     assert exported.config.vocab_size == 50257 and exported.config.n_positions == 16
@@ -95,6 +97,7 @@ def test_export_of_a_plain_run_cuts_the_padded_vocabulary_and_fills_zero_biases(
     text = "Ünïcödé 🙂 and a literal <|endoftext|>"
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert tokenizer.encode(text) == gpt2_encoding().encode(text, allowed_special="all")
+    assert not (tmp_path / "hf" / "junk.bin").exists()
     with pytest.raises(ConfigError, match="exists: remove it or pass another --to"):
         hf.main([f"--out_dir={tmp_path}", f"--to={tmp_path / 'hf'}"])
 

@@ -7,11 +7,13 @@ import torch
 from torch.nn import functional as F
 
 import mod
+import settings_checks
 import train
 from plot import read_log
 from configurator import ConfigError
 from data.write import write_dataset
-from lm import LanguageModel, load_checkpoint, load_language_model
+import checkpoint as ckpt
+from lm import LanguageModel, load_language_model
 from lora import merge_lora
 from model import GPT, GPTConfig, configure_optimizers
 
@@ -162,6 +164,20 @@ def test_evaluation_logs_every_late_layer():
     assert torch.allclose(stats["route1"] + stats["route2"] + stats["route3"], torch.tensor(1.0))
 
 
+def test_the_ceiling_is_the_per_token_best_late_layer_chosen_in_hindsight():
+    lm = make_lm(mod_k=3).eval()
+    for norm in lm.mod.norms:  # layers that differ, so that each wins on some tokens
+        torch.nn.init.normal_(norm.weight, 1.0, 0.5)
+    x, y = batch()
+    with torch.no_grad():
+        _, stats = lm(x, y, {})
+        _, _, normed = lm.mod(lm.gpt.body(x), lm.gpt)
+        per_layer = torch.stack([F.cross_entropy(lm.gpt.lm_head(n).flatten(0, 1), y.flatten(), reduction="none")
+                                 for n in normed])
+    assert torch.allclose(stats["best_layer_ce"], per_layer.min(0).values.mean())
+    assert stats["best_layer_ce"] < min(stats[f"layer{j}_ce"] for j in (1, 2, 3))  # below every layer alone
+
+
 def test_generation_decodes_the_mixed_logits_with_the_kv_cache():
     lm = make_lm(mod_k=3).eval()
     randomize_router(lm)
@@ -194,8 +210,8 @@ def test_settings_reject_impossible_ensembles():
                 {"mod_distill_frac": 0.0}, {"mod_router_entropy": -0.1}):
         settings = {**DEFAULTS, "n_layer": L, **bad}
         with pytest.raises(ConfigError):
-            train.validate_settings(settings)
-    train.validate_settings({**DEFAULTS, "n_layer": L, "mod_k": 3})
+            settings_checks.check(settings)
+    settings_checks.check({**DEFAULTS, "n_layer": L, "mod_k": 3})
 
 
 def tiny_run(tmp_path, n_layer):
@@ -217,7 +233,7 @@ def test_tuning_a_checkpoint_with_a_frozen_base_through_train_py(tmp_path):
     last = read_log(tmp_path / "tune")[-1]
     assert last["trainable_params"] == 16 + (16 * 2 + 2)  # one norm (no bias) + the router
     assert {"val_layer1_ce", "val_layer2_ce", "val_route1", "val_route2", "val_distill"} <= last.keys()
-    pretrained, tuned = (load_checkpoint(str(tmp_path / d / "ckpt.pt")) for d in ("pre", "tune"))
+    pretrained, tuned = (ckpt.load(str(tmp_path / d / "ckpt.pt")) for d in ("pre", "tune"))
     assert all(torch.equal(v, tuned["model"][k]) for k, v in pretrained["model"].items())  # the base is frozen
     model = load_language_model(tuned, "cpu")  # what sample.py decodes from: the mixed logits
     assert model.mod is not None and model.generate(torch.zeros(1, 1, dtype=torch.long), 4).shape == (1, 5)
@@ -234,7 +250,7 @@ def test_merged_lora_weights_are_the_tuned_model():
             b.normal_()  # a tuned run's adapters, no longer zero
     state = lm.state_dict()
     merged = GPT(lm.gpt.config)
-    merged.load_state_dict(merge_lora(train.strip_prefix(state, "gpt."), train.strip_prefix(state, "lora."),
+    merged.load_state_dict(merge_lora(ckpt.strip_prefix(state, "gpt."), ckpt.strip_prefix(state, "lora."),
                                       lm.lora.scale))
     x, y = batch()
     with_adapters, base = lm(x, y, {})[0], make_lm(mod_k=0)(x, y, {})[0]

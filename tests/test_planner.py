@@ -17,7 +17,8 @@ from data.sentences import PlanData, sentence_breaks, sentence_starts
 from lm import LanguageModel
 from model import GPT, GPTConfig
 from plot import read_log
-from planner import Planner, Replanner, health_warning, initialise_plan, planner_metrics
+from planner import SHUFFLED, Planner, health_warning, initialise_plan
+from replanner import Replanner
 
 K, M = 4, 3
 
@@ -91,19 +92,29 @@ def test_position_t_is_planned_by_the_sentence_of_token_t_plus_1(data):
     sentence_of_char = np.searchsorted(cuts, np.arange(docs[-1, 1]), side="right") - 1
     ix = [0, 37, 401]
     extra = batch(plan_data, path, ix)[2]
-    first = torch.tensor([plan_data.token_sentence["train"][i + 1] for i in ix])[:, None]
-    planned = (first + extra["plan_slot"]).numpy()
-    expected = np.stack([sentence_of_char[i + 1:i + 33] for i in ix])
-    assert np.array_equal(planned, expected)
-    row, t = np.argwhere(np.diff(expected, axis=1))[0] + (0, 1)  # y[t] opens a sentence, x[t] ends the last one
-    assert planned[row, t] == sentence_of_char[ix[row] + t + 1] != sentence_of_char[ix[row] + t]
+    expected = torch.from_numpy(np.stack([sentence_of_char[i + 1:i + 33] for i in ix]))
+    context, pos = plan_data.context("train", expected, M)  # the planner's input for the sentence of token t+1
+    index = extra["plan_index"]
+    assert torch.equal(extra["plan_context"][index], context) and torch.equal(extra["plan_pos"][index], pos)
+    assert torch.equal(extra["plan_label"][index], plan_data.labels["train"][expected])
+    row, t = np.argwhere(np.diff(expected.numpy(), axis=1))[0] + (0, 1)  # y[t] opens a sentence, x[t] ends one
+    assert index[row, t] != index[row, t - 1]
+
+
+def test_a_batch_lists_each_of_its_sentences_once(data):
+    plan_data, path = data
+    ix = [0, 10, 300]  # the first two windows overlap: their shared sentences are planned once
+    extra = batch(plan_data, path, ix)[2]
+    sentences = np.unique(np.stack([plan_data.token_sentence["train"][i + 1:i + 33] for i in ix]))
+    assert len(extra["plan_label"]) == len(extra["plan_pos"]) == len(extra["plan_context"]) == len(sentences)
+    assert torch.equal(extra["plan_index"].unique(), torch.arange(len(sentences)))  # every entry is used
 
 
 def test_plan_of_sentence_i_ignores_sentence_i_and_later(data):
     plan_data, path = data
     model = make_model("soft", plan_data, load_meta(path)["vocab_size"]).eval()
     extra = plan_data.batch("train", torch.tensor([5]), 150, M)
-    sentence = (plan_data.token_sentence["train"][6] + extra["plan_slot"][0]).numpy()
+    sentence = plan_data.token_sentence["train"][6:156]  # the sentences that positions 0..149 are planned by
     i = int(sentence[sentence > sentence[0]][0])  # the second sentence planned in the window
     before = model.plan(extra)[0][-1]
     original = plan_data.embeddings["train"].clone()
@@ -251,8 +262,8 @@ def test_soft_with_a_one_hot_distribution_equals_hard(data):
     assert torch.allclose(soft(x, y, extra)[0], hard(x, y, extra)[0], atol=1e-6)
     one_hot = torch.nn.functional.one_hot(torch.tensor([2, 0, 3]), K).float()
     soft.plan.tau = 1.0
-    mixed = soft.plan.plan_vectors(torch.log(one_hot + 1e-30), None)
-    looked_up = hard.plan.plan_vectors(torch.log(one_hot + 1e-30), None)
+    mixed = soft.plan.plan_vectors(torch.log(one_hot + 1e-30), None, "soft")
+    looked_up = hard.plan.plan_vectors(torch.log(one_hot + 1e-30), None, "hard")
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(mixed, looked_up))
 
 
@@ -265,9 +276,23 @@ def test_controls_fixed_uniform_oracle(data):
         vector = model.plan(extra)[0][-1]
         assert model.plan.planner is None and torch.allclose(vector, vector[0, 0].expand_as(vector))
     codebook, project = oracle.plan.codebooks[0], oracle.plan.projections[0]
-    label = extra["plan_label"].gather(1, extra["plan_slot"])
+    label = extra["plan_label"][extra["plan_index"]]
     assert torch.allclose(oracle.plan(extra)[0][-1], project(codebook[label]))
     assert oracle.plan(extra)[0][:oracle.plan.first_layer] == [None] * oracle.plan.first_layer
+
+
+def test_plan_gain_is_what_the_lm_loses_when_each_sentence_gets_another_sentences_plan(data):
+    plan_data, path = data
+    model = make_model("soft", plan_data, load_meta(path)["vocab_size"]).eval()
+    x, y, extra = batch(plan_data, path, [3, 50])
+    n = len(extra["plan_label"])
+    own, shuffled = model.plan(extra)[0][-1], model.plan(extra, SHUFFLED)[0][-1]
+    vectors = own.new_zeros(n, own.size(-1)).index_copy_(0, extra["plan_index"].flatten(), own.flatten(0, 1))
+    assert torch.equal(shuffled, vectors[(extra["plan_index"] + n // 2) % n])  # another sentence's plan
+    with torch.no_grad():
+        _, stats = model(x, y, extra)
+        lost = torch.nn.functional.cross_entropy(model.logits(x, extra, SHUFFLED)[0].flatten(0, 1), y.flatten())
+    assert torch.allclose(stats["plan_gain"], lost - stats["ce"])
 
 
 def test_a_frozen_base_trains_only_the_plan(data):
@@ -283,15 +308,13 @@ def test_majority_baseline_is_scored_on_the_same_sentences_as_the_accuracy(data)
     model = make_model("soft", plan_data, load_meta(path)["vocab_size"], plan_lambda=1.0)
     majority = int(torch.bincount(plan_data.labels["train"], minlength=K).argmax())
     assert int(model.plan.majority_label) == majority
-    # A planner that always answers the majority label scores exactly the baseline, padding slots included.
+    # A planner that always answers the majority label scores exactly the baseline.
     with torch.no_grad():
         model.plan.planner.output.weight.zero_()
         model.plan.planner.output.bias.copy_(torch.nn.functional.one_hot(torch.tensor(majority), K) * 10.0)
     x, y, extra = batch(plan_data, path, [0, 15, 241])
-    assert (extra["plan_label"] == -1).any()  # rows span different numbers of sentences
     _, stats = model(x, y, extra)
-    real = extra["plan_label"][extra["plan_label"] >= 0]
-    assert stats["plan_acc"] == stats["plan_majority_acc"] == (real == majority).float().mean()
+    assert stats["plan_acc"] == stats["plan_majority_acc"] == (extra["plan_label"] == majority).float().mean()
     assert 0 < stats["plan_majority_acc"] < 1
 
 
@@ -299,21 +322,6 @@ def test_the_health_warning_names_both_accuracies_and_a_tie_is_no_plan():
     stuck = {"iter": 250, "val_plan_acc": 0.17, "val_plan_majority_acc": 0.17}
     assert "0.170 is not above the 0.170" in health_warning(stuck)
     assert health_warning({**stuck, "val_plan_acc": 0.2}) is None
-
-
-def test_planner_metrics_mask_padding_exactly_as_indexing_it_away():
-    # The masked sums that torch.compile can trace give the numbers of indexing the padding away, bit for bit.
-    generator = torch.Generator().manual_seed(0)
-    logits = torch.randn(6, 5, 7, generator=generator)
-    labels = torch.randint(7, (6, 5), generator=generator).masked_fill(torch.rand(6, 5, generator=generator) < .4, -1)
-    real = labels >= 0
-    kept_logits, kept = logits[real], labels[real]
-    metrics = planner_metrics(logits, labels, torch.tensor(3))
-    assert torch.equal(metrics["plan_ce"], torch.nn.functional.cross_entropy(kept_logits, kept))
-    assert torch.equal(metrics["plan_acc"], (kept_logits.argmax(-1) == kept).float().mean())
-    top5 = kept_logits.topk(5, dim=-1).indices
-    assert torch.equal(metrics["plan_top5"], (top5 == kept[:, None]).any(-1).float().mean())
-    assert torch.equal(metrics["plan_majority_acc"], (kept == 3).float().mean())
 
 
 def test_a_compiled_planner_model_has_no_graph_break_and_few_recompiles(data):
@@ -373,6 +381,7 @@ def test_the_stages_chain_through_train_py(data, tmp_path):
     ({"plan_mode": "soft", "plan_lambda": 0.0}, "untrained planner .the run starts from scratch"),
 ])
 def test_bad_planner_settings_are_refused_with_a_message_naming_them(override, message):
+    import settings_checks
     import train
     with pytest.raises(ConfigError, match=message):
-        train.validate_settings({**train.settings_from([train.PLAIN_CONFIG]), **override})
+        settings_checks.check({**train.settings_from([train.PLAIN_CONFIG]), **override})

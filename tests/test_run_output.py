@@ -2,13 +2,18 @@
 where the checkpoint is and how to sample from it and resume it, and the main job's comparison with the plain GPT."""
 
 import importlib
+import json
 import math
 import os
 import shlex
 
 import matplotlib
+import pytest
+import wandb
 
+import run_folder
 import sample
+import run_report
 import train
 from plot import plot_log, read_log
 
@@ -21,7 +26,7 @@ def made_up_log(out_dir, **extra):
     records = [{"iter": it, "train_loss": 3.0 - it / 20, "val_loss": 3.1 - it / 20,
                 "train_losses": [[it - 5, 3.2 - it / 20], [it, 3.1 - it / 20]] if it else [], **extra}
                for it in (0, 10, 20)]
-    (out_dir / "log.jsonl").write_text("\n".join(map(train.json.dumps, records)) + "\n")
+    (out_dir / "log.jsonl").write_text("\n".join(map(json.dumps, records)) + "\n")
     return records
 
 
@@ -34,13 +39,12 @@ def test_the_plot_has_a_panel_per_technique_that_is_on_with_its_health_figure_an
                           train_ngram_ce=3.5)
     records[2].update(val_route2=0.97, val_route3=0.03)  # collapsed onto layer 2 at the last evaluation
     records[1].update(val_plan_acc=0.1)  # below the majority label at the middle one
-    trainer = train.Trainer.__new__(train.Trainer)
-    trainer.warned, trainer.s = set(), {"max_iters": 20}
+    reporter = run_report.Reporter({"max_iters": 20, "wandb_log": False}, n_layer=4)
     for record in records:
-        trainer.warn_degenerate(record)
-    (tmp_path / "log.jsonl").write_text("\n".join(map(train.json.dumps, records)) + "\n")
+        reporter.warn_degenerate(record)
+    (tmp_path / "log.jsonl").write_text("\n".join(map(json.dumps, records)) + "\n")
     settings = train.settings_from([f"--out_dir={tmp_path}", "--mod_k=3", "--n_layer=6", "--ngram_alpha=0.3"])
-    fig = plot_log(str(tmp_path), train.run_title(settings), settings["ngram_alpha"])
+    fig = plot_log(str(tmp_path), run_folder.run_title(settings, train.DEFAULTS), settings["ngram_alpha"])
     loss, ensemble, plan, ngram = fig.axes
     assert [ax.get_title() for ax in fig.axes] == [
         "loss", "depth ensemble: mean routing weight per late layer",
@@ -109,14 +113,57 @@ def test_the_main_job_reads_the_plain_gpts_perplexity_from_the_results_the_exper
         {"iter": max_iters, "val_loss": 2.0, "val_ppl": 7.0, "trainable_params": 1, "elapsed_s": 1.0}])
     spread = {"seed1337": -0.01, "seed1338": 0.0, "seed1339": 0.01}
 
-    def read_score(out_dir):  # the plain arm (folder 0) averages log(6.25) over its seeds; the other is 0.1 worse
+    def read_score(out_dir):  # the plain arm averages log(6.25) over its seeds; the others are 0.1 worse
         seed, arm = os.path.normpath(out_dir).split(os.sep)[-2:]
-        return {"val_loss": math.log(6.25) + spread[seed] + (0.1 if arm != "0" else 0.0)}
+        return {"val_loss": math.log(6.25) + spread[seed] + (0.1 if arm != "plain" else 0.0)}
 
     monkeypatch.setattr(combined, "read_score", read_score)
     path = tmp_path / "combined.json"
-    assert "run `python experiments/run.py --suite small --only combined`" in train.beside_plain(6.5, str(path))
+    assert "run `python experiments/run.py --suite small --only combined`" in combined.plain_result(str(path))
     combined.run("small", str(tmp_path))
-    assert train.beside_plain(6.5, str(path)).startswith(
-        "validation perplexity 6.50 (whole split) with all three techniques; the plain GPT on the same settings: "
-        "6.25, mean over seeds")
+    assert combined.plain_result(str(path)).startswith(
+        "the plain GPT on the same settings: perplexity 6.25, the mean over 3 seeds stored in")
+    line = run_report.final_numbers(1.9, 20, {"val_loss": math.log(6.5), "val_tokens": 111_488},
+                                    combined.plain_result(str(path)))
+    assert line.startswith("final: val loss 1.9000 on the curve's 20 fixed batches; 1.8718 on 111,488 tokens of the "
+                           "validation split, perplexity 6.50; the plain GPT on the same settings: perplexity 6.25")
+    assert line.endswith("not this run")
+
+
+def test_help_gives_each_setting_its_comment_under_the_heading_of_its_group(capsys):
+    with pytest.raises(SystemExit):
+        train.settings_from(["--help"])
+    printed = capsys.readouterr().out
+    assert "\nI/O\n  --out_dir='out'  the run's folder: ckpt.pt" in printed
+    assert "\n  --block_size=64  context length in tokens\n" in printed
+    assert "\nsentence planner (planner.py)\n  --plan_mode='soft'  none | fixed" in printed
+    assert "\n  --init_from='scratch'  'scratch', 'resume' (continue out_dir/ckpt.pt)" in printed  # the lines above
+
+
+def test_a_run_that_fails_before_writing_anything_leaves_no_folder_behind(corpus, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train.main([*TINY, f"--dataset={corpus}", f"--out_dir={tmp_path / 'new'}", "--init_from=resume"])
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's own file")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train.main([*TINY, f"--dataset={corpus}", f"--out_dir={tmp_path / 'mine'}", "--init_from=resume"])
+    assert os.listdir(tmp_path / "mine") == ["notes.txt"]  # the folder as it was
+
+
+def test_wandb_gets_every_evaluation_log_jsonl_gets_offline(corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logged, log = [], wandb.sdk.wandb_run.Run.log
+
+    def recorded(run, data, *args, **kwargs):
+        logged.append((kwargs.get("step"), data))
+        return log(run, data, *args, **kwargs)
+
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", recorded)
+    train.main([*TINY, f"--dataset={corpus}", f"--out_dir={tmp_path}", "--max_iters=4", "--eval_interval=2",
+                "--wandb_log=True"])
+    records = read_log(tmp_path)
+    assert [step for step, _ in logged] == [r["iter"] for r in records] == [0, 2, 4]
+    assert all(data["val_loss"] == r["val_loss"] and data["lr"] == r["lr"] for (_, data), r in zip(logged, records))
+    assert list((tmp_path / "wandb").glob("offline-run-*"))  # a real offline run, in the run's folder

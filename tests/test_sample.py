@@ -42,4 +42,4 @@ def test_help_prints_the_settings_with_their_defaults(main, line, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--help"])
     assert stop.value.code == 0
-    assert line in [text.strip() for text in capsys.readouterr().out.splitlines()[1:]]
+    assert line in [text.strip().split("  ")[0] for text in capsys.readouterr().out.splitlines()[1:]]

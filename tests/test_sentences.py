@@ -239,15 +239,13 @@ def test_the_sentence_arrays_are_written_a_document_at_a_time_as_one_array_would
 
 
 # --- batches --------------------------------------------------------------------------------------------------
-def test_each_row_plans_its_own_sentences_and_padding_has_no_label(dataset):
+def test_each_position_is_pointed_at_the_label_of_its_sentence(dataset):
     data = PlanData(dataset, K, "lsa", seed=0)
     ix = torch.arange(0, 3000, 97)
     extra = data.batch("train", ix, 32, M)
     for row, i in enumerate(ix.tolist()):
-        planned = torch.from_numpy(np.unique(data.token_sentence["train"][i + 1:i + 33]))
-        assert torch.equal(extra["plan_label"][row, :len(planned)], data.labels["train"][planned])
-        assert (extra["plan_label"][row, len(planned):] == -1).all()  # padding counts in no planner loss or metric
-    assert (extra["plan_label"] == -1).any()
+        planned = torch.from_numpy(data.token_sentence["train"][i + 1:i + 33])
+        assert torch.equal(extra["plan_label"][extra["plan_index"][row]], data.labels["train"][planned])
 
 
 def test_memory_mapped_arrays_give_the_batches_of_arrays_held_in_memory(dataset):
@@ -262,7 +260,7 @@ def test_memory_mapped_arrays_give_the_batches_of_arrays_held_in_memory(dataset)
     assert data.embeddings["train"].dtype == torch.float16 and data.token_sentence["val"].dtype == np.int32
     for split, ix in (("train", torch.arange(0, 3000, 97)), ("val", torch.tensor([0, 5, 400]))):
         mapped, held = data.batch(split, ix, 32, M), in_memory.batch(split, ix, 32, M)
-        for name in ("plan_slot", "plan_pos", "plan_label"):
+        for name in ("plan_index", "plan_pos", "plan_label"):
             assert held[name].dtype == mapped[name].dtype == torch.int64 and torch.equal(held[name], mapped[name])
         assert mapped["plan_context"].dtype == torch.float32
         assert torch.equal(mapped["plan_context"], held["plan_context"].half().float())  # float16's rounding, only

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+import run_report
 import train
 from plot import read_log
 from configurator import ConfigError
-from lm import load_checkpoint, load_language_model
+import checkpoint as ckpt
+from lm import load_language_model
 
 TINY = [train.PLAIN_CONFIG, "--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
         "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--log_interval=1", "--compile=False"]
@@ -35,7 +37,7 @@ def test_an_interrupted_and_resumed_run_equals_an_uninterrupted_one(corpus, tmp_
     straight, resumed = read_log(tmp_path / "straight"), read_log(tmp_path / "stopped")
     assert [r["iter"] for r in resumed] == [0, 4, 8, 12]
     assert [comparable(r) for r in straight] == [comparable(r) for r in resumed]
-    a, b = (load_checkpoint(str(tmp_path / d / "ckpt.pt")) for d in ("straight", "stopped"))
+    a, b = (ckpt.load(str(tmp_path / d / "ckpt.pt")) for d in ("straight", "stopped"))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["iter_num"] == b["iter_num"] == 12
 
@@ -58,14 +60,14 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(corpus, tmp
     with pytest.raises(FloatingPointError, match="last good checkpoint"):
         run(corpus, tmp_path, "--max_iters=50", "--eval_interval=50", "--learning_rate=1e12", "--grad_clip=0.0",
             "--warmup_iters=0", "--decay_lr=False")
-    assert load_checkpoint(str(tmp_path / "ckpt.pt"))["iter_num"] == 0
+    assert ckpt.load(str(tmp_path / "ckpt.pt"))["iter_num"] == 0
 
 
 def test_tuning_starts_from_a_checkpoints_weights(corpus, tmp_path):
     run(corpus, tmp_path / "pre", "--max_iters=8", "--eval_interval=8")
     trainer = run(corpus, tmp_path / "tune", "--max_iters=0", "--eval_interval=8", "--block_size=8",
                   f"--init_from={tmp_path / 'pre' / 'ckpt.pt'}", "--n_layer=5")
-    pretrained = load_checkpoint(str(tmp_path / "pre" / "ckpt.pt"))["model"]
+    pretrained = ckpt.load(str(tmp_path / "pre" / "ckpt.pt"))["model"]
     tuned = trainer.model.state_dict()
     assert trainer.model.gpt.config.n_layer == 2  # the shape comes from the checkpoint, not the settings
     assert torch.equal(tuned["gpt.transformer.wpe.weight"], pretrained["gpt.transformer.wpe.weight"][:8])
@@ -77,10 +79,10 @@ def test_keep_best_writes_the_weights_of_the_best_evaluation_beside_the_checkpoi
     diverging = ["--eval_interval=2", "--learning_rate=3.0", "--warmup_iters=0", "--decay_lr=False", "--grad_clip=0.0"]
     run(corpus, tmp_path / "start", *diverging, "--max_iters=0")
     run(corpus, tmp_path / "kept", *diverging, "--max_iters=4", "--keep_best=True")
-    losses = [r["val_loss"] for r in train.read_log(tmp_path / "kept")]
+    losses = [r["val_loss"] for r in read_log(tmp_path / "kept")]
     assert losses[0] < min(losses[1:])
-    best, last = (load_checkpoint(str(tmp_path / "kept" / name)) for name in ("best.pt", "ckpt.pt"))
-    start = load_checkpoint(str(tmp_path / "start" / "ckpt.pt"))
+    best, last = (ckpt.load(str(tmp_path / "kept" / name)) for name in ("best.pt", "ckpt.pt"))
+    start = ckpt.load(str(tmp_path / "start" / "ckpt.pt"))
     assert best["iter_num"] == 0 and best["val_loss"] == losses[0] and last["iter_num"] == 4
     assert all(torch.equal(best["model"][k], start["model"][k]) for k in start["model"])
     assert not (tmp_path / "start" / "best.pt").exists()
@@ -92,7 +94,7 @@ def test_the_score_is_the_kept_weights_loss_on_the_first_validation_windows(corp
     trainer = run(corpus, tmp_path, *diverging, "--max_iters=4", "--keep_best=True", "--score_val_tokens=100")
     with open(tmp_path / "score.json") as f:
         score = json.load(f)
-    gpt = load_language_model(load_checkpoint(str(tmp_path / "best.pt")), "cpu").gpt
+    gpt = load_language_model(ckpt.load(str(tmp_path / "best.pt")), "cpu").gpt
     val = torch.from_numpy(trainer.tokens["val"].astype(np.int64))
     windows = torch.arange(0, 100 - 16 + 1, 16)  # the windows of block_size 16 whose targets lie in the first 100
     x, y = (torch.stack([val[i + shift:i + shift + 16] for i in windows]) for shift in (0, 1))
@@ -128,14 +130,13 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(corpus, t
                     "train.py", *args, f"--out_dir={tmp_path / 'ddp'}"], check=True, env=env,
                    cwd=os.path.dirname(train.__file__), capture_output=True)
     run(corpus, tmp_path / "single", *args[len(TINY) + 1:])
-    ddp, single = (load_checkpoint(str(tmp_path / d / "ckpt.pt"))["model"] for d in ("ddp", "single"))
+    ddp, single = (ckpt.load(str(tmp_path / d / "ckpt.pt"))["model"] for d in ("ddp", "single"))
     for name in single:
         torch.testing.assert_close(ddp[name], single[name], atol=1e-6, rtol=1e-5)
 
 
 def test_a_degenerate_technique_warns_once_and_marks_the_record(capsys):
-    trainer = train.Trainer.__new__(train.Trainer)
-    trainer.warned, trainer.s = set(), {"max_iters": 100}
+    trainer = run_report.Reporter({"max_iters": 100, "wandb_log": False}, n_layer=4)
     collapsed = {"iter": 20, "val_route2": 0.97, "val_route3": 0.03, "val_plan_acc": 0.05,
                  "val_plan_majority_acc": 0.17}
     early = {**collapsed, "iter": 10}  # the first fifth of the run: the techniques are still learning their jobs

@@ -11,11 +11,11 @@ import torch
 import sample
 import train
 from configurator import ConfigError
+import checkpoint as ckpt
 from data import prepare
 from data.dataset import TEXT_CACHE, load_checked_tokens, load_meta, load_texts
 from data.prepare import ensure_prepared
 from data.write import split_by_hash, write_dataset
-from lm import checkpoint_vocab, load_checkpoint
 
 TINY = [train.PLAIN_CONFIG, "--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
         "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--log_interval=1", "--compile=False"]
@@ -140,7 +140,7 @@ def test_a_checkpoint_without_its_vocabulary_is_read_through_its_dataset_or_refu
     write_dataset(corpus, {"train": [FOX[:7000]], "val": [FOX[7000:]]}, "char", "fox", "made by the test")
     out_dir = tmp_path / "out"
     train.main([*TINY, f"--dataset={corpus}", f"--out_dir={out_dir}", "--max_iters=0"])
-    checkpoint = load_checkpoint(str(out_dir / "ckpt.pt"))
+    checkpoint = ckpt.load(str(out_dir / "ckpt.pt"))
     del checkpoint["vocab"]  # as written before checkpoints carried their vocabulary
     torch.save(checkpoint, out_dir / "ckpt.pt")
     args = [f"--out_dir={out_dir}", "--num_samples=1", "--max_new_tokens=5", "--device=cpu", "--start=the "]
@@ -157,7 +157,7 @@ def test_an_older_bpe_checkpoint_samples_without_its_dataset(tmp_path, capsys):
     write_dataset(corpus, {"train": [FOX[:7000]], "val": [FOX[7000:]]}, "gpt2", "fox", "made by the test")
     out_dir = tmp_path / "out"
     train.main([*TINY, f"--dataset={corpus}", f"--out_dir={out_dir}", "--max_iters=0"])
-    checkpoint = load_checkpoint(str(out_dir / "ckpt.pt"))
+    checkpoint = ckpt.load(str(out_dir / "ckpt.pt"))
     del checkpoint["vocab"]  # the GPT-2 BPE is one vocabulary: its name is enough
     torch.save(checkpoint, out_dir / "ckpt.pt")
     shutil.rmtree(corpus)
@@ -168,7 +168,7 @@ def test_an_older_bpe_checkpoint_samples_without_its_dataset(tmp_path, capsys):
 
 def test_a_checkpoint_naming_neither_vocabulary_nor_dataset_is_refused():
     with pytest.raises(ValueError, match="names neither its vocabulary nor its dataset \\(its tokenizer: 'x'\\)"):
-        checkpoint_vocab({"model": {}, "model_args": {}, "config": {}, "tokenizer": "x"})
+        ckpt.vocab({"model": {}, "model_args": {}, "config": {}, "tokenizer": "x"})
 
 
 # --- tuning across vocabularies ------------------------------------------------------------------------------------
@@ -179,7 +179,7 @@ def pretrained(tmp_path_factory):
     write_dataset(path / "data", {"train": [FOX[:7000]], "val": [FOX[7000:]]}, "char", "fox", "made by the test")
     train.main([*TINY, f"--dataset={path / 'data'}", f"--out_dir={path / 'out'}", "--max_iters=4",
                 "--eval_interval=4"])
-    return load_checkpoint(str(path / "out" / "ckpt.pt")), load_meta(path / "data")
+    return ckpt.load(str(path / "out" / "ckpt.pt")), load_meta(path / "data")
 
 
 @pytest.mark.parametrize("text", [

@@ -1,0 +1,116 @@
+"""
+Checkpoints of train.py in one place: what one holds, how it is written and read, and when a resume may continue it.
+
+A checkpoint is a dict of tensors and plain values (no pickled objects), so it loads with torch's safe unpickler:
+    model, model_args, config (the run's settings), iter_num, tokenizer and vocab (so it can be sampled without its
+    data), and in ckpt.pt, which a resume continues, also optimizer, scaler, best_val_loss, elapsed_s and log_record
+    (the evaluation it was written at). best.pt (keep_best) holds the weights only.
+Older checkpoints lack some keys; `vocab` falls back to what they do name.
+"""
+
+import os
+import pickle
+import re
+
+import torch
+
+from configurator import ConfigError
+from data.dataset import load_meta
+from data.files import write_atomically
+from data.prepare import ensure_prepared
+from lora import merge_lora
+
+# Settings that fix what the checkpoint's weights mean: resuming with different ones would be a different run.
+# batch_size, gradient_accumulation_steps and seed fix the batches and random draws an exact resume replays.
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "bias", "vocab_size")
+RUN_KEYS = ("dataset", "block_size", "batch_size", "gradient_accumulation_steps", "seed", "base", "lora_rank",
+            "lora_alpha", "label_smoothing", "ngram_mode", "ngram_n", "ngram_r", "ngram_alpha", "mod_k", "mod_lambda",
+            "mod_distill_frac", "mod_router_entropy", "plan_mode", "plan_k", "plan_context",
+            "plan_tau", "plan_lambda", "plan_embedder", "plan_seed")
+
+
+def state(trainer, record, resumable=True):
+    """What a checkpoint of the trainer's run holds now: the weights and what reads them, and, when resumable,
+    everything a resume continues from."""
+    weights = {"model": trainer.model.state_dict(), "model_args": trainer.model_args, "config": trainer.s,
+               "iter_num": trainer.iter_num, "tokenizer": trainer.meta["tokenizer"], "vocab": trainer.vocab}
+    if not resumable:
+        return {**weights, "val_loss": record["val_loss"]}
+    return {**weights, "optimizer": trainer.optimizer.state_dict(), "scaler": trainer.scaler.state_dict(),
+            "best_val_loss": trainer.best_val_loss, "elapsed_s": trainer.elapsed, "log_record": record}
+
+
+def save(path, checkpoint):
+    """Write a checkpoint atomically. A failed write (a full disk, a folder gone read-only) keeps the previous
+    checkpoint and stops the run with one line."""
+    try:
+        write_atomically(path, lambda f: torch.save(checkpoint, f))
+    except (OSError, RuntimeError) as e:
+        cause = e if isinstance(e, OSError) else e.__context__  # torch wraps the file's OSError in a RuntimeError
+        if not isinstance(cause, OSError):
+            raise
+        raise OSError(f"cannot write the checkpoint to {path}: {(cause.strerror or str(cause)).lower()}; the "
+                      f"previous checkpoint is kept: free space or fix the folder, then --init_from=resume") from None
+
+
+def load(path, fix="train first, or point init_from at an existing file"):
+    """A checkpoint of train.py, read with torch's safe unpickler (weights_only: tensors and plain values, never
+    code); fix says how the caller's settings point at another one."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}: {fix}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # the safe unpickler met an object: a foreign or crafted file
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        raise ValueError(f"checkpoint {path} holds a Python object ({found.group(1) if found else 'not a tensor'}), "
+                         f"which a checkpoint of this repository never does: it is not loaded, since loading it "
+                         f"could run its code") from None
+    except Exception as e:  # torch raises several types for a truncated or foreign file
+        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}): it is truncated or not a "
+                         f"checkpoint of this repository; resume from an earlier copy or train again") from None
+
+
+def check_same_run(checkpoint, settings):
+    """Resuming continues one run: the settings that shape the weights and the data must be the checkpoint's
+    settings. (Its model shape can differ from them: a tuned run took it from init_from. vocab_size is no setting:
+    the dataset fixes it.)"""
+    saved = checkpoint["config"]
+    differ = [f"{k}: checkpoint {saved.get(k)!r}, now {settings[k]!r}" for k in MODEL_KEYS + RUN_KEYS
+              if k in settings and saved.get(k) != settings[k]]
+    if differ:
+        raise ConfigError("cannot resume: the checkpoint comes from another configuration (" + "; ".join(differ)
+                          + "). Pass the same config file and overrides as the original run, or continue its weights "
+                          "as a new run in a new out_dir with --init_from=<its ckpt.pt>")
+
+
+def gpt_weights(checkpoint):
+    """The plain GPT a checkpoint stands for: its 'gpt.*' weights, with a LoRA run's adapters merged into them."""
+    weights = strip_prefix(checkpoint["model"], "gpt.")
+    adapters = strip_prefix(checkpoint["model"], "lora.")
+    if adapters:
+        weights = merge_lora(weights, adapters, checkpoint["config"]["lora_alpha"] / checkpoint["config"]["lora_rank"])
+    return weights
+
+
+def strip_prefix(state_dict, prefix):
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def vocab(checkpoint):
+    """The vocabulary a checkpoint was trained with (a meta for data.common.get_codec). Checkpoints carry it; older
+    ones name only their tokenizer, all that GPT-2 BPE needs, and their dataset, which a character one reads."""
+    if "vocab" in checkpoint:
+        return checkpoint["vocab"]
+    if checkpoint.get("tokenizer") == "gpt2":
+        return {"dataset": "GPT-2 BPE", "tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256, "stoi": None,
+                "itos": None}
+    config = checkpoint["config"]
+    if "dataset" not in config:
+        raise ValueError(f"the checkpoint names neither its vocabulary nor its dataset (its tokenizer: "
+                         f"{checkpoint.get('tokenizer')!r}): it cannot be decoded or tuned here")
+    try:
+        return load_meta(ensure_prepared(config["dataset"], config.get("tokenizer", "char")))
+    except (ValueError, FileNotFoundError) as e:
+        raise ValueError(f"this checkpoint predates checkpoints that carry their vocabulary, and its dataset "
+                         f"'{config['dataset']}' cannot be read ({e}): put the dataset back, or train it "
+                         f"again") from None
