@@ -12,7 +12,9 @@ Caches. A cache is a folder of .npy files and a header.json:
     save_cache(folder, header, arrays)      write {name: array} as <name>.npy files, then seal them (below)
     seal_cache(work, folder, header)        for a writer that streams its own .npy files into a temporary folder
                                             (work = temporary_path(folder)): write header.json, rename into place
-    load_cache(folder, header, verify=True) {name: array}, each memory-mapped read-only, or None
+    load_cache(folder, header, verify=True, writable=False)
+                                            {name: array}, each memory-mapped read-only (writable: copy-on-write,
+                                            for torch, which has no read-only tensors), or None
 A cache folder is complete or it is rebuilt: load_cache returns None, printing "rebuilding <folder>: <why>", when
 the folder was built from another header or by an older version of this code, lacks a file, holds a file of
 another size or (verify) one whose crc32 differs from the one written: same-size damage (a bad disk or copy, a
@@ -163,10 +165,10 @@ def seal_cache(work, folder, header):
     os.replace(work, folder)
 
 
-def load_cache(folder, header, verify=True):
-    """The arrays of the cache folder ({name: read-only memory-mapped array}) if it was built from exactly header
-    and is whole (every file there, of its size and, if verify, of its crc32); else None, printing why when the
-    folder exists: the caller rebuilds it."""
+def load_cache(folder, header, verify=True, writable=False):
+    """The arrays of the cache folder ({name: memory-mapped array}, read-only or, if writable, copy-on-write: see
+    map_npy) if it was built from exactly header and is whole (every file there, of its size and, if verify, of its
+    crc32); else None, printing why when the folder exists: the caller rebuilds it."""
     folder = Path(folder)
     if not folder.exists():
         return None
@@ -174,7 +176,7 @@ def load_cache(folder, header, verify=True):
         stored = json.loads((folder / "header.json").read_text())
         problem = cache_problem(folder, stored, header, verify)
         if problem is None:
-            return {Path(name).stem: map_npy(folder / name) for name in stored["files"]}
+            return {Path(name).stem: map_npy(folder / name, writable) for name in stored["files"]}
     except FileNotFoundError as e:
         problem = f"{Path(e.filename).name} is missing"
     except (OSError, ValueError, TypeError, KeyError) as e:
@@ -210,9 +212,11 @@ def crc32(path):
     return value
 
 
-def map_npy(path):
-    """The array of a .npy file, memory-mapped read-only for random access: training gathers a few scattered rows per
-    batch, so the kernel is told not to read ahead or map neighbouring pages (np.load(mmap_mode='r') would)."""
+def map_npy(path, writable=False):
+    """The array of a .npy file, memory-mapped for random access: training gathers a few scattered rows per batch,
+    so the kernel is told not to read ahead or map neighbouring pages (np.load(mmap_mode='r') would). Read-only, or
+    if writable copy-on-write: a write changes this process's copy of a page, never the file. torch has no read-only
+    tensors, and a write through one wrapping a read-only map would crash the process."""
     with open(path, "rb") as f:
         if np.lib.format.read_magic(f) != (1, 0):
             raise ValueError(f"{path} is not a version 1.0 .npy file")
@@ -220,7 +224,7 @@ def map_npy(path):
         if dtype.hasobject:  # Python objects are pickles: never read from a cache
             raise ValueError(f"{path} holds Python objects")
         offset = f.tell()
-        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY if writable else mmap.ACCESS_READ)
     if hasattr(mapped, "madvise"):  # Linux, macOS
         mapped.madvise(mmap.MADV_RANDOM)
     return np.frombuffer(mapped, dtype, math.prod(shape), offset).reshape(shape, order="F" if fortran_order else "C")

@@ -18,14 +18,23 @@ its k-means cluster, built once and cached beside the dataset; PlanData reads th
   4. Batches. For windows of the token stream, PlanData.batch gives the sentence each position is planned by, and
      each of those sentences' planner input (the embeddings of the sentences before it) and label.
 
-Caches (data/<name>/plan_sentences/, plan_labels_<embedder>_K<k>_seed<seed>/, data/files.py's cache folders) carry
-a header of the data's hash and the settings they were built from: a stale, incomplete or damaged one is rebuilt,
-never used.
+The caches, beside the dataset, are data/files.py's cache folders, of .npy files that PlanData memory-maps so that a
+batch reads only its rows, and a header.json of the data's hash and the settings they were built from (a stale,
+incomplete or damaged one is rebuilt, never used). They are written a document, or EMBED_BATCH sentences, at a time:
+no build holds a split whole.
+  plan_sentences/                         {split}_token_sentence (int32 per token), {split}_sentence_pos and
+                                          {split}_sentence_span (int64 per sentence)
+  plan_labels_<embedder>_K<k>_seed<seed>/ {split}_embeddings (float16, d_e per sentence), {split}_labels (int64),
+                                          centroids, and the fitted LSA's lsa_words, lsa_idf, lsa_projection
+4 bytes a token and 2 d_e + 32 bytes a sentence: at the papers' scale (170M tokens, 7M sentences, d_e = 768), 0.7 GB
+and 11 GB, on disk; a process holds in memory only the pages it reads.
 """
 
 import functools
 import hashlib
+import os
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -35,8 +44,8 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from configurator import ConfigError
-from data.dataset import Pieces, load_docs, load_meta, load_texts, load_tokens
-from data.files import load_cache, save_cache
+from data.dataset import Pieces, load_docs, load_meta
+from data.files import load_cache, remove_dead_temporaries, reporting_full_disk, seal_cache, temporary_path
 from data.vocabulary import gpt2_encoding
 from data.encoders import load_encoder
 
@@ -136,33 +145,87 @@ def plan_codec(meta):
     return enc.encode_ordinary, (lambda ids: enc.decode([int(i) for i in ids])), nbytes
 
 
-def split_documents(data_dir, split, encode, token_nbytes):
-    """Sentence arrays of one split: token_sentence (sentence id of every token of the .bin), sentence_pos (index
-    of each sentence in its document) and sentence_span ([start, end) of its tokens)."""
-    tokens, docs, texts = load_tokens(data_dir, split), load_docs(data_dir, split), load_texts(data_dir, split)
-    token_sentence = np.full(len(tokens), -1, dtype=np.int64)
-    spans, positions, n_sentences = [], [], 0  # per document, as arrays: a few bytes per sentence
-    for i, ((start, end), text) in enumerate(tqdm(zip(docs.tolist(), texts), total=len(texts),
-                                                  desc=f"sentences {split}", unit="doc")):
-        doc_tokens = np.asarray(tokens[start:end], dtype=np.int64)
-        if encode(text) != doc_tokens.tolist():  # the splitter would search in vain for breaks that fit
-            raise ConfigError(f"{split} document {i} of {data_dir} does not encode to its tokens in {split}.bin: "
-                              f"the dataset's files disagree; re-run data/{Path(data_dir).name}/prepare.py")
-        if end == start:
-            continue
-        bounds = start + np.array(sentence_starts(doc_tokens, text, encode, token_nbytes) + [end - start])
-        spans.append(np.stack([bounds[:-1], bounds[1:]], axis=1))
-        positions.append(np.arange(len(bounds) - 1))
-        token_sentence[start:end] = np.repeat(np.arange(n_sentences, n_sentences + len(bounds) - 1), np.diff(bounds))
-        n_sentences += len(bounds) - 1
-    if token_sentence[0] < 0:
+def split_documents(data_dir, split, encode, token_nbytes, out):
+    """Write the sentence arrays of one split into folder out, a document at a time: {split}_token_sentence.npy
+    (int32, the sentence of every token of the .bin), {split}_sentence_pos.npy (each sentence's index in its
+    document) and {split}_sentence_span.npy ([start, end) of its tokens). Tokens outside documents (each
+    document's EOT) belong to the sentence before them."""
+    data_dir, docs = Path(data_dir), load_docs(data_dir, split)
+    tokens = ReadThrough(data_dir / f"{split}.bin", np.uint16)
+    texts = Pieces(ReadThrough(data_dir / f"{split}_texts.txt", np.uint8),  # data.dataset.load_texts, read through
+                   np.load(data_dir / f"{split}_text_spans.npy"), lambda piece: piece.tobytes().decode("utf-8"))
+    with NpyWriter(out / f"{split}_token_sentence.npy", np.int32) as token_sentence, \
+            NpyWriter(out / f"{split}_sentence_pos.npy", np.int64) as positions, \
+            NpyWriter(out / f"{split}_sentence_span.npy", np.int64, (2,)) as spans:
+        for i, ((start, end), text) in enumerate(tqdm(zip(docs.tolist(), texts), total=len(texts),
+                                                      desc=f"sentences {split}", unit="doc")):
+            doc_tokens = np.asarray(tokens[start:end], dtype=np.int64)
+            if encode(text) != doc_tokens.tolist():  # the splitter would search in vain for breaks that fit
+                raise ConfigError(f"{split} document {i} of {data_dir} does not encode to its tokens in {split}.bin: "
+                                  f"the dataset's files disagree; re-run data/{Path(data_dir).name}/prepare.py")
+            if end == start:
+                continue
+            fill_to(token_sentence, start, spans.rows - 1, data_dir, split)
+            bounds = start + np.array(sentence_starts(doc_tokens, text, encode, token_nbytes) + [end - start])
+            token_sentence.append(np.repeat(np.arange(spans.rows, spans.rows + len(bounds) - 1), np.diff(bounds)))
+            positions.append(np.arange(len(bounds) - 1))
+            spans.append(np.stack([bounds[:-1], bounds[1:]], axis=1))
+        fill_to(token_sentence, len(tokens), spans.rows - 1, data_dir, split)
+
+
+def fill_to(token_sentence, end, sentence, data_dir, split):
+    """Extend token_sentence up to token end with sentence, the one before these tokens outside documents."""
+    if end > token_sentence.rows and sentence < 0:
         raise ConfigError(f"{split} split of {data_dir}: the first token belongs to no document: the docs metadata "
                           f"is inconsistent; re-run data/{Path(data_dir).name}/prepare.py")
-    # Tokens outside documents (each document's EOT) belong to the sentence before them.
-    inside = np.where(token_sentence >= 0, np.arange(len(tokens)), 0)
-    token_sentence = token_sentence[np.maximum.accumulate(inside)]
-    return dict(token_sentence=token_sentence, sentence_pos=np.concatenate(positions, dtype=np.int64),
-                sentence_span=np.concatenate(spans, dtype=np.int64))
+    token_sentence.append(np.full(end - token_sentence.rows, sentence))
+
+
+class ReadThrough:
+    """array[a:b] of a flat binary file of dtype, read through the file when asked for. A build reads all of a file
+    once, and the pages it read through a memory map would stay mapped, counted in its memory, up to the file's
+    size (0.4 GB of tokens and 0.9 GB of text at 200M tokens)."""
+
+    def __init__(self, path, dtype):
+        self.file, self.dtype = open(path, "rb", buffering=0), np.dtype(dtype)  # unbuffered: a read reads what it asks
+
+    def __len__(self):
+        return os.fstat(self.file.fileno()).st_size // self.dtype.itemsize
+
+    def __getitem__(self, piece):
+        self.file.seek(int(piece.start) * self.dtype.itemsize)
+        return np.frombuffer(self.file.read(int(piece.stop - piece.start) * self.dtype.itemsize), self.dtype)
+
+    def __del__(self):
+        self.file.close()
+
+
+class NpyWriter:
+    """A .npy file written a chunk of rows at a time, its length known only at the end: the header is written again
+    then, over the same bytes (numpy pads a header so that its first dimension can grow in place)."""
+
+    def __init__(self, path, dtype, row_shape=()):
+        self.file, self.dtype, self.row_shape, self.rows = open(path, "wb"), np.dtype(dtype), row_shape, 0
+        self.write_header()
+        self.data_offset = self.file.tell()
+
+    def write_header(self):
+        np.lib.format.write_array_header_1_0(self.file, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                         "fortran_order": False, "shape": (self.rows, *self.row_shape)})
+
+    def append(self, rows):
+        rows = np.asarray(rows, self.dtype)
+        self.file.write(rows.tobytes())
+        self.rows += len(rows)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.seek(0)
+        self.write_header()
+        assert self.file.tell() == self.data_offset
+        self.file.close()
 
 
 # --- the sentences, cached beside the dataset ---------------------------------------------------------------------
@@ -182,26 +245,35 @@ def data_hash(data_dir):
     return h.hexdigest()
 
 
+def cached(folder, header, build):
+    """The arrays of the cache folder built from header (data/files.py), memory-mapped copy-on-write, so that torch
+    tensors can wrap them; first built by build(work), which writes them as .npy files into the temporary folder
+    work, when missing, stale or damaged."""
+    arrays = load_cache(folder, header, writable=True)
+    if arrays is None:
+        remove_dead_temporaries(folder.parent)  # a killed build's work folder
+        work = temporary_path(folder)
+        work.mkdir()
+        try:
+            with reporting_full_disk(folder):
+                build(work)
+                seal_cache(work, folder, header)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        arrays = load_cache(folder, header, verify=False, writable=True)  # checksummed a moment ago, when sealed
+    return arrays
+
+
 def load_sentences(data_dir, meta, header):
-    """Per-split sentence arrays (split_documents), from the cache beside the dataset or built now."""
-    def build():
-        encode, _, token_nbytes = plan_codec(meta)
-        return {f"{split}_{k}": v for split in ("train", "val")
-                for k, v in split_documents(data_dir, split, encode, token_nbytes).items()}
+    """Per-split sentence arrays (split_documents), memory-mapped from the cache beside the dataset or built now."""
+    encode, _, token_nbytes = plan_codec(meta)
 
-    cached = cached_arrays(Path(data_dir) / "plan_sentences", header, build)
-    return {split: {k[len(split) + 1:]: v for k, v in cached.items() if k.startswith(split + "_")}
+    def build(work):
+        for split in ("train", "val"):
+            split_documents(data_dir, split, encode, token_nbytes, work)
+    arrays = cached(Path(data_dir) / "plan_sentences", header, build)
+    return {split: {k[len(split) + 1:]: v for k, v in arrays.items() if k.startswith(split + "_")}
             for split in ("train", "val")}
-
-
-def cached_arrays(folder, header, build):
-    """The arrays of the cache folder for header (data/files.py), read into memory; or build() them and cache them."""
-    cached = load_cache(folder, header)
-    if cached is None:
-        arrays = build()
-        save_cache(folder, header, arrays)
-        return arrays
-    return {name: np.array(array) for name, array in cached.items()}
 
 
 # --- 2. sentence embeddings: LSA ----------------------------------------------------------------------------------
@@ -316,45 +388,71 @@ EMBED_BATCH = 100_000  # sentences embedded at a time
 def sentence_texts(data_dir, meta, sentences):
     """{split: the text of every sentence}, each decoded from its tokens when read (data.dataset.Pieces)."""
     _, decode, _ = plan_codec(meta)
-    return {split: Pieces(load_tokens(data_dir, split), sentences[split]["sentence_span"], decode)
+    return {split: Pieces(ReadThrough(Path(data_dir) / f"{split}.bin", np.uint16), sentences[split]["sentence_span"],
+                          decode)
             for split in ("train", "val")}
 
 
-def build_labels(texts, k, seed, embedder="lsa"):
-    """Embed every sentence, EMBED_BATCH at a time (fitting LSA on the train sentences, or with a pretrained
-    encoder), fit k-means on the train embeddings and label every sentence with its nearest centroid. Beyond
-    LABEL_SAMPLE train sentences, the LSA fit and k-means see a random sample of LABEL_SAMPLE of them (the clusters
-    of a few hundred thousand sentences are those of all, at a fixed cost), and every sentence is then labelled
-    with its nearest centroid, in chunks."""
+def build_labels(texts, k, seed, embedder, out, device="auto"):
+    """Embed every sentence (fitting LSA on the train sentences, or with a pretrained encoder on device), fit
+    k-means on the train embeddings and label every sentence with its nearest centroid, writing into folder out:
+    centroids.npy, {split}_embeddings.npy, {split}_labels.npy and the fitted LSA's lsa_*.npy. Beyond LABEL_SAMPLE
+    train sentences, the LSA fit and k-means see a random sample of LABEL_SAMPLE of them (the clusters of a few
+    hundred thousand sentences are those of all, at a fixed cost). Only the sample's embeddings are ever all in
+    memory: the rest are embedded, labelled and written EMBED_BATCH sentences at a time."""
     n_train = len(texts["train"])
-    sample = None if n_train <= LABEL_SAMPLE else np.sort(
+    sample = np.arange(n_train) if n_train <= LABEL_SAMPLE else np.sort(
         np.random.default_rng(seed).choice(n_train, LABEL_SAMPLE, replace=False))
     print(f"embedding {n_train:,} train and {len(texts['val']):,} val sentences with {embedder}, then k-means with "
-          f"K = {k}" + (f" on {LABEL_SAMPLE:,} of the train sentences" if sample is not None else ""))
-    arrays = {}
+          f"K = {k}" + (f" on {LABEL_SAMPLE:,} of the train sentences" if len(sample) < n_train else ""))
+    sample_texts = texts["train"][:] if len(sample) == n_train else [texts["train"][i] for i in sample]
     if embedder == "lsa":
-        fit_texts = texts["train"][:] if sample is None else [texts["train"][i] for i in sample]
-        encoder = LSA.fit(fit_texts, EMBEDDERS["lsa"], seed)
-        arrays.update(lsa_words=np.array(encoder.words), lsa_idf=encoder.idf.numpy(),
-                      lsa_projection=encoder.projection.numpy())
+        encoder = LSA.fit(sample_texts, EMBEDDERS["lsa"], seed)
+        np.save(out / "lsa_words.npy", np.array(encoder.words))
+        np.save(out / "lsa_idf.npy", encoder.idf.numpy())
+        np.save(out / "lsa_projection.npy", encoder.projection.numpy())
     else:
-        encoder = load_encoder(embedder)
-    embeddings = {split: embed_in_batches(encoder, t, split) for split, t in texts.items()}
-    if sample is None:
-        centroids, train_labels = kmeans(embeddings["train"], k, seed)
-    else:
-        centroids, _ = kmeans(embeddings["train"][torch.from_numpy(sample)], k, seed)
-        train_labels = nearest_centroid(embeddings["train"], centroids)
-    return {**arrays, "centroids": centroids.numpy(),
-            "train_embeddings": embeddings["train"].numpy(), "val_embeddings": embeddings["val"].numpy(),
-            "train_labels": train_labels.numpy(), "val_labels": nearest_centroid(embeddings["val"], centroids).numpy()}
+        encoder = load_encoder(embedder, device)
+    sample_embeddings = embed_in_batches(encoder, sample_texts, "the k-means sample")
+    centroids, sample_labels = kmeans(sample_embeddings, k, seed)
+    np.save(out / "centroids.npy", centroids.numpy())
+    write_labelled(encoder, texts["train"], centroids, out, "train", (sample, sample_embeddings, sample_labels))
+    write_labelled(encoder, texts["val"], centroids, out, "val")
 
 
-def embed_in_batches(encoder, texts, split):
+def write_labelled(encoder, texts, centroids, out, split, sample=None):
+    """Write {split}_embeddings.npy and {split}_labels.npy (int64) for texts, EMBED_BATCH sentences at a time: each
+    sentence is embedded (those of sample = (sorted ids, float32 embeddings, labels), which k-means saw, are not
+    embedded again) and labelled with its nearest centroid, then its embedding is stored in float16: half the bytes,
+    and unit vectors lose at most 2.5e-4 (2^-12) a component, but an embedding that close to the boundary between
+    two clusters would change label (3 of the 70,803 LSA embeddings of shakespeare_char and wiki), so the labels are
+    those of float32."""
+    dim = centroids.size(1)
+    ids, sample_embeddings, sample_labels = sample or (np.zeros(0, dtype=np.int64), torch.empty(0, dim),
+                                                       torch.empty(0, dtype=torch.long))
+    with NpyWriter(out / f"{split}_embeddings.npy", np.float16, (dim,)) as embeddings, \
+            NpyWriter(out / f"{split}_labels.npy", np.int64) as labels:
+        starts = range(0, len(texts), EMBED_BATCH)
+        for a in tqdm(starts, desc=f"labelling {split}", unit="batch", disable=len(starts) == 1):
+            n = min(EMBED_BATCH, len(texts) - a)
+            lo, hi = np.searchsorted(ids, [a, a + n])
+            have = torch.from_numpy(ids[lo:hi] - a)
+            new = torch.from_numpy(np.setdiff1d(np.arange(n), have.numpy()))
+            chunk, chunk_labels = torch.empty(n, dim), torch.empty(n, dtype=torch.long)
+            chunk[have], chunk_labels[have] = sample_embeddings[lo:hi], sample_labels[lo:hi]
+            if len(new):
+                chunk_texts = texts[a:a + n]
+                chunk[new] = encoder.embed([chunk_texts[i] for i in new.tolist()])
+                chunk_labels[new] = nearest_centroid(chunk[new], centroids)
+            embeddings.append(chunk.half().numpy())
+            labels.append(chunk_labels.numpy())
+
+
+def embed_in_batches(encoder, texts, name):
     """(len(texts), d) embeddings, EMBED_BATCH sentences at a time (an empty split: the encoder's empty result)."""
     starts = range(0, max(len(texts), 1), EMBED_BATCH)
     return torch.cat([encoder.embed(texts[a:a + EMBED_BATCH])
-                      for a in tqdm(starts, desc=f"embedding {split}", unit="batch", disable=len(starts) == 1)])
+                      for a in tqdm(starts, desc=f"embedding {name}", unit="batch", disable=len(starts) == 1)])
 
 
 # --- 4. what the planner reads for a batch ------------------------------------------------------------------------
@@ -362,7 +460,10 @@ class PlanData:
     """Everything the planner reads, for both splits: the sentence of every token, each sentence's position in its
     document, its embedding and its label; the centroids; and the fitted embedder (for generated text)."""
 
-    def __init__(self, data_dir, k, embedder, seed):
+    def __init__(self, data_dir, k, embedder, seed, device="auto"):
+        """The arrays are memory-mapped from the caches beside the dataset (built first if missing or stale), so
+        that a batch reads only its rows. device: where a pretrained encoder builds the labels ('auto': the GPU if
+        there is one)."""
         if embedder not in EMBEDDERS:
             raise ConfigError(f"plan_embedder must be one of {sorted(EMBEDDERS)}, got '{embedder}'")
         meta = load_meta(data_dir)
@@ -375,23 +476,27 @@ class PlanData:
         if k > n_train:
             raise ConfigError(f"plan_k = {k} is larger than the {n_train} train sentences of {meta['dataset']}: "
                               "lower plan_k")
-        cached = cached_arrays(Path(data_dir) / f"plan_labels_{embedder}_K{k}_seed{seed}", self.header,
-                               lambda: build_labels(sentence_texts(data_dir, meta, self.sentences), k, seed, embedder))
-        self.cached, self.embedder_name = cached, embedder
-        self.centroids = torch.from_numpy(cached["centroids"])
-        self.embeddings = {s: torch.from_numpy(cached[f"{s}_embeddings"]) for s in ("train", "val")}
-        self.labels = {s: torch.from_numpy(cached[f"{s}_labels"]) for s in ("train", "val")}
-        self.token_sentence = {s: self.sentences[s]["token_sentence"] for s in ("train", "val")}
+        arrays = cached(Path(data_dir) / f"plan_labels_{embedder}_K{k}_seed{seed}", self.header,
+                        lambda work: build_labels(sentence_texts(data_dir, meta, self.sentences), k, seed, embedder,
+                                                  work, device))
+        self.arrays, self.embedder_name = arrays, embedder
+        self.centroids = torch.from_numpy(np.array(arrays["centroids"]))
+        self.embeddings = {s: torch.from_numpy(arrays[f"{s}_embeddings"]) for s in ("train", "val")}  # float16
+        self.labels = {s: torch.from_numpy(arrays[f"{s}_labels"]) for s in ("train", "val")}
+        self.token_sentence = {s: self.sentences[s]["token_sentence"] for s in ("train", "val")}  # int32
         self.sentence_pos = {s: torch.from_numpy(self.sentences[s]["sentence_pos"]) for s in ("train", "val")}
 
     @functools.cached_property
     def embedder(self):
         """The labels' embedder, for sentences that were not in the data (generation): the fitted LSA, or the
-        pretrained encoder (loaded only when asked for)."""
+        pretrained encoder (loaded only when asked for); its embeddings rounded to float16 as the data's are, so
+        that generation plans from what training read."""
         if self.embedder_name == "lsa":
-            return LSA(self.cached["lsa_words"].tolist(), torch.from_numpy(self.cached["lsa_idf"]),
-                       torch.from_numpy(self.cached["lsa_projection"]))
-        return load_encoder(self.embedder_name)
+            embedder = LSA(self.arrays["lsa_words"].tolist(), torch.from_numpy(np.array(self.arrays["lsa_idf"])),
+                           torch.from_numpy(np.array(self.arrays["lsa_projection"])))
+        else:
+            embedder = load_encoder(self.embedder_name)
+        return Rounded(embedder)
 
     def context(self, split, ids, m):
         """Planner inputs for sentences ids (any shape): the embeddings of the m sentences before each, most
@@ -400,7 +505,7 @@ class PlanData:
         back = torch.arange(1, m + 1)
         before = (ids[..., None] - back).clamp(min=0)
         inside = back <= pos[..., None]
-        embeddings = self.embeddings[split].index_select(0, before.flatten()).view(*before.shape, -1)
+        embeddings = self.embeddings[split].index_select(0, before.flatten()).view(*before.shape, -1).float()
         return embeddings * inside[..., None], pos
 
     def batch(self, split, ix, block_size, m):
@@ -414,3 +519,13 @@ class PlanData:
         context, pos = self.context(split, ids, m)
         return {"plan_index": torch.from_numpy(index.reshape(target.shape)), "plan_context": context,
                 "plan_pos": pos, "plan_label": self.labels[split][ids]}
+
+
+class Rounded:
+    """An embedder whose embeddings are rounded to float16, the precision of the data's stored embeddings."""
+
+    def __init__(self, embedder):
+        self.embedder = embedder
+
+    def embed(self, texts):
+        return self.embedder.embed(texts).half().float()

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 transformers = pytest.importorskip("transformers")
 
-from data.encoders import load_encoder
+import data.encoders as encoders
+from data.encoders import BATCH_SIZE, load_encoder
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "cat", "dog", "sat", "ran", "on", "under", "mat",
          "big", "red", "old", "house", "."]
@@ -77,6 +78,48 @@ def test_order_is_kept_when_batches_are_sorted_by_length(tiny):
     torch.testing.assert_close(vectors, reference[order], rtol=0, atol=1e-6)
 
 
+def test_the_batch_size_does_not_change_the_embeddings(tiny):
+    encoder = load_encoder(str(tiny), "cpu")
+    rng = random.Random(0)
+    texts = [" ".join(rng.choices(VOCAB[5:], k=rng.randint(1, 12))) for _ in range(3 * BATCH_SIZE["cpu"] + 5)]
+    reference = encoder.embed(texts, batch_size=1)  # no padding at all
+    for batch_size in (7, None, len(texts)):  # None: the device's own, BATCH_SIZE["cpu"]
+        torch.testing.assert_close(encoder.embed(texts, batch_size=batch_size), reference, rtol=0, atol=1e-6)
+
+
+def test_the_gpu_is_picked_when_there_is_one_unless_a_device_is_named(tiny, monkeypatch):
+    built_on = []
+    monkeypatch.setattr(encoders, "Encoder", lambda folder, device: built_on.append(device))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    load_encoder(str(tiny))
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    load_encoder(str(tiny))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    load_encoder(str(tiny))
+    load_encoder(str(tiny), "cpu")
+    assert built_on == ["cpu", "mps", "cuda", "cpu"]
+    with pytest.raises(ValueError, match="device 'cuda:1' is not on this machine"):
+        load_encoder(str(tiny), "cuda:1")
+
+
+def test_the_encoder_runs_in_full_float32_whatever_the_process_set(tiny, monkeypatch):
+    # train.py turns TF32 on for the language model on CUDA; the encoder turns it off for its own matmuls only.
+    encoder = load_encoder(str(tiny), "cpu")
+    assert encoder.batch_size == BATCH_SIZE["cpu"]
+    forward, seen = encoder.model.forward, []
+    monkeypatch.setattr(encoder.model, "forward", lambda **batch: seen.append(
+        torch.backends.cuda.matmul.allow_tf32) or forward(**batch))
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True  # a flag of torch's C++ core, which monkeypatch cannot restore
+    try:
+        encoder.embed(TEXTS)
+        assert seen == [False] and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def test_bad_encoders_are_refused_in_one_line(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown sentence encoder 'minilm2'"):
         load_encoder("minilm2")
@@ -90,7 +133,9 @@ def test_bad_encoders_are_refused_in_one_line(tmp_path, monkeypatch):
 def test_plan_embedder_minilm_labels_sentences_with_the_encoders_embeddings(tiny, tmp_path, monkeypatch):
     import data.sentences as sentences
     from data.write import write_dataset
-    monkeypatch.setattr(sentences, "load_encoder", lambda name: load_encoder(str(tiny)))  # stands in for MiniLM
+    devices = []
+    monkeypatch.setattr(sentences, "load_encoder", lambda name, device="cpu": devices.append(device) or
+                        load_encoder(str(tiny), device))  # stands in for MiniLM
     monkeypatch.setitem(sentences.EMBEDDERS, "minilm", 16)
     rng = random.Random(0)
     words = VOCAB[5:-1]
@@ -99,8 +144,12 @@ def test_plan_embedder_minilm_labels_sentences_with_the_encoders_embeddings(tiny
         return " ".join(" ".join(rng.choices(words, k=rng.randint(3, 6))) + " ." for _ in range(rng.randint(2, 4)))
     write_dataset(tmp_path, {"train": [document() for _ in range(20)], "val": [document() for _ in range(4)]},
                   "char", "tiny", source="test")
-    data = sentences.PlanData(tmp_path, 3, "minilm", 0)
+    data = sentences.PlanData(tmp_path, 3, "minilm", 0, device="cpu")
+    assert devices == ["cpu"]  # the labels are built on the device asked for
     texts = sentences.sentence_texts(tmp_path, sentences.load_meta(tmp_path), data.sentences)
-    torch.testing.assert_close(data.embeddings["train"], load_encoder(str(tiny)).embed(texts["train"]))
-    assert torch.equal(data.labels["val"], sentences.nearest_centroid(data.embeddings["val"], data.centroids))
-    torch.testing.assert_close(data.embedder.embed(texts["val"][:2]), data.embeddings["val"][:2])  # for generation
+    encoder = load_encoder(str(tiny), "cpu")
+    embeddings = {split: encoder.embed(texts[split]) for split in ("train", "val")}
+    assert torch.equal(data.embeddings["train"], embeddings["train"].half())
+    assert torch.equal(data.labels["val"], sentences.nearest_centroid(embeddings["val"], data.centroids))
+    # for generation, embedded as stored
+    assert torch.equal(data.embedder.embed(texts["val"][:2]), data.embeddings["val"][:2].float())

