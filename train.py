@@ -31,7 +31,7 @@ import run_folder
 import run_report
 import settings_checks
 import tuning
-from configurator import ConfigError, configure, is_setting
+from configurator import configure, is_setting
 from data.dataset import load_checked_tokens, load_meta
 from data.files import write_atomically
 from data.prepare import ensure_prepared
