@@ -52,11 +52,17 @@ FORMAT = 2  # of the files; format 1 was one .npz loaded whole, built in memory
 NO_CONTEXT = np.uint16(65535)  # the route of a position without an in-document context
 ELIGIBLE, IN_S = 1, 2  # flags of an occurrence: its context has a tail (it may borrow); its next token is in S
 # Sizing, measured with tracemalloc: numpy's peak bytes per pair of a partition in the count step (the largest) when
-# every pair is its own context (its worst case; a Zipf corpus needs half), and per position of a chunk in the passes
-# over the corpus; a process's own footprint (interpreter, numpy) comes on top.
-BYTES_PER_PAIR, BYTES_PER_PAIR_PER_TOP_TOKEN = 104, 6
-BYTES_PER_POSITION = 48
+# every pair is its own context (its worst case; a Zipf corpus needs 40%), and per position of a chunk in the route
+# step (the largest of the chunk steps, with the tokens its task carries); a process's own footprint (interpreter,
+# numpy) comes on top.
+BYTES_PER_PAIR, BYTES_PER_PAIR_PER_TOP_TOKEN = 94, 6
+BYTES_PER_POSITION = 42
 PROCESS_MB = 60
+# Partitions and chunks of about 2**21 pairs or positions when memory allows more: a larger partition sorts no faster
+# per key, and arrays under 32 MB come back from glibc's heap where larger ones are mapped anew, each page faulted
+# in again (a third of the build's system time at 50M tokens). Chunks grow past it to keep a partition's slices of
+# the chunk files at most MAX_CHUNKS.
+STEP_SIZE, MAX_CHUNKS = 2**21, 256
 SAMPLE_BLOCKS, SAMPLE_BLOCK = 256, 4096  # the sample of context keys that cuts the partitions
 
 
@@ -162,18 +168,20 @@ def least_memory_mb(workers):
 
 
 def plan(n_positions, memory_mb, workers, r):
-    """(partitions, chunk): how many partitions keep each worker's share of memory_mb, and how many positions a
-    pass over the corpus reads at once."""
+    """Plan(partitions, chunk, workers): partitions small enough for each worker's share of memory_mb, and chunks
+    of positions as large as the passes over the corpus may read at once in that share (both up to STEP_SIZE)."""
     if memory_mb < least_memory_mb(workers):
         raise ValueError(f"ngram_memory_mb = {memory_mb} leaves no room for {workers} worker(s) and the main process: "
                          f"raise it to at least {least_memory_mb(workers)} or lower ngram_workers")
-    free_bytes = (memory_mb - PROCESS_MB * (workers + 1)) * 2**20
-    pairs_per_partition = free_bytes // (workers * (BYTES_PER_PAIR + BYTES_PER_PAIR_PER_TOP_TOKEN * r))
-    chunk = int(min(free_bytes // BYTES_PER_POSITION, 1 << 23))
-    partitions = math.ceil(n_positions / pairs_per_partition)
-    if partitions >= NO_CONTEXT:
+    share = (memory_mb - PROCESS_MB * (workers + 1)) * 2**20 // workers
+    routes = int(NO_CONTEXT) - 1  # the partitions a route can name
+    pairs_per_partition = min(share // (BYTES_PER_PAIR + BYTES_PER_PAIR_PER_TOP_TOKEN * r),
+                              max(STEP_SIZE, -(-n_positions // routes)))
+    partitions = -(-n_positions // pairs_per_partition)
+    if partitions > routes:
         raise ValueError(f"{n_positions:,} positions in {memory_mb} MB need {partitions:,} partitions, more than the "
-                         f"{NO_CONTEXT - 1:,} the routes can name: raise ngram_memory_mb")
+                         f"{routes:,} the routes can name: raise ngram_memory_mb")
+    chunk = min(share // BYTES_PER_POSITION, max(STEP_SIZE, -(-n_positions // MAX_CHUNKS)))
     return Plan(partitions, chunk, workers)
 
 
@@ -374,8 +382,9 @@ def count_partition(parts, spec, work, task):
     pair_flags = np.repeat(degree > spec.r, degree) * np.uint8(ELIGIBLE)
     pair_flags[by_frequency] |= (rank < spec.r) * np.uint8(IN_S)
     eligible = write_occurrences(parts, order, pair_counts, pair_context, pair_flags, starts, lengths)
-    del order
+    del order, degree, pair_flags
     next_ids, pair_counts = next_ids[by_frequency], pair_counts[by_frequency]
+    del by_frequency
     first_context, first_pair = tables_start(p)
     write_tables(work, spec.r, first_context, first_pair, context_keys=context_keys, ptr=ptr + first_pair,
                  next_ids=next_ids, counts=pair_counts,
