@@ -597,7 +597,7 @@ def gather_chunk(parts, work, first_row, task):
     c, start, routed, next_tokens = task
     order = grouped(np.fromfile(parts / f"{c}.route", np.uint16))
     row_context = np.zeros(len(next_tokens), np.int32)
-    row_context[order] = read_part(parts, c, "context", np.int32) + np.repeat(first_row, routed)
+    row_context[order] = read_part(parts, c, "context", np.int32) + np.repeat(first_row.astype(np.int32), routed)
     tail_ids = next_tokens.astype(np.uint16)
     tail_ids[order] = read_part(parts, c, "tail", np.uint16)
     write_at(work / "counts" / "row_context.npy", len(npy_header(np.int32, (0,))) + 4 * start, row_context)
