@@ -58,10 +58,11 @@ ELIGIBLE, IN_S = 1, 2  # flags of an occurrence: its context has a tail (it may 
 BYTES_PER_PAIR, BYTES_PER_PAIR_PER_TOP_TOKEN = 94, 6
 BYTES_PER_POSITION = 42
 PROCESS_MB = 60
-# Partitions and chunks of about 2**21 pairs or positions when memory allows more: a larger partition sorts no faster
-# per key, and arrays under 32 MB come back from glibc's heap where larger ones are mapped anew, each page faulted
-# in again (a third of the build's system time at 50M tokens). Chunks grow past it to keep a partition's slices of
-# the chunk files at most MAX_CHUNKS.
+# Partitions and chunks of at most 2**21 pairs or positions, though memory allows more: a larger partition sorts no
+# faster per key, and glibc maps each array over 32 MB anew, its pages faulted in again, where it reuses smaller
+# ones from its heap (at 50M tokens, 24 partitions and chunks of 2**21 take 40% less system time than 8 and 2**23).
+# Only a corpus too large for that many partitions or chunks (MAX_CHUNKS: a partition task reads a slice of each)
+# takes larger ones.
 STEP_SIZE, MAX_CHUNKS = 2**21, 256
 SAMPLE_BLOCKS, SAMPLE_BLOCK = 256, 4096  # the sample of context keys that cuts the partitions
 
@@ -77,11 +78,13 @@ class Spec(NamedTuple):
 
 
 class Plan(NamedTuple):
-    """How a build fits its memory bound: the partitions of the pairs, the positions of a chunk, and the worker
-    processes, which take partitions or chunks `workers` at a time."""
+    """How a build fits its memory bound: the partitions of the pairs, the positions of a chunk, the worker
+    processes, which take partitions or chunks `workers` at a time, and the most pairs a worker's share of the
+    bound holds."""
     partitions: int
     chunk: int
     workers: int
+    worker_pairs: int
 
 
 # --- the cache: load the files, or build them -------------------------------------------------------------------
@@ -168,21 +171,21 @@ def least_memory_mb(workers):
 
 
 def plan(n_positions, memory_mb, workers, r):
-    """Plan(partitions, chunk, workers): partitions small enough for each worker's share of memory_mb, and chunks
-    of positions as large as the passes over the corpus may read at once in that share (both up to STEP_SIZE)."""
+    """Plan(...): partitions small enough for each worker's share of memory_mb, and chunks of positions as large as
+    a pass over the corpus may hold in that share, both at most STEP_SIZE when the corpus allows."""
     if memory_mb < least_memory_mb(workers):
         raise ValueError(f"ngram_memory_mb = {memory_mb} leaves no room for {workers} worker(s) and the main process: "
                          f"raise it to at least {least_memory_mb(workers)} or lower ngram_workers")
     share = (memory_mb - PROCESS_MB * (workers + 1)) * 2**20 // workers
     routes = int(NO_CONTEXT) - 1  # the partitions a route can name
-    pairs_per_partition = min(share // (BYTES_PER_PAIR + BYTES_PER_PAIR_PER_TOP_TOKEN * r),
-                              max(STEP_SIZE, -(-n_positions // routes)))
+    worker_pairs = share // (BYTES_PER_PAIR + BYTES_PER_PAIR_PER_TOP_TOKEN * r)
+    pairs_per_partition = min(worker_pairs, max(STEP_SIZE, -(-n_positions // routes)))
     partitions = -(-n_positions // pairs_per_partition)
     if partitions > routes:
         raise ValueError(f"{n_positions:,} positions in {memory_mb} MB need {partitions:,} partitions, more than the "
                          f"{routes:,} the routes can name: raise ngram_memory_mb")
     chunk = min(share // BYTES_PER_POSITION, max(STEP_SIZE, -(-n_positions // MAX_CHUNKS)))
-    return Plan(partitions, chunk, workers)
+    return Plan(partitions, chunk, workers, worker_pairs)
 
 
 def read_tokens(tokens, start, stop):
@@ -209,7 +212,7 @@ def build(tokens, spec, plan, counts, targets):
         splitters = partition_splitters(tokens, spec.n, spec.bits, spec.boundary_token, plan.partitions)
         with worker_pool(plan.workers, len(splitters) + 1) as run:
             routed = route(run, tokens, spec, splitters, parts, chunks, show)
-            warn_if_unbalanced(routed.sum(axis=0), -(-n_positions // plan.partitions))
+            warn_if_unbalanced(routed.sum(axis=0), plan.worker_pairs)
             sizes, eligible = count(run, parts, spec, work, routed, show)
             draw(run, parts, spec.seed, eligible, show)
             deal(run, parts, spec.bits, routed, eligible, show)
@@ -242,7 +245,8 @@ def chunk_keys(tokens, start, stop, n, bits, boundary_token):
     window = np.concatenate((np.zeros(n - 2 - (start - first), np.uint64),
                              read_tokens(tokens, first, stop + 1).astype(np.uint64)))
     m = stop - start
-    has_context = np.arange(start, stop) >= n - 2
+    has_context = np.ones(m, bool)
+    has_context[:max(0, n - 2 - start)] = False  # the first n - 2 positions of the corpus have none
     context_key = np.zeros(m, np.uint64)
     for back in range(n - 2, -1, -1):
         token = window[n - 2 - back:n - 2 - back + m]
@@ -342,13 +346,13 @@ def grouped(partition):
     return np.argsort(partition, kind="stable")[:np.count_nonzero(partition != NO_CONTEXT)]
 
 
-def warn_if_unbalanced(sizes, share):
-    """Say so when a partition holds more than twice the pairs the memory bound gave it: one context's occurrences
-    cannot be split across partitions, so a context that frequent makes its worker use more than its share."""
-    if sizes.max(initial=0) > 2 * share:
+def warn_if_unbalanced(sizes, worker_pairs):
+    """Say so when a partition holds more than twice the pairs a worker's share of the memory bound holds: one
+    context's occurrences cannot be split across partitions, so a context that frequent makes its worker use more."""
+    if sizes.max(initial=0) > 2 * worker_pairs:
         print(f"warning: an n-gram partition holds {sizes.max():,} (context, next token) pairs, more than twice the "
-              f"{share:,} ngram_memory_mb allows a worker: a few contexts are that frequent, and the build may use "
-              f"more memory than ngram_memory_mb")
+              f"{worker_pairs:,} ngram_memory_mb allows a worker: a few contexts are that frequent, and the build may "
+              f"use more memory than ngram_memory_mb")
 
 
 def count(run, parts, spec, work, routed, show):

@@ -21,8 +21,9 @@ TARGET_FILES = ("tail_ids", "top_ids", "top_probs", "tail_probs")
 def partitioned_build(tmp_path, tokens, n, r, seed, boundary_token, partitions, chunk, workers=1):
     """Build with a forced number of partitions and chunk size; every file, loaded."""
     bits = max(1, int(tokens.max()).bit_length())
-    ngrams.build(tokens, ngrams.Spec(n, r, seed, boundary_token, bits), ngrams.Plan(partitions, chunk, workers),
-                 (tmp_path / "counts", {}), (tmp_path / "targets", {}))
+    plan = ngrams.Plan(partitions, chunk, workers, worker_pairs=-(-len(tokens) // partitions))
+    ngrams.build(tokens, ngrams.Spec(n, r, seed, boundary_token, bits), plan, (tmp_path / "counts", {}),
+                 (tmp_path / "targets", {}))
     return {path.stem: np.load(path) for path in sorted(tmp_path.glob("*/*.npy"))}
 
 
