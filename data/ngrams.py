@@ -3,21 +3,24 @@ The n-gram statistics of a train split for ngram.py, counted out of core: the co
 context c of n-1 tokens and the compact (CoCoNTs) targets, written to .npy files that training memory-maps.
 
 Memory stays under a bound (memory_mb) whatever the corpus's size, because no step holds more than a chunk of
-positions or one partition of the (context, next token) pairs:
+positions or one partition of the (context, next token) pairs. Every step runs in worker processes, a chunk or a
+partition per task; each chunk's files hold its positions' values grouped by partition (in position order within
+each), so that a chunk task reads its files whole and a partition task reads its slice of every chunk's files:
 
-1. route: a pass over the tokens, chunk by chunk, packs each position's context and (context, next token) pair into
-   64-bit keys and appends the pair key to the file of its context's partition. Partitions are ranges of the context
-   key, cut at quantiles of a sample of the corpus so that they come out about equal; every occurrence of a context
-   lands in one partition, so each partition's counts are complete, and the partitions one after the other hold the
-   contexts in key order, the order of the context table.
-2. count: each partition, in a worker process, sorts its keys, counts every pair and ranks each context's next
-   tokens (most frequent first, ties to the smaller id); it writes its part of the count and target tables and, per
-   occurrence, its context and whether it is in S (the top r) or may borrow a tail token.
-3. draw: a pass in position order draws the random key of every occurrence that may borrow, from one stream seeded
-   with `seed`, and appends it to its partition's file: the draws are those of one in-memory pass over the corpus.
-4. deal: each partition, in a worker, deals its contexts' tail tokens to their in-S occurrences (ngram.py).
-5. gather: a pass in position order writes the per-position records (context row, tail token) from the partitions'
-   files; the per-context tables are the partitions' tables one after the other.
+1. route: each chunk packs its positions' contexts and (context, next token) pairs into 64-bit keys and writes each
+   position's partition and the pair keys. Partitions are ranges of the context key, cut at quantiles of a sample
+   of the corpus so that they come out about equal; every occurrence of a context lands in one partition, so each
+   partition's counts are complete, and the partitions one after the other hold the contexts in key order, the
+   order of the context table.
+2. count: each partition sorts its keys, counts every pair and ranks each context's next tokens (most frequent
+   first, ties to the smaller id); it writes its rows of the count and target tables into the final files, after
+   the rows of the partitions before it (whose sizes the workers share), and per occurrence its context and whether
+   it is in S (the top r) or may borrow a tail token.
+3. draw: each chunk draws the random key of every occurrence that may borrow, in position order, from one stream
+   seeded with `seed` and advanced past the chunks before it: the draws are those of one pass over the corpus.
+4. deal: each partition deals its contexts' tail tokens to their in-S occurrences (ngram.py).
+5. gather: each chunk writes its per-position records (context row, tail token) where its positions are in the
+   files.
 
 The files (beside the dataset, each folder with a header.json of what it was built from; a folder whose header
 differs is rebuilt, never used):
@@ -313,11 +316,11 @@ def route_chunk(parts, spec, splitters, lookup, task):
     first = max(0, start - (spec.n - 2))  # window = tokens[first:stop + 1]
     has_context, context_key, pair_key = chunk_keys(window, start - first, stop - first, spec.n, spec.bits,
                                                     spec.boundary_token)
-    partition = np.full(stop - start, NO_CONTEXT)
-    partition[has_context] = partition_of(context_key[has_context], splitters, lookup)
+    partition = partition_of(context_key, splitters, lookup)
+    partition[~has_context] = NO_CONTEXT
     partition.tofile(parts / f"{c}.route")
     pair_key[grouped(partition)].tofile(parts / f"{c}.keys")
-    return np.bincount(partition[has_context], minlength=len(splitters) + 1)
+    return np.bincount(partition, minlength=int(NO_CONTEXT) + 1)[:len(splitters) + 1]
 
 
 def partition_lookup(splitters, key_bits):
@@ -397,8 +400,8 @@ def count_partition(parts, spec, work, task):
 
 
 def sort_with_order(keys):
-    """keys sorted, and where each came from, equal keys in their order in keys: what np.argsort(kind="stable")
-    gives, 2-3 times faster. The keys are grouped into buckets of about 2**11 by their high bits (a stable radix
+    """keys (overwritten) sorted, and where each came from, equal keys in their order in keys: what
+    np.argsort(kind="stable") gives, 2-3 times faster. The keys are grouped into buckets of about 2**11 by their high bits (a stable radix
     sort of a 16-bit digit), which frees those bits for each key's index, packed into its low bits; then np.sort of
     each bucket. Sorts that small run in cache, and np.sort moves the keys, where np.argsort compares them through
     indices. np.argsort itself when a key and its index do not fit in 64 + 16 bits."""
@@ -406,7 +409,7 @@ def sort_with_order(keys):
         return keys, np.zeros(0, np.int64)
     index_bits = max(1, (len(keys) - 1).bit_length())
     low = keys.min()
-    keys = keys - low
+    keys -= low
     key_bits = int(keys.max()).bit_length()
     digit_bits = min(16, key_bits, max(key_bits + index_bits - 64, (len(keys) >> 11).bit_length()))
     if key_bits + index_bits - digit_bits > 64:
