@@ -213,7 +213,7 @@ def build(tokens, spec, plan, counts, targets):
     show = len(tokens) >= 2**22
     try:
         splitters = partition_splitters(tokens, spec.n, spec.bits, spec.boundary_token, plan.partitions)
-        with worker_pool(plan.workers, len(splitters) + 1) as run:
+        with worker_pool(min(plan.workers, max(len(chunks), len(splitters) + 1)), len(splitters) + 1) as run:
             routed = route(run, tokens, spec, splitters, parts, chunks, show)
             warn_if_unbalanced(routed.sum(axis=0), plan.worker_pairs)
             sizes, eligible = count(run, parts, spec, work, routed, show)
