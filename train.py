@@ -463,7 +463,7 @@ class Trainer:
                 from experiments.combined import plain_result
                 plain = plain_result()
             print(run_report.final_numbers(self.last_record["val_loss"], s["eval_iters"], score, plain))
-            if s["sample_tokens"] > 0:
+            if s["sample_tokens"] > 0 and s["plan_mode"] != "oracle":  # an oracle plan needs the text's future
                 self.print_sample()
             print(run_folder.how_to_continue(s, DEFAULTS, self.iter_num, self.world))
             self.reporter.finish()

@@ -1,7 +1,11 @@
 """Tests of the out-of-core n-gram build (data/ngrams.py): it must equal the in-memory build it replaced
 (tests/ngram_reference.py) bit for bit, whatever the number of partitions, chunks and workers."""
 
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +25,9 @@ TARGET_FILES = ("tail_ids", "top_ids", "top_probs", "tail_probs")
 def partitioned_build(tmp_path, tokens, n, r, seed, boundary_token, partitions, chunk, workers=1):
     """Build with a forced number of partitions and chunk size; every file, loaded."""
     bits = max(1, int(tokens.max()).bit_length())
-    ngrams.build(tokens, n, r, seed, boundary_token, bits, tmp_path / "counts", tmp_path / "targets", partitions,
-                 chunk, workers, {}, {})
+    plan = ngrams.Plan(partitions, chunk, workers, worker_pairs=-(-len(tokens) // partitions))
+    ngrams.build(tokens, ngrams.Spec(n, r, seed, boundary_token, bits), plan, tmp_path / "counts",
+                 tmp_path / "targets")
     return {path.stem: np.load(path) for path in sorted(tmp_path.glob("*/*.npy"))}
 
 
@@ -58,6 +63,42 @@ def test_many_partitions_of_a_large_vocabulary_in_worker_processes_equal_the_in_
         assert built[name].dtype == array.dtype and np.array_equal(built[name], array), name
 
 
+def test_a_chunk_without_any_context_and_empty_partitions_change_nothing(tmp_path):
+    tokens = zipf_corpus(7, size=3000)
+    tokens[1000:1400] = EOT  # the chunks of positions 1000..1399 have no in-document context
+    reference = vars(ngram_reference.build_compact(tokens, 3, 2, 7, EOT))
+    built = partitioned_build(tmp_path, tokens, 3, 2, 7, EOT, partitions=40, chunk=100, workers=2)
+    for name, array in reference.items():
+        assert np.array_equal(built[name], array), name
+
+
+@pytest.mark.parametrize("size, high, distinct", [(0, 1, 1), (1, 1, 1), (5000, 2**40, 5000), (5000, 2**64 - 1, 5000),
+                                                  (70000, 2**64 - 1, 70000), (20000, 3, 4), (70000, 2**64 - 1, 50)])
+def test_sort_with_order_is_a_stable_argsort(size, high, distinct):
+    """Key ranges that leave room for the index, that need buckets to free bits for it, and that fall back to
+    np.argsort (70000 keys over all 64 bits); with many equal keys, whose order must be kept."""
+    rng = np.random.default_rng(size)
+    keys = rng.choice(rng.integers(0, high, distinct, dtype=np.uint64, endpoint=True), size)
+    expected = np.argsort(keys, kind="stable")
+    sorted_keys, order = ngrams.sort_with_order(keys.copy())
+    assert np.array_equal(order, expected) and np.array_equal(sorted_keys, keys[expected])
+
+
+def test_the_draws_of_any_stretch_continue_one_stream():
+    stream = np.random.default_rng(1337).integers(0, 2**32, 10000, dtype=np.uint64).astype(np.uint32)
+    for first, count in [(0, 10000), (1, 7), (2, 0), (4095, 3000), (9998, 2)]:
+        assert np.array_equal(ngrams.draws(1337, first, count), stream[first:first + count])
+
+
+def test_the_partition_lookup_agrees_with_a_search_of_the_splitters():
+    rng = np.random.default_rng(2)
+    keys = rng.integers(0, 2**32, 100000, dtype=np.uint64)
+    keys[:50000] >>= np.uint64(20)  # many keys in the first few top-16-bit buckets
+    splitters = np.unique(np.concatenate([rng.choice(keys, 20), np.arange(5, 2**12, 2**9, dtype=np.uint64)]))
+    found = ngrams.partition_of(keys, splitters, ngrams.partition_lookup(splitters, 32))
+    assert np.array_equal(found, np.searchsorted(splitters, keys, side="right"))
+
+
 def test_the_partitions_cut_the_contexts_into_ranges_of_about_equal_size():
     tokens = gpt2_like_corpus(1)
     bits = 12
@@ -80,13 +121,14 @@ def test_a_context_too_frequent_for_its_partition_is_reported_and_counted_exactl
 
 def test_the_partition_count_grows_as_the_memory_bound_shrinks():
     positions = 9 * 10**9  # OpenWebText in GPT-2 tokens
-    bounds = [64000, 8000, 2000, 1000, 500]
-    partitions = [ngrams.plan(positions, memory_mb, 2, 8)[0] for memory_mb in bounds]
+    bounds = [700, 500, 400, 300, 250]  # below about 750 MB, memory sets the partitions' size
+    partitions = [ngrams.plan(positions, memory_mb, 2, 8).partitions for memory_mb in bounds]
     assert partitions == sorted(partitions) and len(set(partitions)) == len(partitions)
     for memory_mb, count in zip(bounds, partitions):
         pairs_in_memory = 2 * -(-positions // count)  # two workers, each on a partition
         assert pairs_in_memory * (ngrams.BYTES_PER_PAIR + 8 * ngrams.BYTES_PER_PAIR_PER_TOP_TOKEN) < memory_mb * 2**20
-    assert ngrams.plan(10**6, 2000, 2, 8)[0] == 1
+    assert ngrams.plan(positions, 64000, 2, 8).partitions == -(-positions // ngrams.STEP_SIZE)
+    assert ngrams.plan(10**6, 2000, 2, 8).partitions == 1
     with pytest.raises(ValueError, match="raise it to at least"):
         ngrams.plan(10**6, 100, 2, 8)
 
@@ -122,3 +164,25 @@ def test_a_killed_builds_work_folder_is_removed_by_the_next_build(tmp_path):
         (work / "partitions").mkdir(parents=True)
     ngram.load_targets("compact", tmp_path, zipf_corpus(5), 3, 2, 0, EOT)
     assert not dead.exists() and alive.exists()  # pid 999999999 cannot exist; pid 1 always does
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL])
+def test_a_build_stopped_half_way_prints_no_worker_traceback(tmp_path, stop):
+    """Ctrl-C or kill -9 in the middle of a build with worker processes: no worker prints a traceback, and Ctrl-C
+    leaves no work folder behind (a killed build's is removed by the next one)."""
+    tokens = gpt2_like_corpus(0, size=3_000_000)
+    tokens.tofile(tmp_path / "train.bin")
+    code = ("import numpy as np\nfrom data import ngrams\ntokens = np.memmap('train.bin', np.uint16, mode='r')\n"
+            "try:\n    ngrams.load_or_build('.', tokens, 3, 8, 0, 2999, 300, 2)\n"
+            "except KeyboardInterrupt:\n    print('stopped')\n")  # as train.py stops: the main process's own line
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stderr=stderr, stdout=subprocess.DEVNULL,
+                                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+        while proc.poll() is None and not list(tmp_path.glob(".ngram_build.*/partitions/*")):
+            time.sleep(0.01)
+        proc.send_signal(stop)
+        proc.wait(timeout=60)
+    time.sleep(1)  # long enough for an orphaned worker to have printed
+    assert "Traceback" not in (tmp_path / "stderr.txt").read_text()
+    if stop == signal.SIGINT:
+        assert not list(tmp_path.glob(".ngram_build.*"))
