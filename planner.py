@@ -207,15 +207,28 @@ def untrained_planner_problem(mode, why):
             "(init_from), or train it on its labels alongside the LM with plan_lambda > 0 (the main job uses 1.0)")
 
 
+# Below this (nats), conditioning each sentence on another sentence's plan changes nothing the LM does: it ignores its
+# plan. The main job's planner runs end at 0.01-0.05 (docs/planner.md).
+NO_PLAN_GAIN = 0.002
+
+
 def health_warning(record):
-    """A warning when the planner is no better than always answering the most frequent train label on the same
-    validation sentences, else None. record is an evaluation's log record."""
-    if "val_plan_acc" not in record or "val_plan_majority_acc" not in record:
+    """A warning when the LM does not read its plan (val_plan_gain below NO_PLAN_GAIN), else None. record is an
+    evaluation's log record. Label accuracy at or below the majority label's is not by itself a failure: trained
+    jointly, the planner can turn its labels into a code of its own that the LM reads, and the plan gain shows
+    whether it does (drifted_from_labels says so in the run's planner line)."""
+    if "val_plan_acc" not in record or "val_plan_gain" not in record:
         return None
-    if record["val_plan_acc"] > record["val_plan_majority_acc"]:
+    if record["val_plan_gain"] >= NO_PLAN_GAIN:
         return None
-    return (f"the planner is not planning: its label accuracy {record['val_plan_acc']:.3f} is not above the "
-            f"{record['val_plan_majority_acc']:.3f} of always answering the most frequent label (docs/planner.md)")
+    return (f"the LM is not using its plan: given another sentence's plan its val loss moves by only "
+            f"{record['val_plan_gain']:+.4f} nats (under {NO_PLAN_GAIN}), so the planner adds parameters and no "
+            f"information (docs/planner.md)")
+
+
+def drifted_from_labels(record):
+    """True when the planner's label accuracy is no better than always answering the most frequent train label."""
+    return record["val_plan_acc"] <= record["val_plan_majority_acc"]
 
 
 def initialise_plan(conditioner, data, s, init_checkpoint=None):

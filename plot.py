@@ -62,14 +62,15 @@ def ensemble_panel(records):
 
 
 def planner_panel(records):
-    """The planner's label accuracy beside always answering the majority label (planner.py), or None when off."""
+    """How much the LM reads its plan (the val loss rise on another sentence's plan), and the planner's label accuracy
+    beside always answering the majority label (planner.py), or None when off."""
     if "val_plan_acc" not in records[-1]:
         return None
-    curves = {"planner accuracy": series(records, "val_plan_acc")}
+    curves = {"plan gain (nats): what another sentence's plan costs": series(records, "val_plan_gain"),
+              "planner's label accuracy": series(records, "val_plan_acc")}
     if "val_plan_majority_acc" in records[-1]:
-        curves["majority label"] = series(records, "val_plan_majority_acc")
-    return ("planner: next sentence's label accuracy (validation)", curves,
-            warned(records, planner.health_warning))
+        curves["always the majority label"] = series(records, "val_plan_majority_acc")
+    return ("planner (validation)", curves, warned(records, planner.health_warning))
 
 
 def warned(records, health_warning):

@@ -63,7 +63,9 @@ def technique_lines(record, n_layer, ngram_alpha):
     if "val_plan_acc" in record:
         lines.append(f"planner: the next sentence's label right {record['val_plan_acc']:.3f} of the time (always "
                      f"answering the most frequent label: {record['val_plan_majority_acc']:.3f}); conditioned on "
-                     f"another sentence's plan the val loss rises by {record['val_plan_gain']:+.4f}")
+                     f"another sentence's plan the val loss rises by {record['val_plan_gain']:+.4f}"
+                     + ("; no better than the majority: the plan is now the planner's own code, not its labels"
+                        if planner.drifted_from_labels(record) else ""))
     elif "val_plan_gain" in record:
         lines.append(f"plan (true labels): conditioned on another sentence's plan the val loss rises by "
                      f"{record['val_plan_gain']:+.4f}")

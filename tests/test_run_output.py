@@ -36,9 +36,9 @@ def lines(ax):
 
 def test_the_plot_has_a_panel_per_technique_that_is_on_with_its_health_figure_and_warnings(tmp_path):
     records = made_up_log(tmp_path, val_route2=0.6, val_route3=0.4, val_plan_acc=0.3, val_plan_majority_acc=0.2,
-                          train_ngram_ce=3.5)
+                          val_plan_gain=0.03, train_ngram_ce=3.5)
     records[2].update(val_route2=0.97, val_route3=0.03)  # collapsed onto layer 2 at the last evaluation
-    records[1].update(val_plan_acc=0.1)  # below the majority label at the middle one
+    records[1].update(val_plan_gain=0.0005)  # the LM ignores its plan at the middle one
     reporter = run_report.Reporter({"max_iters": 20, "wandb_log": False}, n_layer=4)
     for record in records:
         reporter.warn_degenerate(record)
@@ -48,14 +48,14 @@ def test_the_plot_has_a_panel_per_technique_that_is_on_with_its_health_figure_an
     loss, ensemble, plan, ngram = fig.axes
     assert [ax.get_title() for ax in fig.axes] == [
         "loss", "depth ensemble: mean routing weight per late layer",
-        "planner: next sentence's label accuracy (validation)",
+        "planner (validation)",
         "n-gram target (weight alpha = 0.3): cross-entropy on train batches"]
     assert lines(loss)["training objective (per step)"] == [[5, 2.7], [10, 2.6], [15, 2.2], [20, 2.1]]
     assert set(lines(loss)) == {"training objective (per step)", "train CE (evaluations)", "val CE (evaluations)"}
     assert lines(ensemble)["layer 2"] == [[0, 0.6], [10, 0.6], [20, 0.97]]
     assert lines(ensemble)["degenerate (the run warned)"] == [[20, 0.97]]
-    assert lines(plan)["majority label"] == [[0, 0.2], [10, 0.2], [20, 0.2]]
-    assert lines(plan)["degenerate (the run warned)"] == [[10, 0.1]]
+    assert lines(plan)["always the majority label"] == [[0, 0.2], [10, 0.2], [20, 0.2]]
+    assert lines(plan)["degenerate (the run warned)"] == [[10, 0.0005]]  # marked on the plan gain's curve
     assert set(lines(ngram)) == {"against the n-gram target", "against the observed token (plain CE)"}
     title = fig.get_suptitle()
     assert "mod_k=3" in title and "n_layer=6" in title and "out_dir" not in title and "dataset" not in title
@@ -65,9 +65,9 @@ def test_the_plot_has_a_panel_per_technique_that_is_on_with_its_health_figure_an
 def test_the_plain_gpt_gets_the_loss_panel_alone_and_the_planner_panel_waits_for_its_baseline(tmp_path):
     made_up_log(tmp_path)
     assert [ax.get_title() for ax in plot_log(str(tmp_path)).axes] == ["loss"]
-    made_up_log(tmp_path, val_plan_acc=0.3)
+    made_up_log(tmp_path, val_plan_acc=0.3, val_plan_gain=0.03)
     plan = plot_log(str(tmp_path)).axes[1]
-    assert list(lines(plan)) == ["planner accuracy"]
+    assert list(lines(plan)) == ["plan gain (nats): what another sentence's plan costs", "planner's label accuracy"]
 
 
 def test_plotting_leaves_matplotlibs_backend_and_pyplot_alone(tmp_path):

@@ -137,16 +137,17 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(corpus, t
 
 def test_a_degenerate_technique_warns_once_and_marks_the_record(capsys):
     trainer = run_report.Reporter({"max_iters": 100, "wandb_log": False}, n_layer=4)
-    collapsed = {"iter": 20, "val_route2": 0.97, "val_route3": 0.03, "val_plan_acc": 0.05,
-                 "val_plan_majority_acc": 0.17}
+    collapsed = {"iter": 20, "val_route2": 0.97, "val_route3": 0.03, "val_plan_acc": 0.3,
+                 "val_plan_majority_acc": 0.17, "val_plan_gain": 0.0001}
     early = {**collapsed, "iter": 10}  # the first fifth of the run: the techniques are still learning their jobs
     trainer.warn_degenerate(early)
     assert "warnings" not in early and not capsys.readouterr().out
     trainer.warn_degenerate(collapsed)
     trainer.warn_degenerate(dict(collapsed))
     printed = capsys.readouterr().out
-    assert printed.count("collapsed onto layer 2") == 1 and printed.count("planner is not planning") == 1
+    assert printed.count("collapsed onto layer 2") == 1 and printed.count("LM is not using its plan") == 1
     assert len(collapsed["warnings"]) == 2
-    healthy = {"iter": 30, "val_route2": 0.6, "val_route3": 0.4, "val_plan_acc": 0.3, "val_plan_majority_acc": 0.17}
+    healthy = {"iter": 30, "val_route2": 0.6, "val_route3": 0.4, "val_plan_acc": 0.3, "val_plan_majority_acc": 0.17,
+               "val_plan_gain": 0.03}
     trainer.warn_degenerate(healthy)
     assert "warnings" not in healthy
