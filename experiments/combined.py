@@ -5,7 +5,7 @@ plain GPT (config/plain.py), each technique alone, all three (the main job), and
 
     python experiments/combined.py [small|gpu]
 
-Writes results/combined{,_gpu}.md and .png, and each arm's validation loss (per seed and mean) to
+Writes results/combined{,_gpu}.md, a .png of each arm's gain over the plain GPT, and each arm's validation loss (per seed and mean) to
 results/combined{,_gpu}.json, which the main job prints its own result beside.
 """
 
@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments.common import (MAIN_JOB_ITERS, ROOT, SEEDS, TECHNIQUES, VERDICT_NOTE, main_job_dir, markdown_table,
-                                mean_sd, paired_columns, per_seed, plot_curves, read_score, train_arm)
+                                mean_sd, paired_columns, per_seed, plot_gains, read_score, train_arm)
 
 SUITES = {
     "small": dict(args=[], max_iters=MAIN_JOB_ITERS),
@@ -57,7 +57,8 @@ def run(suite, results_dir):
     with open(os.path.join(results_dir, f"{name}.json"), "w") as f:
         json.dump({arm: {"val_loss": mean_sd(per_seed(s))[0], "val_ppl": math.exp(mean_sd(per_seed(s))[0]),
                          "seeds": dict(zip(map(str, SEEDS), per_seed(s)))} for arm, s in scores.items()}, f, indent=1)
-    plot_curves(runs, os.path.join(results_dir, f"{name}.png"), "shakespeare_char: the main job taken apart")
+    plot_gains({arm: per_seed(s) for arm, s in scores.items()}, "plain", os.path.join(results_dir, f"{name}.png"),
+               "shakespeare_char: the main job taken apart")
     print(table)
 
 

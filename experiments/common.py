@@ -130,6 +130,24 @@ def plot_curves(runs, path, title, key="val_loss", ylabel="validation loss (nats
     fig.savefig(path, dpi=110)
 
 
+def plot_gains(losses, baseline, path, title):
+    """One bar per arm: the mean over seeds of its paired difference to the baseline arm, with the 95% interval the
+    verdicts use (a bar whose interval crosses zero is no resolvable difference). losses maps an arm to its
+    per-seed losses; the curves of such arms overlap too closely to read."""
+    arms = [arm for arm in losses if arm != baseline]
+    stats = [mean_sd([x - y for x, y in zip(losses[arm], losses[baseline])]) for arm in arms]
+    fig, (ax,) = new_figure(1, height=0.45 * len(arms) + 1.2)
+    half = [T95[len(losses[baseline])] * sd / math.sqrt(len(losses[baseline])) for _, sd in stats]
+    ax.barh(range(len(arms)), [m for m, _ in stats], xerr=half, capsize=3, color="tab:blue", alpha=0.7)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(arms)), arms, fontsize=8)
+    ax.invert_yaxis()
+    ax.set(title=title, xlabel=f"validation loss minus {baseline}'s (nats), mean over paired seeds, 95% interval")
+    ax.grid(axis="x", alpha=0.3)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
 def markdown_table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
