@@ -142,7 +142,7 @@ def plot_gains(losses, baseline, path, title):
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(len(arms)), arms, fontsize=8)
     ax.invert_yaxis()
-    ax.set(title=title, xlabel=f"validation loss minus {baseline}'s (nats), mean over paired seeds, 95% interval")
+    ax.set(title=title, xlabel=f"val loss minus {baseline}'s (nats): mean over paired seeds, 95% interval")
     ax.grid(axis="x", alpha=0.3)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.savefig(path, dpi=110)
