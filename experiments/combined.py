@@ -5,8 +5,8 @@ plain GPT (config/plain.py), each technique alone, all three (the main job), and
 
     python experiments/combined.py [small|gpu]
 
-Writes results/combined{,_gpu}.md, a .png of each arm's gain over the plain GPT, and each arm's validation loss (per seed and mean) to
-results/combined{,_gpu}.json, which the main job prints its own result beside.
+Writes results/combined{,_gpu}.md, a .png of each arm's gain over the plain GPT, and each arm's validation loss (per
+seed and mean) to results/combined{,_gpu}.json, which the main job prints its own result beside.
 """
 
 import json

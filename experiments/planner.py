@@ -91,7 +91,8 @@ def planner_cells(scores):
 
 def variant_row(variant, soft, oracle, none):
     losses = per_seed(soft)
-    return [variant, *paired_columns(losses, per_seed(none)), share_of_ceiling(losses, per_seed(none), per_seed(oracle)), *planner_cells(soft)]
+    return [variant, *paired_columns(losses, per_seed(none)),
+            share_of_ceiling(losses, per_seed(none), per_seed(oracle)), *planner_cells(soft)]
 
 
 def write_report(suite, results_dir, plan, scores, variant_rows):
@@ -106,8 +107,8 @@ def write_report(suite, results_dir, plan, scores, variant_rows):
     table = markdown_table(["arm", "position t is conditioned on", "val loss", "vs none", "verdict",
                             "share of the oracle's gain", "vs uniform", "planner acc", "majority acc", "plan gain"],
                            rows)
-    variants = markdown_table(["soft, changed", "val loss", "vs none", "verdict", "share of the oracle's gain", "planner acc", "majority acc", "plan gain"],
-                              variant_rows)
+    variants = markdown_table(["soft, changed", "val loss", "vs none", "verdict", "share of the oracle's gain",
+                               "planner acc", "majority acc", "plan gain"], variant_rows)
     name = "planner" if suite == "small" else f"planner_{suite}"
     os.makedirs(results_dir, exist_ok=True)
     with open(os.path.join(results_dir, f"{name}.md"), "w") as f:
@@ -115,10 +116,11 @@ def write_report(suite, results_dir, plan, scores, variant_rows):
                 f"steps, LM and planner trained together)\n\n{table}\n{verdicts}\n"
                 f"## The papers' joint training: the LM loss alone, from a pre-trained planner\n\n{variants}\n"
                 f"{VERDICT_NOTE} 'Share of the oracle's gain' is (none - arm) / (none - oracle) per seed, mean ± sd. "
-                "Planner accuracy is on the validation split's sentences, beside always answering the most frequent train label; 'plan gain' "
-                "is how much the validation loss rises when each sentence is conditioned on another sentence's "
-                "plan: what the LM reads from its own plan.\n")
-    plot_gains(losses, "none", os.path.join(results_dir, f"{name}.png"), f"the planner on shakespeare_char ({suite} suite)")
+                "Planner accuracy is on the validation split's sentences, beside always answering the most frequent "
+                "train label; 'plan gain' is how much the validation loss rises when each sentence is conditioned on "
+                "another sentence's plan: what the LM reads from its own plan.\n")
+    plot_gains(losses, "none", os.path.join(results_dir, f"{name}.png"),
+               f"the planner on shakespeare_char ({suite} suite)")
     print(table + verdicts + variants)
 
 
