@@ -9,8 +9,8 @@ ceiling of its labels, 'oracle' (the true label of the sentence being written: w
    hard (paper 1: the planner's argmax; only its own cross-entropy trains it), st (straight-through), soft (paper 2:
    the planner's distribution, so the LM loss trains the planner too), oracle. Every planner arm also learns its
    labels (plan_lambda = 1), as the main job does: a planner trained from scratch needs it.
-2. The papers' LM-loss-only training (plan_lambda = 0) from a pre-trained planner, the setting in which a planner
-   drifts off its labels, judged by its share of the same oracle.
+2. From a pre-trained planner: the papers' LM-loss-only training (plan_lambda = 0), the setting in which a planner
+   drifts off its labels, and the same start with its labels' loss kept, each judged by its share of the oracle.
 'none' and 'soft' are the main job's 'plain' and 'planner alone' arms (experiments/combined.py): same folders.
 """
 
@@ -44,6 +44,9 @@ VARIANTS = {  # variant -> the flags of its soft arm beyond ARMS["soft"]
     # The papers' joint training: the LM loss alone moves a pre-trained planner. Does it leave its labels, and is
     # that a failure (the LM worse off) or a code the LM reads (the health warning's decision, docs/planner.md)?
     "pre-trained planner, LM loss only (paper 2)": [PRETRAINED, "--plan_lambda=0.0"],
+    # The same start with the labels' loss kept (plan_lambda = 1): separates the pre-training from the LM-loss-only
+    # training.
+    "pre-trained planner, labels kept": [PRETRAINED],
 }
 
 
