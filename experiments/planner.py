@@ -117,7 +117,8 @@ def write_report(suite, results_dir, plan, scores, variant_rows):
     with open(os.path.join(results_dir, f"{name}.md"), "w") as f:
         f.write(f"# The planner on the main job's settings ({suite} suite, shakespeare_char, {plan['max_iters']} "
                 f"steps, LM and planner trained together)\n\n{table}\n{verdicts}\n"
-                f"## The papers' joint training: the LM loss alone, from a pre-trained planner\n\n{variants}\n"
+                f"## From a pre-trained planner: the LM loss alone (the papers' joint training), or its labels kept\n\n"
+                f"{variants}\n"
                 f"{VERDICT_NOTE} 'Share of the oracle's gain' is (none - arm) / (none - oracle) per seed, mean ± sd. "
                 "Planner accuracy is on the validation split's sentences, beside always answering the most frequent "
                 "train label; 'plan gain' is how much the validation loss rises when each sentence is conditioned on "
