@@ -53,7 +53,7 @@ from data.dataset import load_meta, load_tokens
 from data.files import write_atomically
 from data.prepare import ensure_prepared
 from data.vocabulary import get_codec
-from devices import pick_device
+import devices
 from experiments.combined import plain_result
 from lm import load_language_model, mean_stats
 from replanner import plan_data_of
@@ -87,7 +87,7 @@ def main(argv):
     configure(s, argv, help_from=__file__)
     checkpoint = ckpt.load(Path(s["out_dir"]) / "ckpt.pt")
     config = checkpoint["config"]
-    model = load_language_model(checkpoint, pick_device(s["device"]))
+    model = load_language_model(checkpoint, devices.pick_device(s["device"]))
     data_dir = ensure_prepared(config["dataset"], config.get("tokenizer", "char"))
     meta = load_meta(data_dir)
     plan_data = plan_data_of(config) if model.plan is not None else None

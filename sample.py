@@ -14,7 +14,7 @@ import torch
 from configurator import ConfigError, configure, is_setting
 from data.vocabulary import document_start, get_codec
 import checkpoint as ckpt
-from devices import pick_device, pick_precision
+import devices
 from lm import load_language_model
 from replanner import plan_data_of
 
@@ -41,8 +41,8 @@ def main(argv):
         raise ConfigError("num_samples and max_new_tokens must be at least 1, temperature and top_k at least 0")
     checkpoint = ckpt.load(f"{s['out_dir']}/ckpt.pt",
                            fix="train first (python train.py), or point out_dir at a run's folder")
-    run_device = pick_device(s["device"])
-    _, autocast = pick_precision(run_device.split(":")[0], s["dtype"])
+    run_device = devices.pick_device(s["device"])
+    _, autocast = devices.pick_precision(run_device.split(":")[0], s["dtype"])
     model = load_language_model(checkpoint, run_device)
     meta = ckpt.vocab(checkpoint)
     plan_data = plan_data_of(checkpoint["config"]) if model.plan is not None else None

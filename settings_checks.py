@@ -70,5 +70,5 @@ def system_problems(s):
     if s["dtype"] not in ("auto", "float32", "bfloat16", "float16"):
         problems.append(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got '{s['dtype']}'")
     if s["compile"] not in (None, True, False):
-        problems.append(f"compile must be None (on for CUDA only), True or False, got {s['compile']!r}")
+        problems.append(f"compile must be None (on for CUDA where Triton is installed), True or False, got {s['compile']!r}")
     return problems

@@ -38,7 +38,7 @@ from data.prepare import ensure_prepared
 from data.vocabulary import document_start, get_codec, vocabulary
 from data.sentences import PlanData
 from lm import LanguageModel, mean_stats
-from model import GPT, GPTConfig, configure_optimizers, estimate_mfu
+from model import GPT, GPTConfig, configure_optimizers
 from plot import plot_log
 
 # -----------------------------------------------------------------------------
@@ -117,7 +117,7 @@ plan_init_planner = ""  # planner.pt written by `python pretrain_planner.py` (st
 # system
 device = "auto"  # 'auto' picks cuda, then mps, then cpu; or name one, e.g. 'cuda:1'
 dtype = "auto"  # 'auto': bfloat16 on CUDA where supported, else float16 on CUDA, else float32
-compile = None  # None compiles on CUDA only; True or False to force
+compile = None  # None compiles on CUDA where Triton is installed; True or False to force
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items() if is_setting(k, v)}
 PLAIN_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "plain.py")
@@ -166,23 +166,20 @@ class Trainer:
         self.build_optimizer()
 
     def setup_device(self):
-        """This process's place in the run (devices.py), its device and its precision."""
+        """This process's place in the run, its device and its precision (devices.py)."""
         s = self.s
-        self.ddp, self.rank, self.world, self.local_rank = devices.init_processes(s["gradient_accumulation_steps"])
+        self.ddp, self.rank, self.world, local_rank = devices.processes()
         self.master, self.local_accum = self.rank == 0, s["gradient_accumulation_steps"] // self.world
-        self.device = devices.pick_device(s["device"], self.local_rank if self.ddp else None)
+        self.device = devices.pick_device(s["device"], local_rank if self.ddp else None)
         self.device_type = self.device.split(":")[0]
-        if self.device_type == "cuda":
-            torch.cuda.set_device(self.device)
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        devices.use_device(self.device)
+        self.preparation_group = (devices.join_processes(self.device, s["gradient_accumulation_steps"]) if self.ddp
+                                  else None)
         self.dtype, self.autocast = devices.pick_precision(self.device_type, s["dtype"])
-        # fp16 gradients underflow without loss scaling; bf16 has float32's range and needs none.
-        self.scaler = torch.amp.GradScaler(self.device_type, enabled=(self.dtype == "float16"))
-        self.compile = s["compile"] if s["compile"] is not None else self.device_type == "cuda"
+        self.compile = s["compile"] if s["compile"] is not None else devices.compiles_by_default(self.device_type)
 
     def rank_zero_first(self, build):
-        return devices.rank_zero_first(self.ddp, self.rank, build)
+        return devices.rank_zero_first(self.preparation_group, self.rank, build)
 
     # --- data -----------------------------------------------------------------------------------------------
     def load_data(self):
@@ -224,9 +221,7 @@ class Trainer:
         return self.to_device(x), self.to_device(y), {k: self.to_device(v) for k, v in extra.items()}
 
     def to_device(self, t):
-        if self.device_type == "cuda":
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t.to(self.device)
+        return devices.to_device(t, self.device)
 
     # --- model and optimizer ---------------------------------------------------------------------------------
     def build_model(self):
@@ -281,10 +276,10 @@ class Trainer:
         s = self.s
         self.optimizer = configure_optimizers(self.model, s["weight_decay"], s["learning_rate"],
                                               (s["beta1"], s["beta2"]), self.device_type)
+        optimizer, scaler = self.resumed_optimizer if self.resuming else (None, None)
+        self.scaler = devices.grad_scaler(self.device_type, self.dtype, scaler)
         if self.resuming:
-            optimizer, scaler = self.resumed_optimizer
             self.optimizer.load_state_dict(optimizer)
-            self.scaler.load_state_dict(scaler)
             del self.resumed_optimizer  # free the memory
 
     def lr_at(self, it):
@@ -446,10 +441,9 @@ class Trainer:
         record.update({f"val_{k}": v for k, v in results["val"].items() if k != "ce"})
         record.update({f"train_{k}": v for k, v in results["train"].items() if k.startswith("ngram")})
         self.last_record = record
-        if self.device_type == "cuda":
-            mfu = estimate_mfu(self.model.gpt, self.tokens_per_sec, torch.cuda.get_device_name())
-            if mfu is not None:
-                record["mfu"] = mfu
+        mfu = devices.mfu(self.model.gpt, self.tokens_per_sec, self.world, self.device)
+        if mfu is not None:
+            record["mfu"] = mfu
         return record
 
     def finish(self, main_job):

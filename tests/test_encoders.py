@@ -52,7 +52,7 @@ def by_hand(folder, text):
 
 
 def test_embedding_is_the_normalised_mean_of_the_last_hidden_state(tiny):
-    encoder = load_encoder(str(tiny))
+    encoder = load_encoder(str(tiny), "cpu")
     assert encoder.dim == 16
     for text in TEXTS:
         torch.testing.assert_close(encoder.embed([text])[0], by_hand(tiny, text))
@@ -63,13 +63,13 @@ def test_embedding_is_the_normalised_mean_of_the_last_hidden_state(tiny):
 
 
 def test_padding_in_a_batch_does_not_change_an_embedding(tiny):
-    encoder = load_encoder(str(tiny))
+    encoder = load_encoder(str(tiny), "cpu")
     one_by_one = torch.cat([encoder.embed([text]) for text in TEXTS])
     torch.testing.assert_close(encoder.embed(TEXTS, batch_size=len(TEXTS)), one_by_one, rtol=0, atol=1e-6)
 
 
 def test_order_is_kept_when_batches_are_sorted_by_length(tiny):
-    encoder = load_encoder(str(tiny))
+    encoder = load_encoder(str(tiny), "cpu")
     reference = torch.cat([encoder.embed([text]) for text in TEXTS])
     order = list(range(len(TEXTS))) * 3
     random.Random(0).shuffle(order)
@@ -87,6 +87,7 @@ def test_the_batch_size_does_not_change_the_embeddings(tiny):
         torch.testing.assert_close(encoder.embed(texts, batch_size=batch_size), reference, rtol=0, atol=1e-6)
 
 
+@pytest.mark.picks_device
 def test_the_gpu_is_picked_when_there_is_one_unless_a_device_is_named(tiny, monkeypatch):
     built_on = []
     monkeypatch.setattr(encoders, "Encoder", lambda folder, device: built_on.append(device))
@@ -99,7 +100,7 @@ def test_the_gpu_is_picked_when_there_is_one_unless_a_device_is_named(tiny, monk
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     load_encoder(str(tiny))
     load_encoder(str(tiny), "cpu")
-    assert built_on == ["cpu", "mps", "cuda", "cpu"]
+    assert built_on == ["cpu", "mps", "cuda:0", "cpu"]
     with pytest.raises(ValueError, match="device 'cuda:1' is not on this machine"):
         load_encoder(str(tiny), "cuda:1")
 
@@ -122,12 +123,12 @@ def test_the_encoder_runs_in_full_float32_whatever_the_process_set(tiny, monkeyp
 
 def test_bad_encoders_are_refused_in_one_line(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown sentence encoder 'minilm2'"):
-        load_encoder("minilm2")
+        load_encoder("minilm2", "cpu")
     with pytest.raises(ValueError, match="Pooling"):
-        load_encoder(str(write_model(tmp_path / "cls", pooling_mode="pooling_mode_cls_token")))
+        load_encoder(str(write_model(tmp_path / "cls", pooling_mode="pooling_mode_cls_token")), "cpu")
     monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were not installed
     with pytest.raises(ValueError, match="pip install transformers"):
-        load_encoder(str(tmp_path / "cls"))
+        load_encoder(str(tmp_path / "cls"), "cpu")
 
 
 def test_plan_embedder_minilm_labels_sentences_with_the_encoders_embeddings(tiny, tmp_path, monkeypatch):

@@ -20,8 +20,8 @@ from model import GPT, GPTConfig
 
 transformers.logging.set_verbosity_error()
 
-TINY = [train.PLAIN_CONFIG, "--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
-        "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--log_interval=1", "--compile=False"]
+TINY = [train.PLAIN_CONFIG, "--device=cpu", "--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16",
+        "--batch_size=4", "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--log_interval=1", "--compile=False"]
 
 
 def random_gpt2(vocab_size=101, std=None, **shape):

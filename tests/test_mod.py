@@ -221,7 +221,7 @@ def tiny_run(tmp_path, n_layer):
     write_dataset(corpus, {"train": [text[:3500]], "val": [text[3500:]]}, "char", "tiny", "made by the test")
     return [train.PLAIN_CONFIG, f"--dataset={corpus}", f"--n_layer={n_layer}", "--n_head=2", "--n_embd=16",
             "--block_size=16", "--batch_size=4", "--eval_iters=2", "--eval_interval=4", "--max_iters=4",
-            "--sample_tokens=0", "--compile=False"]
+            "--sample_tokens=0", "--compile=False", "--device=cpu"]
 
 
 def test_tuning_a_checkpoint_with_a_frozen_base_through_train_py(tmp_path):
@@ -279,7 +279,8 @@ def collapse_run(tmp_path):
     write_dataset(tmp_path / "words", {"train": [text[:12000]], "val": [text[12000:]]}, "char", "words", "the test")
     return [train.PLAIN_CONFIG, f"--dataset={tmp_path / 'words'}", "--n_layer=2", "--n_head=2", "--n_embd=16",
             "--block_size=16", "--batch_size=8", "--eval_iters=2", "--eval_interval=300", "--max_iters=300",
-            "--sample_tokens=0", "--compile=False", "--learning_rate=0.015", "--warmup_iters=0", "--mod_k=2"]
+            "--sample_tokens=0", "--compile=False", "--learning_rate=0.015", "--warmup_iters=0", "--mod_k=2",
+            "--device=cpu"]
 
 
 def test_the_router_collapses_and_says_so_without_the_entropy_term_and_does_not_with_it(tmp_path):

@@ -375,7 +375,7 @@ def test_the_stages_chain_through_train_py(data, tmp_path):
     _, path = data
     tiny = [train.PLAIN_CONFIG, "--n_layer=3", "--n_head=2", "--n_embd=16", "--block_size=32", "--batch_size=4",
             "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--compile=False", f"--dataset={path}",
-            f"--plan_k={K}", f"--plan_context={M}", "--eval_interval=2"]
+            f"--plan_k={K}", f"--plan_context={M}", "--eval_interval=2", "--device=cpu"]
     train.main([*tiny, f"--out_dir={tmp_path / 'base'}", "--max_iters=2"])
     pretrain_planner.main([f"--dataset={path}", f"--out_dir={tmp_path / 'planner'}", f"--plan_k={K}",
                            f"--plan_context={M}", "--max_iters=3", "--eval_interval=3"])

@@ -17,8 +17,8 @@ import run_report
 import train
 from plot import plot_log, read_log
 
-TINY = [train.PLAIN_CONFIG, "--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
-        "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--compile=False"]
+TINY = [train.PLAIN_CONFIG, "--device=cpu", "--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16",
+        "--batch_size=4", "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--compile=False"]
 
 
 def made_up_log(out_dir, **extra):
@@ -102,7 +102,8 @@ def test_the_run_ends_with_commands_that_sample_from_it_and_resume_it(corpus, tm
     sample_command = shlex.split(printed[-2].split(": ", 1)[1])
     resume_command = shlex.split(printed[-1].split(": ", 1)[1])
     assert sample_command[:2] == ["python", "sample.py"] and resume_command[:2] == ["python", "train.py"]
-    importlib.reload(sample).main([*sample_command[2:], "--num_samples=1", "--max_new_tokens=3", "--start=the"])
+    importlib.reload(sample).main([*sample_command[2:], "--num_samples=1", "--max_new_tokens=3", "--start=the",
+                                          "--device=cpu"])
     resumed = train.main([*resume_command[2:], "--max_iters=6"])
     assert resumed.iter_num == 6 and [r["iter"] for r in read_log(tmp_path / "run")] == [0, 2, 4, 6]
 

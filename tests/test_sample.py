@@ -15,7 +15,7 @@ def trained(tmp_path_factory):
                   "tiny", "made by the test")
     train.main([train.PLAIN_CONFIG, f"--dataset={path / 'data'}", f"--out_dir={path / 'out'}", "--n_layer=1",
                 "--n_head=1", "--n_embd=8", "--block_size=8", "--batch_size=2", "--max_iters=0", "--eval_iters=1",
-                "--sample_tokens=0", "--compile=False"])
+                "--sample_tokens=0", "--compile=False", "--device=cpu"])
     return str(path / "out")
 
 
@@ -24,9 +24,9 @@ def samples_printed(capsys):
 
 
 def test_two_calls_in_one_process_each_start_from_the_defaults(trained, capsys):
-    sample.main([f"--out_dir={trained}", "--num_samples=1", "--max_new_tokens=4", "--temperature=0"])
+    sample.main([f"--out_dir={trained}", "--num_samples=1", "--max_new_tokens=4", "--temperature=0", "--device=cpu"])
     assert samples_printed(capsys) == 1
-    sample.main([f"--out_dir={trained}", "--max_new_tokens=4"])
+    sample.main([f"--out_dir={trained}", "--max_new_tokens=4", "--device=cpu"])
     assert samples_printed(capsys) == 3  # the default, not the first call's 1
     assert (sample.num_samples, sample.temperature) == (3, 0.8)
 

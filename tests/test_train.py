@@ -16,8 +16,8 @@ from configurator import ConfigError
 import checkpoint as ckpt
 from lm import load_language_model
 
-TINY = [train.PLAIN_CONFIG, "--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
-        "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--log_interval=1", "--compile=False"]
+TINY = [train.PLAIN_CONFIG, "--device=cpu", "--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16",
+        "--batch_size=4", "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--log_interval=1", "--compile=False"]
 
 
 def run(corpus, out_dir, *args):
