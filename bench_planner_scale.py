@@ -1,6 +1,6 @@
 """
 The planner's data at its papers' scale (about 285k Wikipedia articles: 170M tokens, 7M sentences): the build of
-data/sentences.py (split, LSA fit, k-means, labels) and a training step's gather (PlanData.batch) on synthetic
+data/sentences_scale.py (split, LSA fit, k-means, labels) and a training step's gather (PlanData.batch) on synthetic
 corpora of 10M, 50M and 200M GPT-2 tokens, each run in a fresh process sampled from /proc as bench.py's n-gram scale
 table is (bench_scale.run_measured): their time, and their peak memory against the bound of the README.
 
@@ -27,7 +27,7 @@ import torch
 
 from bench_scale import SCALE_DIR, run_measured
 from configurator import configure
-from data import sentences
+from data import sentences, sentences_scale
 from data.dataset import FORMAT_VERSION, META, load_meta, load_tokens
 from data.files import crc32
 from data.prepare import ensure_prepared
@@ -79,8 +79,9 @@ def build_at_scale(folder):
             return result
         return run
 
-    for name in ("split_documents", "embed_in_batches", "kmeans", "write_labelled"):
-        setattr(sentences, name, timed(name, getattr(sentences, name)))
+    for module, name in ((sentences_scale, "split_documents"), (sentences_scale, "embed_in_batches"),
+                         (sentences, "kmeans"), (sentences_scale, "write_labelled")):
+        setattr(module, name, timed(name, getattr(module, name)))
     sentences.LSA.fit = timed("fit", sentences.LSA.fit)
     t0 = time.perf_counter()
     data = sentences.PlanData(folder, K, "lsa", SEED)

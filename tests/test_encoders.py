@@ -131,9 +131,14 @@ def test_bad_encoders_are_refused_in_one_line(tmp_path, monkeypatch):
         load_encoder(str(tmp_path / "cls"), "cpu")
 
 
-def test_plan_embedder_minilm_labels_sentences_with_the_encoders_embeddings(tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize("at_scale", [False, True])
+def test_plan_embedder_minilm_labels_sentences_with_the_encoders_embeddings(tiny, tmp_path, monkeypatch, at_scale):
     import data.sentences as sentences
+    import data.sentences_scale as sentences_scale
     from data.write import write_dataset
+    if at_scale:  # data/sentences_scale.py's build, which must embed as the one in memory does
+        monkeypatch.setattr(sentences_scale, "IN_MEMORY_TOKENS", 0)
+        monkeypatch.setattr(sentences_scale, "IN_MEMORY_SENTENCES", 0)
     devices = []
     monkeypatch.setattr(sentences, "load_encoder", lambda name, device="cpu": devices.append(device) or
                         load_encoder(str(tiny), device))  # stands in for MiniLM

