@@ -9,6 +9,7 @@ Speed and memory, measured in one run so that every ratio compares like with lik
                                    # planner's labels and the sentence encoders
     python bench.py --ngram_scale  # only the n-gram build at scale: 10M, 50M and 200M synthetic GPT-2 tokens
     python bench.py --gpu          # only the check of every CUDA path on one GPU, in 8 minutes (bench_gpu.py)
+    python bench.py --gpu_prepare  # build the data and caches the GPU check reads; list the folders to copy
 
 Training steps run through train.py's own Trainer, so what is timed is exactly what training does (batch
 sampling, the techniques' extras, forward, backward, AdamW). Every timing goes through time_arms: the arms run in
@@ -65,6 +66,7 @@ ngram_memory_mb = 2000  # the build's memory bound (train.py's setting of the sa
 ngram_workers = 2
 gpu = False  # only the check of every CUDA path (bench_gpu.py)
 gpu_only = ""  # with --gpu: only the checks whose name contains this text, e.g. --gpu_only=resume
+gpu_prepare = False  # only build what --gpu reads, so that a GPU machine without internet can run it
 # -----------------------------------------------------------------------------
 
 
@@ -351,9 +353,9 @@ def ngram_scale_step(folder, memory_mb, workers):
 def main(argv):
     configure(globals(), argv)
     torch.manual_seed(0)
-    if gpu:
+    if gpu or gpu_prepare:
         import bench_gpu  # here, not at the top: bench_gpu imports this file for time_arms
-        return bench_gpu.main(gpu_only)
+        return bench_gpu.main(gpu_only) if gpu else bench_gpu.prepare()
     if ngram_scale:
         bench_ngram_scale()
         return 0

@@ -1,20 +1,24 @@
 """bench.py's parts that run on a CPU: its one-line errors, the alternating timing helper, the fresh-process build of
-the scale benchmark, and the GPU check's refusal without CUDA, its table and the checks that can run on a CPU."""
+the scale benchmark, and the GPU check's refusal without CUDA, its table, the checks that can run on a CPU, and that
+each check can fail."""
 
 import functools
 import os
+import random
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import bench
 import bench_gpu
 import bench_scale
-import train
-from model import CausalSelfAttention
+from data.write import write_dataset
+from model import CausalSelfAttention, KVCache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")  # no GPU, even on a machine with one
@@ -68,6 +72,32 @@ def test_the_scale_build_runs_in_a_fresh_process_without_torch(tmp_path):
 
 
 # --- the GPU check's table, and the checks that also run on a CPU ---------------------------------------------
+def sentences(n, seed):
+    """Documents of sentences: the planner's labels need sentences and more recurring words than LSA's dimensions."""
+    rng = random.Random(seed)
+    words = [a + b + c for a in "bdfklmst" for b in "aeiou" for c in "nprt"]
+    return [" ".join(" ".join(rng.choices(words, k=rng.randint(3, 7))).capitalize() + "."
+                     for _ in range(rng.randint(3, 6))) for _ in range(n)]
+
+
+@pytest.fixture
+def tiny(tmp_path_factory, tmp_path, monkeypatch):
+    """bench_gpu at a tiny shape on a tiny corpus of sentences, writing into tmp_path."""
+    corpus = tmp_path_factory.mktemp("sentences")
+    write_dataset(corpus, {"train": sentences(80, 0), "val": sentences(10, 1)}, "char", "sentences", "the test")
+    monkeypatch.setattr(bench_gpu, "OUT", str(tmp_path))
+    monkeypatch.setattr(bench_gpu, "GPT2_SHAPE", dict(n_layer=2, n_head=2, n_embd=16, block_size=16))
+    monkeypatch.setattr(bench_gpu, "SMALL", ["--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=32",
+                                             "--batch_size=4", "--eval_iters=2", "--ngram_n=3", "--ngram_r=4",
+                                             "--plan_k=4", "--plan_context=3", "--warmup_iters=2",
+                                             "--learning_rate=3e-3", f"--dataset={corpus}"])
+    return corpus
+
+
+def run_one(check, limit=60):
+    return bench_gpu.run_checks([("check", check, limit)], "cpu")[0]
+
+
 def test_every_check_gets_its_line_and_a_failing_one_does_not_stop_the_others(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench_gpu, "OUT", str(tmp_path))
 
@@ -81,31 +111,85 @@ def test_every_check_gets_its_line_and_a_failing_one_does_not_stop_the_others(tm
     def cannot_run(device):
         raise bench_gpu.NotRun("needs two GPUs")
 
-    checks = [("first", passes), ("breaks", fails), ("missed aim", lambda d: bench_gpu.expect(False, "too slow")),
-              ("ddp", cannot_run), ("last", passes)]
-    assert bench_gpu.run_checks(checks, "cpu") == ["ok", "FAILED", "FAILED", "not run", "ok"]
+    checks = [("first", passes, 60), ("breaks", fails, 60),
+              ("missed aim", lambda d: bench_gpu.expect(False, "too slow"), 60), ("ddp", cannot_run, 60),
+              ("slow", passes, 0), ("last", passes, 60)]
+    assert bench_gpu.run_checks(checks, "cpu") == ["ok", "FAILED", "FAILED", "not run", "FAILED", "ok"]
     header, *lines = capsys.readouterr().out.splitlines()
+    assert (tmp_path / "table.txt").read_text().splitlines() == [header, *lines]
     assert header.split() == ["check", "time", "what", "it", "measured", "result"]
-    assert [line.split()[0] for line in lines] == ["first", "breaks", "missed", "ddp", "last"]
-    assert lines[0].endswith("measured on cpu  ok") and lines[4].endswith("  ok")
+    assert [line.split()[0] for line in lines] == ["first", "breaks", "missed", "ddp", "slow", "last"]
+    assert lines[0].endswith("measured on cpu  ok") and lines[5].endswith("  ok")
     assert "RuntimeError: CUDA out of memory (log: " in lines[1] and lines[1].endswith("FAILED")
     assert "  too slow (log: " in lines[2] and lines[2].endswith("FAILED")
     assert lines[3].endswith("needs two GPUs  not run")
+    assert lines[4].endswith("measured on cpu; over its 0 s limit  FAILED")
     assert "the check's own output" in (tmp_path / "first.log").read_text()
     assert "the rest of a long message" in (tmp_path / "breaks.log").read_text()  # the traceback
 
 
-def test_the_checks_that_need_no_gpu_pass_on_a_cpu_at_a_tiny_shape(corpus, tmp_path, monkeypatch, capsys):
+def test_once_the_budget_is_spent_the_remaining_checks_are_not_run(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench_gpu, "OUT", str(tmp_path))
-    monkeypatch.setattr(bench_gpu, "GPT2_SHAPE", dict(n_layer=2, n_head=2, n_embd=16, block_size=16))
-    monkeypatch.setattr(bench_gpu, "SMALL", [train.PLAIN_CONFIG, "--n_layer=2", "--n_head=2", "--n_embd=16",
-                                             "--block_size=16", "--batch_size=4", "--eval_iters=2",
-                                             f"--dataset={corpus}"])
-    checks = [(name, check) for name, check in bench_gpu.CHECKS
-              if check in (bench_gpu.check_attention, bench_gpu.check_float16, bench_gpu.check_resume,
-                           bench_gpu.check_sampling)]
+    checks = [(name, lambda device: time.sleep(0.01) or "done", 60) for name in ("first", "second")]
+    assert bench_gpu.run_checks(checks, "cpu", budget=0.005) == ["ok", "not run"]
+    assert "the 0.005 s budget is spent  not run" in capsys.readouterr().out
+
+
+def test_the_checks_that_need_no_gpu_pass_on_a_cpu_at_a_tiny_shape(tiny, capsys):
+    checks = [check for check in bench_gpu.CHECKS
+              if check[1] in (bench_gpu.check_attention, bench_gpu.check_float16, bench_gpu.check_resume,
+                              bench_gpu.check_sampling)]
     assert len(checks) == 4
     assert bench_gpu.run_checks(checks, "cpu") == ["ok"] * 4, capsys.readouterr().out
+
+
+def test_timed_steps_train_fresh_batches_at_the_scheduled_learning_rate(tiny, monkeypatch):
+    trainer = bench_gpu.make_trainer("cpu", *bench_gpu.SMALL, "--warmup_iters=100", "--compile=False")
+    seen, batch_at = [], trainer.batch_at
+
+    def recording(split, ix):
+        seen.append((tuple(ix.tolist()), trainer.optimizer.param_groups[0]["lr"]))
+        return batch_at(split, ix)
+
+    monkeypatch.setattr(trainer, "batch_at", recording)
+    monkeypatch.setattr(bench, "time_arms", lambda arms, **timing: [arms["a"]() for _ in range(5)])
+    bench_gpu.step_seconds({"a": trainer})
+    assert len({batch for batch, _ in seen}) == 5
+    assert [lr for _, lr in seen] == [trainer.lr_at(i) for i in range(5)] and seen[0][1] < seen[4][1]
+
+
+@pytest.mark.parametrize("model", list(bench_gpu.SAMPLERS))
+def test_the_sampling_check_fails_when_the_kv_cache_is_wrong(tiny, monkeypatch, capsys, model):
+    monkeypatch.setattr(bench_gpu, "SAMPLERS", {model: bench_gpu.SAMPLERS[model]})
+    monkeypatch.setattr(KVCache, "append", lambda self, layer, k, v: (k, v))  # forgets every earlier token
+    assert run_one(bench_gpu.check_sampling) == "FAILED"
+    assert f"{model}: with the KV cache the texts part from those without at token" in capsys.readouterr().out
+
+
+def test_the_compile_check_passes_only_when_inductor_compiles_every_graph():
+    linear = torch.nn.Linear(4, 4)
+    assert bench_gpu.compiled(lambda: torch.compile(linear)(torch.ones(2, 4))).shape == (2, 4)
+    with pytest.raises(bench_gpu.CheckFailed, match="Inductor compiled 0 of the 0 graph"):
+        bench_gpu.compiled(lambda: linear(torch.ones(2, 4)))  # not compiled at all
+    with pytest.raises(bench_gpu.CheckFailed, match="Inductor compiled 0 of the 1 graph"):
+        bench_gpu.compiled(lambda: torch.compile(linear, backend="eager")(torch.ones(2, 4)))  # captured, run eagerly
+
+
+def test_the_compile_check_fails_at_a_graph_break():
+    def breaks(x):
+        print("a graph break")
+        return x + 1
+
+    with pytest.raises(bench_gpu.CheckFailed, match="1 graph break"):
+        bench_gpu.compiled(lambda: torch.compile(breaks)(torch.ones(2)))
+
+
+def test_the_attention_check_fails_when_the_fused_kernel_does_not_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench_gpu, "OUT", str(tmp_path))
+    monkeypatch.setattr(bench_gpu, "GPT2_SHAPE", dict(n_layer=2, n_head=2, n_embd=16, block_size=16))
+    with sdpa_kernel(SDPBackend.MATH):  # the flag still says flash; SDPA's math fallback runs instead
+        assert run_one(bench_gpu.check_attention) == "FAILED"
+    assert "flash=True ran no fused attention kernel" in capsys.readouterr().out
 
 
 def test_the_attention_check_fails_when_the_readable_attention_computes_something_else(tmp_path, monkeypatch,
@@ -113,5 +197,18 @@ def test_the_attention_check_fails_when_the_readable_attention_computes_somethin
     monkeypatch.setattr(bench_gpu, "OUT", str(tmp_path))
     monkeypatch.setattr(bench_gpu, "GPT2_SHAPE", dict(n_layer=2, n_head=2, n_embd=16, block_size=16))
     monkeypatch.setattr(CausalSelfAttention, "manual_attention", lambda self, q, k, v, causal: v)  # no attention
-    assert bench_gpu.run_checks([("attention", bench_gpu.check_attention)], "cpu") == ["FAILED"]
+    assert run_one(bench_gpu.check_attention) == "FAILED"
     assert "the logits differ by" in capsys.readouterr().out
+
+
+def test_the_main_job_tolerance_is_four_stored_seed_to_seed_sd():
+    loss, sd = bench_gpu.cpu_main_job_loss(1337)
+    assert loss == pytest.approx(1.7255, abs=1e-4) and sd == pytest.approx(0.0082, abs=1e-4)
+
+
+def test_prepare_builds_the_caches_and_lists_the_folders_to_copy(tiny, monkeypatch, capsys):
+    monkeypatch.setattr(bench_gpu, "PREPARE", [bench_gpu.SMALL])
+    assert bench_gpu.prepare() == 0
+    listed = capsys.readouterr().out.splitlines()[1:]
+    assert any(line.split()[0] == os.path.relpath(tiny) for line in listed)
+    assert any(name.startswith("ngram_n3_r4") for name in os.listdir(tiny))
