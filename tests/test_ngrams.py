@@ -59,6 +59,21 @@ def test_many_partitions_of_a_large_vocabulary_in_worker_processes_equal_the_in_
         assert built[name].dtype == array.dtype and np.array_equal(built[name], array), name
 
 
+def test_tail_occurrences_with_equal_random_keys_are_dealt_in_position_order_by_both_builds(tmp_path):
+    """Seed 25's draws 456 and 1406 are equal: two tail occurrences of context 0 (next tokens 2 and 3) that the sort by
+    random key leaves in position order, the stable sort both builds make; another order deals other tokens."""
+    seed = 25
+    draws = np.random.default_rng(seed).integers(0, 2**32, 3000, dtype=np.uint64)
+    assert draws[456] == draws[1406]
+    following = np.where(np.random.default_rng(0).random(3000) < 0.2, 2 + np.arange(3000) % 2, 1)  # S = {1}
+    following[[456, 1406]] = 2, 3
+    tokens = np.stack((np.zeros(3000, np.int64), following), axis=1).ravel()  # 0 x 0 x ...: context 0 draws 3000
+    reference = ngram.build_targets(tokens, 2, 1, seed, None)
+    built = partitioned_build(tmp_path, tokens, 2, 1, seed, None, partitions=1, chunk=10**6)
+    for name, array in reference.items():
+        assert np.array_equal(built[name], array), name
+
+
 def test_a_chunk_without_any_context_and_empty_partitions_change_nothing(tmp_path):
     tokens = zipf_corpus(7, size=3000)
     tokens[1000:1400] = EOT  # the chunks of positions 1000..1399 have no in-document context
