@@ -29,8 +29,10 @@ CoCoNTs (compact, consistent): the same loss with y_all replaced by a target of 
 
 A context lies inside one document (no boundary token in it); a position without one keeps the one-hot target.
 Statistics come from the train split only, and validation is always scored with plain cross-entropy. Counting them
-is data preparation: data/ngrams.py counts out of core, in bounded memory, and writes the counts and the compact
-targets to files that training memory-maps. The decisions where the paper is silent, and why: docs/ngram.md.
+is data preparation, done once: build_targets below counts in memory, and writes the counts and the compact targets
+to files beside the dataset that training memory-maps. A corpus too large for that memory bound is counted out of
+core by data/ngrams.py instead, into the same files, bit for bit. The decisions where the paper is silent, and why:
+docs/ngram.md.
 """
 
 import numpy as np
@@ -59,10 +61,89 @@ def settings_problems(s):
     return problems
 
 
+# --- the build: count the train split, deal the tail tokens ------------------------------------------------------
+# build_targets's peak bytes per token (numpy's, measured with tracemalloc) when every position has a context of its
+# own, its worst case, with a margin of 5%: a fixed part and one per top token kept
+BUILD_BYTES_PER_TOKEN, BUILD_BYTES_PER_TOP_TOKEN = 220, 6
+
+
+def build_targets(tokens, n, r, seed, boundary_token):
+    """The counts and the compact targets of a train split ({name: array}, the files data/ngrams.py's docstring
+    lists), in memory. tokens were checked by data/ngrams.py (ids of at most 16 bits, n of them fit 64 bits)."""
+    tokens = np.asarray(tokens).astype(np.uint64)
+    bits = max(1, int(tokens.max()).bit_length())
+    # Position i predicts tokens[i + 1] from its context x_{i-n+2} ... x_i, packed into one integer (oldest token in
+    # the high bits, so that contexts sort in the order of their tokens); the context must lie inside one document.
+    positions = np.arange(n - 2, len(tokens) - 1)
+    context_key = np.zeros(len(positions), np.uint64)
+    inside = np.ones(len(positions), bool)
+    for back in range(n - 2, -1, -1):
+        context_key = (context_key << np.uint64(bits)) | tokens[positions - back]
+        if boundary_token is not None:
+            inside &= tokens[positions - back] != boundary_token
+    positions, context_key = positions[inside], context_key[inside]
+    pair_key = (context_key << np.uint64(bits)) | tokens[positions + 1]
+
+    # C(c, v): sorted, each (context, next token) pair's occurrences are one run, each context's pairs one run
+    order = np.argsort(pair_key)
+    pair_key = pair_key[order]
+    pair_start = ngrams.run_starts(pair_key)
+    pair_counts = np.diff(pair_start, append=len(pair_key))
+    occurrence_pair = np.repeat(np.arange(len(pair_start)), pair_counts)  # in id order, as the pairs are now
+    next_ids = (pair_key[pair_start] & np.uint64((1 << bits) - 1)).astype(np.uint16)
+    pair_context_key = pair_key[pair_start] >> np.uint64(bits)
+    ptr = ngrams.run_starts(pair_context_key)
+    degree = np.diff(ptr, append=len(pair_start))
+    pair_context = np.repeat(np.arange(len(ptr)), degree)
+    # Each context's next tokens most frequent first, ties to the smaller id (they are in id order, the sort stable).
+    by_frequency = np.argsort(pair_context * (pair_counts.max(initial=0) + 1) - pair_counts, kind="stable")
+    next_ids, pair_counts = next_ids[by_frequency], pair_counts[by_frequency]
+    rank = np.arange(len(by_frequency)) - ptr[pair_context]  # each pair's place in its context's list
+    pair_in_s = np.empty(len(rank), bool)  # is the pair's next token among its context's top r? (in id order)
+    pair_in_s[by_frequency] = rank < r
+    context = np.full(len(tokens) - 1, -1)  # of each position; -1: none
+    context[positions[order]] = pair_context[occurrence_pair]
+    in_s = np.zeros(len(tokens) - 1, bool)  # of each position
+    in_s[positions[order]] = pair_in_s[occurrence_pair]
+
+    # y_S: the first r of each context's list, with p = C(c, v) / C(c); the tail's mass 1 - m is what they leave.
+    top = np.flatnonzero(rank < r)
+    cell = (pair_context[top] + 1) * r + rank[top]  # row k + 1 of the tables is context k's; row 0 the one-hot row
+    top_ids = np.zeros((len(ptr) + 1, r), np.uint16)
+    top_ids.reshape(-1)[cell] = next_ids[top]
+    totals = np.add.reduceat(pair_counts, ptr) if len(ptr) else np.zeros(0, np.int64)
+    top_probs = np.zeros((len(ptr) + 1, r), np.float32)
+    top_probs.reshape(-1)[cell] = pair_counts[top] / totals[pair_context[top]]
+    tail_counts = totals - (np.add.reduceat(np.where(rank < r, pair_counts, 0), ptr) if len(ptr) else 0)
+
+    # The tail token t of each occurrence: one random key per occurrence of a context with a tail, drawn in position
+    # order from one stream (data/ngrams.py draws the same stream in pieces); sorted by (context, in S, key), each
+    # such context's tail occurrences come first, shuffled, then its in-S ones.
+    next_tokens = tokens[1:].astype(np.uint16)
+    tail_ids = next_tokens.copy()
+    dealt = np.flatnonzero(context >= 0)
+    dealt = dealt[tail_counts[context[dealt]] > 0]
+    key = np.random.default_rng(seed).integers(0, 2**32, len(dealt), dtype=np.uint64)
+    key |= (context[dealt].astype(np.uint64) << np.uint64(33)) | (in_s[dealt].astype(np.uint64) << np.uint64(32))
+    dealt = dealt[np.argsort(key, kind="stable")]
+    c = context[dealt]
+    first = np.searchsorted(c, c)  # where each one's context begins
+    in_s_rank = np.arange(len(dealt)) - first - tail_counts[c]  # 0, 1, ... over a context's in-S occurrences
+    # y_S + (1 - m) * onehot(t): outside S, t is the observed token; the in-S occurrences take the tail occurrences'
+    # tokens round-robin, so that each of the (1 - m) C(c) tail occurrences is t for 1 / (1 - m) of c's occurrences
+    # (exactly, or on average over seeds), and the mean target over them is y_S + (1 - m) y_tail / (1 - m) = y_all.
+    source = dealt[first + in_s_rank % tail_counts[c]]
+    tail_ids[dealt[in_s_rank >= 0]] = next_tokens[source[in_s_rank >= 0]]
+    return dict(row_context=(context + 1).astype(np.int32), context_keys=pair_context_key[ptr],
+                ptr=np.append(ptr, len(pair_counts)), next_ids=next_ids, counts=pair_counts, tail_ids=tail_ids,
+                top_ids=top_ids, top_probs=top_probs,
+                tail_probs=np.append(1.0, tail_counts / totals).astype(np.float32))
+
+
 # --- AllNTs: the exact target, gathered per batch -------------------------------------------------------------
 class ExactTargets:
     """y_all for any positions, as (ids, probs) padded to the widest support among them (padding has prob 0), from
-    the stored counts (data/ngrams.py): row_context[i] is position i's context + 1 (0: none), and context k's next
+    the stored counts (build_targets): row_context[i] is position i's context + 1 (0: none), and context k's next
     tokens are next_ids[ptr[k]:ptr[k + 1]] with their counts, most frequent first."""
 
     def __init__(self, tokens, row_context, ptr, next_ids, counts):
@@ -90,7 +171,7 @@ class ExactTargets:
 class CompactTargets:
     """The compact targets of a corpus: per-context tables plus a context row and a tail token per position.
     Row 0 of the tables is the one-hot row: no top tokens, all the mass on the tail token, which is then the
-    observed next token. Built by data/ngrams.py: each context's top r kept exactly, its tail tokens dealt out to
+    observed next token. Built by build_targets: each context's top r kept exactly, its tail tokens dealt out to
     its in-S occurrences."""
 
     def __init__(self, row_context, tail_ids, top_ids, top_probs, tail_probs):
@@ -111,12 +192,15 @@ class CompactTargets:
 def load_targets(mode, data_dir, tokens, n, r, seed, boundary_token, memory_mb=2000, workers=2):
     """The soft targets of a train split for train.py: a callable rows -> (ids, probs), where row i is the
     position that predicts tokens[i + 1]. Both modes read the files beside the dataset, memory-mapped, and build
-    them first when they are missing or stale (data/ngrams.py: out of core, in memory_mb, with `workers`
-    processes); 'all' reads the counts, 'compact' the compact targets."""
+    them first when they are missing or stale; 'all' reads the counts, 'compact' the compact targets."""
     if r < 1:
         raise ValueError(f"r must be at least 1 (the number of top tokens kept per context), got {r}")
+    # build_targets when its peak fits memory_mb beside this process, else data/ngrams.py (out of core, `workers`
+    # processes in memory_mb): the same files
+    peak_mb = len(tokens) * (BUILD_BYTES_PER_TOKEN + BUILD_BYTES_PER_TOP_TOKEN * r) / 2**20
+    in_memory = peak_mb <= memory_mb - ngrams.PROCESS_MB
     arrays = ngrams.load_or_build(data_dir, tokens, n, r, seed, boundary_token, memory_mb, workers,
-                                  compact=mode == "compact")
+                                  compact=mode == "compact", build_in_memory=build_targets if in_memory else None)
     if mode == "all":
         return ExactTargets(tokens, *(arrays[k] for k in ("row_context", "ptr", "next_ids", "counts")))
     return CompactTargets(*(arrays[k] for k in ("row_context", "tail_ids", "top_ids", "top_probs", "tail_probs")))

@@ -1,6 +1,8 @@
 """
 The n-gram statistics of a train split for ngram.py, counted out of core: the counts C(c, v) of every in-document
-context c of n-1 tokens and the compact (CoCoNTs) targets, written to .npy files that training memory-maps.
+context c of n-1 tokens and the compact (CoCoNTs) targets, written to .npy files that training memory-maps. What
+they are is ngram.build_targets, which computes the same files, bit for bit, in memory; ngram.load_targets uses
+this build only for a corpus too large for that in its memory bound.
 
 Memory stays under a bound (memory_mb) whatever the corpus's size, because no step holds more than a chunk of
 positions or one partition of the (context, next token) pairs. Every step runs in worker processes, a chunk or a
@@ -18,7 +20,7 @@ each), so that a chunk task reads its files whole and a partition task reads its
    it is in S (the top r) or may borrow a tail token.
 3. draw: each chunk draws the random key of every occurrence that may borrow, in position order, from one stream
    seeded with `seed` and advanced past the chunks before it: the draws are those of one pass over the corpus.
-4. deal: each partition deals its contexts' tail tokens to their in-S occurrences (ngram.py).
+4. deal: each partition deals its contexts' tail tokens to their in-S occurrences (ngram.build_targets).
 5. gather: each chunk writes its per-position records (context row, tail token) where its positions are in the
    files.
 
@@ -57,6 +59,7 @@ from data.files import (load_cache, remove_dead_temporaries, reporting_full_disk
                         temporary_path)
 
 FORMAT = 2  # of the files, in their header: a change of their layout must rebuild them
+TARGET_FILES = ("tail_ids", "top_ids", "top_probs", "tail_probs")  # the compact targets' folder; the rest: the counts'
 NO_CONTEXT = np.uint16(65535)  # the route of a position without an in-document context
 ELIGIBLE, IN_S = 1, 2  # flags of an occurrence: its context has a tail (it may borrow); its next token is in S
 # Sizing, measured with tracemalloc: numpy's peak bytes per pair of a partition in the count step (the largest) when
@@ -99,9 +102,12 @@ class Plan(NamedTuple):
 
 
 # --- the cache: load the files, or build them -------------------------------------------------------------------
-def load_or_build(data_dir, tokens, n, r, seed, boundary_token, memory_mb, workers, compact=True):
+def load_or_build(data_dir, tokens, n, r, seed, boundary_token, memory_mb, workers, compact=True,
+                  build_in_memory=None):
     """The memory-mapped arrays of the counts (and, when compact, of the compact targets) of tokens, built first
-    when missing, stale or damaged (data/files.py's cache folders, each file's crc32 checked)."""
+    when missing, stale or damaged (data/files.py's cache folders, each file's crc32 checked): out of core, or by
+    build_in_memory(tokens, n, r, seed, boundary_token) -> {name: array} when given (ngram.build_targets, which
+    computes the same files, so that either build's files are valid for the other)."""
     tokens_sha1, low, high = scan(tokens)
     check_tokens(len(tokens), n, low, high)
     counts_header = dict(format=FORMAT, n=n, boundary_token=boundary_token, n_tokens=len(tokens),
@@ -113,14 +119,21 @@ def load_or_build(data_dir, tokens, n, r, seed, boundary_token, memory_mb, worke
     arrays = load_folders(wanted)
     if arrays is None:
         print(f"building the n-gram {'counts and compact targets' if compact else 'counts'} of {len(tokens):,} train "
-              f"tokens (n = {n}{f', r = {r}' if compact else ''}) into {data_dir}: once, then read from there")
+              f"tokens (n = {n}{f', r = {r}' if compact else ''}, {'in memory' if build_in_memory else 'out of core'}) "
+              f"into {data_dir}: once, then read from there")
         remove_dead_temporaries(data_dir)  # a killed build's work folder holds more than the files kept
         # build writes into temporary folders, sealed here (header.json with each file's checksum) and renamed
         counts_work, targets_work = temporary_path(counts_dir), temporary_path(targets_dir)
         try:
             with reporting_full_disk(data_dir, needed=int(BUILD_DISK_BYTES_PER_TOKEN * len(tokens))):
-                build(tokens, Spec(n, r, seed, boundary_token, max(1, int(high).bit_length())),
-                      plan(len(tokens) - 1, memory_mb, workers, r), counts_work, targets_work)
+                if build_in_memory is None:
+                    build(tokens, Spec(n, r, seed, boundary_token, max(1, int(high).bit_length())),
+                          plan(len(tokens) - 1, memory_mb, workers, r), counts_work, targets_work)
+                else:
+                    for name, array in build_in_memory(tokens, n, r, seed, boundary_token).items():
+                        work = targets_work if name in TARGET_FILES else counts_work
+                        work.mkdir(parents=True, exist_ok=True)
+                        np.save(work / f"{name}.npy", array)
                 seal_cache(counts_work, counts_dir, counts_header)
                 seal_cache(targets_work, targets_dir, targets_header)
         finally:

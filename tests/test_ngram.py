@@ -1,8 +1,12 @@
-"""Tests of the n-gram soft targets (ngram.py) on small synthetic corpora made here."""
+"""Tests of the n-gram soft targets (ngram.py) on small synthetic corpora made here. The method is tested on the
+readable in-memory build (ngram.build_targets); tests/test_ngrams.py checks the out-of-core build equal to it."""
 
+import errno
 import mmap
+import os
 import sys
 import tempfile
+import tracemalloc
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -13,7 +17,6 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ngram
-import ngram_reference
 from data import ngrams
 from lm import LanguageModel
 from model import GPT, GPTConfig
@@ -58,24 +61,32 @@ def y_all_table(tokens, n, boundary_token=EOT):
 
 
 def stored_targets(tokens, n, r, seed=0, boundary_token=None, mode="compact"):
-    """ngram.load_targets on a dataset folder of its own: the targets train.py reads, built by data/ngrams.py."""
+    """ngram.load_targets on a dataset folder of its own: the targets train.py reads."""
     with tempfile.TemporaryDirectory() as data_dir:
         return ngram.load_targets(mode, data_dir, tokens, n, r, seed, boundary_token)
+
+
+def readable_targets(tokens, n, r, seed=0, boundary_token=None, mode="compact"):
+    """The targets of ngram.build_targets, the readable in-memory build, without files."""
+    arrays = ngram.build_targets(tokens, n, r, seed, boundary_token)
+    if mode == "all":
+        return ngram.ExactTargets(tokens, *(arrays[k] for k in ("row_context", "ptr", "next_ids", "counts")))
+    return ngram.CompactTargets(*(arrays[k] for k in ("row_context", "tail_ids", "top_ids", "top_probs", "tail_probs")))
+
+
+def out_of_core(monkeypatch):
+    """Make ngram.load_targets take every corpus for one too large for its memory bound: data/ngrams.py builds it."""
+    monkeypatch.setattr(ngram, "BUILD_BYTES_PER_TOKEN", 2**40)
 
 
 def compact_targets(tokens, n, r, seed=0, boundary_token=None):
     """The compact target of every position (ids, probs), shape (len(tokens) - 1, r + 1): row i predicts
     tokens[i + 1]."""
-    return stored_targets(tokens, n, r, seed, boundary_token)(np.arange(len(tokens) - 1))
-
-
-def stored_counts(tokens, n, boundary_token, data_dir):
-    """The count files of data/ngrams.py for tokens, memory-mapped."""
-    return ngrams.load_or_build(data_dir, tokens, n, 1, 0, boundary_token, 2000, 1, compact=False)
+    return readable_targets(tokens, n, r, seed, boundary_token)(np.arange(len(tokens) - 1))
 
 
 def distribution_of(counts, bits, context):
-    """y_all of one context (a tuple of n-1 ids) read from the stored counts: {next token: probability}."""
+    """y_all of one context (a tuple of n-1 ids) read from the counts: {next token: probability}."""
     key = 0
     for token in context:
         key = (key << bits) | int(token)
@@ -94,10 +105,10 @@ def dense(ids, probs):
 
 
 @pytest.mark.parametrize("n", [2, 3, 4])
-def test_counts_match_brute_force(n, tmp_path):
+def test_counts_match_brute_force(n):
     tokens = zipf_corpus(0)
     expected = brute_force_counts(tokens, n, EOT)
-    counts = stored_counts(tokens, n, EOT, tmp_path)
+    counts = ngram.build_targets(tokens, n, 1, 0, EOT)
     assert len(counts["ptr"]) - 1 == len(expected)
     assert counts["counts"].sum() == sum(sum(c.values()) for c in expected.values())
     for context, counter in expected.items():
@@ -130,7 +141,7 @@ def test_compact_targets_are_unbiased():
     average = np.zeros_like(y)
     seeds = 200
     for seed in range(seeds):
-        targets = stored_targets(tokens, 3, 2, seed=seed, boundary_token=EOT)
+        targets = readable_targets(tokens, 3, 2, seed=seed, boundary_token=EOT)
         average += dense(*targets(np.arange(len(tokens) - 1))) / seeds
     for k in range(1, len(targets.top_ids)):
         rows = np.asarray(targets.row_context) == k
@@ -190,7 +201,7 @@ def test_exact_targets_are_y_all_per_position():
     tokens = zipf_corpus(6)
     y, has_context = y_all_table(tokens, 3)
     rows = np.arange(len(tokens) - 1)
-    ids, probs = stored_targets(tokens, 3, 1, boundary_token=EOT, mode="all")(rows)
+    ids, probs = readable_targets(tokens, 3, 1, boundary_token=EOT, mode="all")(rows)
     assert dense(ids, probs)[has_context] == pytest.approx(y[has_context], abs=1e-6)
     assert np.array_equal(dense(ids, probs)[~has_context], np.eye(VOCAB)[tokens[1:]][~has_context])
 
@@ -198,7 +209,7 @@ def test_exact_targets_are_y_all_per_position():
 def test_sparse_loss_and_its_gradient_equal_the_dense_soft_cross_entropy():
     tokens, alpha = zipf_corpus(7), 0.3
     rows = np.arange(40, 88).reshape(4, 12)
-    ids, probs = stored_targets(tokens, 3, 1, boundary_token=EOT, mode="all")(rows)
+    ids, probs = readable_targets(tokens, 3, 1, boundary_token=EOT, mode="all")(rows)
     y = torch.from_numpy(tokens[rows + 1])
     logits = torch.randn(4, 12, VOCAB, requires_grad=True)
     loss, stats = ngram.soft_target_loss(logits, y, torch.from_numpy(ids), torch.from_numpy(probs), alpha)
@@ -247,6 +258,33 @@ def test_bad_input_is_refused_with_a_clear_error(tokens, n, r, message):
         stored_targets(tokens, n, r)
 
 
+@pytest.mark.parametrize("n, r", [(2, 1), (3, 8), (3, 32)])
+def test_the_readable_builds_peak_memory_is_under_what_load_targets_assumes(n, r):
+    """Every position a context of its own (50000 ids), the build's worst case: load_targets's rule builds in memory
+    only what fits memory_mb at BUILD_BYTES_PER_TOKEN + BUILD_BYTES_PER_TOP_TOKEN * r a token."""
+    tokens = np.random.default_rng(0).integers(0, 50000, 200000).astype(np.uint16)
+    tracemalloc.start()
+    ngram.build_targets(tokens, n, r, 0, None)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < len(tokens) * (ngram.BUILD_BYTES_PER_TOKEN + ngram.BUILD_BYTES_PER_TOP_TOKEN * r)
+
+
+def test_load_targets_builds_in_memory_exactly_what_fits_its_memory_bound(monkeypatch):
+    chosen = []
+
+    def record(*args, build_in_memory, **kwargs):
+        chosen.append(build_in_memory)
+        return dict.fromkeys(("row_context", "tail_ids", "top_ids", "top_probs", "tail_probs"))
+    monkeypatch.setattr(ngrams, "load_or_build", record)
+    r, memory_mb = 8, 2000
+    per_token = ngram.BUILD_BYTES_PER_TOKEN + ngram.BUILD_BYTES_PER_TOP_TOKEN * r
+    fits = (memory_mb - ngrams.PROCESS_MB) * 2**20 // per_token
+    for length in (1_003_854, fits, fits + 1):  # shakespeare_char's train split; the largest that fits; one more
+        ngram.load_targets("compact", "unused", np.broadcast_to(np.uint16(0), length), 5, r, 0, None, memory_mb)
+    assert chosen == [ngram.build_targets, ngram.build_targets, None]
+
+
 def memory_mapped(array):
     while isinstance(array, np.ndarray):
         array = array.base
@@ -265,6 +303,7 @@ def test_cache_is_reused_and_rebuilt_when_stale(tmp_path, monkeypatch):
         raise AssertionError("a valid cache was rebuilt")
 
     with monkeypatch.context() as m:
+        m.setattr(ngram, "build_targets", no_build)
         m.setattr(ngrams, "build", no_build)
         for a, b in zip(first(rows), ngram.load_targets("compact", tmp_path, tokens, 3, 2, 0, EOT)(rows)):
             assert np.array_equal(a, b)
@@ -274,7 +313,7 @@ def test_cache_is_reused_and_rebuilt_when_stale(tmp_path, monkeypatch):
     changed = tokens.copy()
     changed[:100] = changed[100:200]
     rebuilt = ngram.load_targets("compact", tmp_path, changed, 3, 2, 0, EOT)
-    expected = ngram_reference.build_compact(changed, 3, 2, 0, EOT)(rows)
+    expected = readable_targets(changed, 3, 2, 0, EOT)(rows)
     for a, b in zip(rebuilt(rows), expected):
         assert np.array_equal(a, b)
     (tmp_path / "ngram_n3_r2_seed0" / "tail_ids.npy").write_bytes(b"truncated")
@@ -304,7 +343,7 @@ def overwrite_top(name, values):
 def test_a_damaged_cache_is_rebuilt_to_the_right_targets(tmp_path, capsys, damage):
     tokens = zipf_corpus(10).astype(np.uint16)
     rows = np.arange(len(tokens) - 1)
-    expected = ngram_reference.build_compact(tokens, 3, 2, 0, EOT)(rows)
+    expected = readable_targets(tokens, 3, 2, 0, EOT)(rows)
     ngram.load_targets("compact", tmp_path, tokens, 3, 2, 0, EOT)
     damage(tmp_path / "ngram_n3_r2_seed0")
     capsys.readouterr()
@@ -314,10 +353,18 @@ def test_a_damaged_cache_is_rebuilt_to_the_right_targets(tmp_path, capsys, damag
         assert np.array_equal(a, b)
 
 
-def test_a_build_that_fills_the_disk_stops_in_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+@pytest.mark.parametrize("build", ["in memory", "out of core"])
+def test_a_build_that_fills_the_disk_stops_in_one_line_and_leaves_nothing(tmp_path, monkeypatch, build):
     def short_write(*args):
         raise OSError("35996 requested and 14336 written")  # what ndarray.tofile says when the disk fills
-    monkeypatch.setattr(ngrams, "gather", short_write)
+
+    def full_disk(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if build == "in memory":
+        monkeypatch.setattr(np, "save", full_disk)
+    else:
+        out_of_core(monkeypatch)
+        monkeypatch.setattr(ngrams, "gather", short_write)
     tokens = zipf_corpus(11).astype(np.uint16)
     with pytest.raises(OSError, match=f"^no space left on the disk of {tmp_path} \\(.* free, up to .* needed\\): "
                                       f"free space on that disk, then run again$"):

@@ -1,5 +1,5 @@
-"""Tests of the out-of-core n-gram build (data/ngrams.py): it must equal the in-memory build it replaced
-(tests/ngram_reference.py) bit for bit, whatever the number of partitions, chunks and workers."""
+"""Tests of the out-of-core n-gram build (data/ngrams.py): it must equal ngram.py's readable in-memory build
+(ngram.build_targets) bit for bit, whatever the number of partitions, chunks and workers, and write the same files."""
 
 import os
 import signal
@@ -14,9 +14,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ngram
-import ngram_reference
 from data import ngrams
-from test_ngram import EOT, zipf_corpus
+from test_ngram import EOT, out_of_core, readable_targets, zipf_corpus
 
 COUNT_FILES = ("row_context", "context_keys", "ptr", "next_ids", "counts")
 TARGET_FILES = ("tail_ids", "top_ids", "top_probs", "tail_probs")
@@ -44,29 +43,41 @@ def gpt2_like_corpus(seed, size=20000):
 def test_partitioned_build_equals_the_in_memory_build_bit_for_bit(tmp_path, n, boundary_token):
     for seed, (partitions, chunk) in enumerate([(1, 10**6), (9, 101), (60, 37)]):
         tokens = zipf_corpus(seed, size=3000)
-        reference = vars(ngram_reference.build_compact(tokens, n, 3, seed, boundary_token))
-        counts = ngram_reference.count_ngrams(tokens, n, boundary_token)
+        expected = ngram.build_targets(tokens, n, 3, seed, boundary_token)
         built = partitioned_build(tmp_path / str(seed), tokens, n, 3, seed, boundary_token, partitions, chunk)
-        expected = dict(reference, context_keys=counts.context_keys, ptr=counts.ptr, next_ids=counts.next_ids,
-                        counts=counts.counts)
-        assert sorted(built) == sorted(expected)
+        assert sorted(built) == sorted(expected) == sorted(COUNT_FILES + TARGET_FILES)
         for name, array in expected.items():
             assert built[name].dtype == array.dtype and np.array_equal(built[name], array), name
 
 
 def test_many_partitions_of_a_large_vocabulary_in_worker_processes_equal_the_in_memory_build(tmp_path):
     tokens = gpt2_like_corpus(0)
-    reference = vars(ngram_reference.build_compact(tokens, 3, 8, 1337, 2999))
+    reference = ngram.build_targets(tokens, 3, 8, 1337, 2999)
     built = partitioned_build(tmp_path, tokens, 3, 8, 1337, 2999, partitions=25, chunk=4001, workers=2)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["counts", "targets"]  # the partitions are gone
     for name, array in reference.items():
         assert built[name].dtype == array.dtype and np.array_equal(built[name], array), name
 
 
+def test_tail_occurrences_with_equal_random_keys_are_dealt_in_position_order_by_both_builds(tmp_path):
+    """Seed 25's draws 456 and 1406 are equal: two tail occurrences of context 0 (next tokens 2 and 3) that the sort by
+    random key leaves in position order, the stable sort both builds make; another order deals other tokens."""
+    seed = 25
+    draws = np.random.default_rng(seed).integers(0, 2**32, 3000, dtype=np.uint64)
+    assert draws[456] == draws[1406]
+    following = np.where(np.random.default_rng(0).random(3000) < 0.2, 2 + np.arange(3000) % 2, 1)  # S = {1}
+    following[[456, 1406]] = 2, 3
+    tokens = np.stack((np.zeros(3000, np.int64), following), axis=1).ravel()  # 0 x 0 x ...: context 0 draws 3000
+    reference = ngram.build_targets(tokens, 2, 1, seed, None)
+    built = partitioned_build(tmp_path, tokens, 2, 1, seed, None, partitions=1, chunk=10**6)
+    for name, array in reference.items():
+        assert np.array_equal(built[name], array), name
+
+
 def test_a_chunk_without_any_context_and_empty_partitions_change_nothing(tmp_path):
     tokens = zipf_corpus(7, size=3000)
     tokens[1000:1400] = EOT  # the chunks of positions 1000..1399 have no in-document context
-    reference = vars(ngram_reference.build_compact(tokens, 3, 2, 7, EOT))
+    reference = ngram.build_targets(tokens, 3, 2, 7, EOT)
     built = partitioned_build(tmp_path, tokens, 3, 2, 7, EOT, partitions=40, chunk=100, workers=2)
     for name, array in reference.items():
         assert np.array_equal(built[name], array), name
@@ -110,7 +121,7 @@ def test_the_partitions_cut_the_contexts_into_ranges_of_about_equal_size():
 
 def test_a_context_too_frequent_for_its_partition_is_reported_and_counted_exactly(tmp_path, capsys):
     tokens = np.where(np.random.default_rng(0).random(4000) < 0.9, 3, zipf_corpus(6, size=4000))  # mostly 3, 3, 3
-    reference = vars(ngram_reference.build_compact(tokens, 3, 2, 0, EOT))
+    reference = ngram.build_targets(tokens, 3, 2, 0, EOT)
     built = partitioned_build(tmp_path, tokens, 3, 2, 0, EOT, partitions=10, chunk=500)
     assert "may use more memory than ngram_memory_mb" in capsys.readouterr().out
     for name, array in reference.items():
@@ -133,14 +144,15 @@ def test_the_partition_count_grows_as_the_memory_bound_shrinks():
         ngrams.plan(10**6, 100, 2, 8)
 
 
-def test_memory_mapped_targets_give_the_same_loss_as_the_in_memory_ones(tmp_path):
+def test_memory_mapped_targets_give_the_same_loss_as_the_in_memory_ones(tmp_path, monkeypatch):
+    out_of_core(monkeypatch)
     tokens = zipf_corpus(3, size=5000).astype(np.uint16)
     rows = np.arange(200, 200 + 4 * 32).reshape(4, 32)
     logits = torch.randn(4, 32, 10, generator=torch.Generator().manual_seed(0))
     targets = torch.from_numpy(tokens[rows + 1].astype(np.int64))
     losses = []
     for build in (lambda: ngram.load_targets("compact", tmp_path, tokens, 4, 3, 5, EOT),
-                  lambda: ngram_reference.build_compact(tokens, 4, 3, 5, EOT)):
+                  lambda: readable_targets(tokens, 4, 3, 5, EOT)):
         ids, probs = build()(rows)
         losses.append(ngram.soft_target_loss(logits, targets, torch.from_numpy(ids), torch.from_numpy(probs), 0.5))
     (mapped, mapped_parts), (in_memory, in_memory_parts) = losses
@@ -149,13 +161,32 @@ def test_memory_mapped_targets_give_the_same_loss_as_the_in_memory_ones(tmp_path
 
 
 @pytest.mark.parametrize("boundary_token", [EOT, None])
-def test_exact_targets_from_the_stored_counts_equal_the_in_memory_count(tmp_path, boundary_token):
+def test_exact_targets_from_the_stored_counts_equal_the_in_memory_count(tmp_path, monkeypatch, boundary_token):
+    out_of_core(monkeypatch)
     tokens = zipf_corpus(4, size=4000)
     rows = np.arange(3997).reshape(-1, 7)
     stored = ngram.load_targets("all", tmp_path, tokens, 3, 2, 0, boundary_token)(rows)
-    reference = ngram_reference.ExactTargets(tokens, 3, boundary_token)(rows)
+    reference = readable_targets(tokens, 3, 2, 0, boundary_token, mode="all")(rows)
     for a, b in zip(stored, reference):
         assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_either_build_writes_the_same_cache_files(tmp_path, monkeypatch, capsys):
+    """load_targets builds this corpus in memory, or out of core when told it is too large: the same files, headers
+    (what they were built from, each file's size and crc32) included, so either build's cache is the other's."""
+    tokens = zipf_corpus(12, size=5000).astype(np.uint16)
+    ngram.load_targets("compact", tmp_path / "in_memory", tokens, 4, 3, 0, EOT)
+    with monkeypatch.context() as m:
+        out_of_core(m)
+        ngram.load_targets("compact", tmp_path / "out_of_core", tokens, 4, 3, 0, EOT)
+    printed = capsys.readouterr().out
+    assert "r = 3, in memory)" in printed and "r = 3, out of core)" in printed
+    for folder in ("ngram_n4", "ngram_n4_r3_seed0"):
+        files = sorted(path.name for path in (tmp_path / "in_memory" / folder).iterdir())
+        assert files == sorted(path.name for path in (tmp_path / "out_of_core" / folder).iterdir())
+        for name in files:
+            assert (tmp_path / "in_memory" / folder / name).read_bytes() == \
+                (tmp_path / "out_of_core" / folder / name).read_bytes(), f"{folder}/{name}"
 
 
 def test_a_killed_builds_work_folder_is_removed_by_the_next_build(tmp_path):
