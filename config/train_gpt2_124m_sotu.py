@@ -19,3 +19,4 @@ warmup_iters = 50
 weight_decay = 0.1
 beta2 = 0.95
 dropout = 0.1
+ngram_n = 3  # 2 BPE tokens of context: the default 5 is for characters, and GPT-2's 50k ids allow at most 4

@@ -1,4 +1,4 @@
-# The base model the mod experiment tunes: a small GPT pretrained on wiki (GPT-2 BPE).
+# after config/plain.py: the base model the mod experiment tunes, a small GPT pretrained on wiki (GPT-2 BPE).
 # python train.py config/plain.py config/mod/pretrain_wiki.py
 out_dir = "out/mod-small/pretrain_wiki"
 dataset = "wiki"

@@ -1,5 +1,6 @@
-# What every tuning arm of the mod experiment shares: tune the wiki-pretrained GPT on sotu, same steps and seed.
-# python train.py config/plain.py config/mod/tune.py config/mod/tune_full.py   (after config/mod/pretrain_wiki.py)
+# after config/plain.py, tuning a run of config/mod/pretrain_wiki.py: what every tuning arm of the mod experiment
+# shares, tuning the wiki-pretrained GPT on sotu, same steps and seed.
+# python train.py config/plain.py config/mod/tune.py config/mod/tune_full.py
 init_from = "out/mod-small/pretrain_wiki/ckpt.pt"
 dataset = "sotu"
 block_size = 64

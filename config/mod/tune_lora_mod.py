@@ -1,5 +1,6 @@
-# Tuning arm of the mod experiment: LoRA plus the depth ensemble of the last 2 layers, base frozen.
-# python train.py config/plain.py config/mod/tune.py config/mod/tune_lora_mod.py   (after config/mod/pretrain_wiki.py)
+# after config/plain.py config/mod/tune.py, tuning a run of config/mod/pretrain_wiki.py: an arm of the mod
+# experiment, LoRA plus the depth ensemble of the last 2 layers, base frozen.
+# python train.py config/plain.py config/mod/tune.py config/mod/tune_lora_mod.py
 out_dir = "out/mod-small/tune_lora_mod"
 learning_rate = 3e-3
 base = "lora"

@@ -1,5 +1,6 @@
-# Tuning arm of the mod experiment: base frozen, only the router and the new norm train.
-# python train.py config/plain.py config/mod/tune.py config/mod/tune_mod_only.py   (after config/mod/pretrain_wiki.py)
+# after config/plain.py config/mod/tune.py, tuning a run of config/mod/pretrain_wiki.py: an arm of the mod
+# experiment, base frozen, only the router and the new norm train.
+# python train.py config/plain.py config/mod/tune.py config/mod/tune_mod_only.py
 out_dir = "out/mod-small/tune_mod_only"
 learning_rate = 3e-3
 base = "frozen"

@@ -1,4 +1,5 @@
-# The n-gram experiment on wiki (experiments/ngram.py): GPT-2 tokens, where the 50k-token head dominates the cost.
+# after config/plain.py: the n-gram experiment on wiki (experiments/ngram.py), GPT-2 tokens, where the 50k-token
+# head dominates the cost.
 # python train.py config/plain.py config/ngram/wiki.py config/ngram/compact.py
 dataset = "wiki"
 n_layer = 4

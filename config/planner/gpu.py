@@ -1,4 +1,5 @@
-# The planner experiment's gpu suite (one CUDA GPU): a larger base LM, same recipe as small.py.
+# after config/plain.py: the planner experiment's gpu suite (one CUDA GPU), a larger base LM, same recipe as
+# small.py. python train.py config/plain.py config/planner/gpu.py
 dataset = "wiki"
 n_layer = 8
 n_head = 8

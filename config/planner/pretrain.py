@@ -1,4 +1,4 @@
-# Stage 2: planner pre-training on the wiki labels. python pretrain_planner.py config/planner/pretrain.py
+# Not train.py's: python pretrain_planner.py config/planner/pretrain.py, stage 2, the planner on the wiki labels.
 dataset = "wiki"
 plan_k = 64
 plan_context = 8

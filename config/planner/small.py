@@ -1,4 +1,5 @@
-# The planner experiment's small suite (CPU): the base LM and the model shape every arm shares.
+# after config/plain.py: the planner experiment's small suite (CPU), the base LM and the model shape every arm
+# shares.
 # python train.py config/plain.py config/planner/small.py --out_dir=out-planner/base --max_iters=800
 dataset = "wiki"
 n_layer = 4  # the plan enters the top n_layer - 2 = 2 layers
