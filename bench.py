@@ -191,8 +191,8 @@ def bench_planner_generation(new_tokens=300):
     def generate(trainer):
         trainer.model.eval()
         torch.manual_seed(0)
-        trainer.model.generate(prompt, new_tokens, temperature=0.8, top_k=200, plan_data=trainer.plan_data,
-                               vocab=trainer.vocab)
+        trainer.model.generate(prompt, new_tokens, temperature=0.8, top_k=200,
+                               plan_data=trainer.technique_data.get("plan"), vocab=trainer.vocab)
 
     seconds = time_arms({arm: functools.partial(generate, t) for arm, t in trainers.items()}, 1, 1, rounds)
     print("| arm | tokens/s | ratio |\n|---|---|---|")
@@ -329,7 +329,7 @@ def ngram_scale_step(folder, memory_mb, workers):
     torch.manual_seed(0)
     B, T = 4, 64
     model = LanguageModel(GPT(GPTConfig(block_size=T, vocab_size=50304, n_layer=2, n_head=2, n_embd=64)),
-                          dict(ngram_mode="compact", ngram_alpha=0.5))
+                          ngram_alpha=0.5)
     optimizer = configure_optimizers(model, 0.1, 1e-3, (0.9, 0.99), "cpu")
     generator = torch.Generator().manual_seed(0)
 

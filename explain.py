@@ -46,7 +46,7 @@ from matplotlib.figure import Figure
 from torch.nn import functional as F
 
 import checkpoint as ckpt
-import ngram
+import lm
 import train
 from configurator import configure, is_setting
 from data.dataset import load_meta, load_tokens
@@ -55,9 +55,8 @@ from data.prepare import ensure_prepared
 from data.vocabulary import get_codec
 import devices
 from experiments.combined import plain_result
-from lm import load_language_model, mean_stats
+from lm import load_language_model, mean_stats, ngram
 from replanner import plan_data_of
-from run_report import layer_name
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # reads out_dir/ckpt.pt; writes out_dir/explain.html and out_dir/explain_*.png
@@ -248,7 +247,8 @@ def ensemble_verdict(score, first, k, n_layer):
     """The depth ensemble's sentence: its mixture against the final layer alone, and the ceiling."""
     final, mixture, ceiling = score[f"layer{first + k - 1}_ce"], score["ce"], score["best_layer_ce"]
     gain = final - mixture
-    routing = ", ".join(f"{score[f'route{first + j}']:.2f} on {layer_name(first + j, n_layer)}" for j in range(k))
+    routing = ", ".join(f"{score[f'route{first + j}']:.2f} on {lm.mod.layer_name(first + j, n_layer)}"
+                        for j in range(k))
     if abs(gain) < VISIBLE:
         verdict = f"no visible effect: mixing the last {k} layers moves the validation loss by {signed(-gain)}"
     elif gain > 0:
@@ -355,7 +355,7 @@ def token_loss_section(reader, passage):
 def ensemble_section(reader, passage, score):
     mod, n_layer = reader.model.mod, reader.model.gpt.config.n_layer
     layers = list(range(mod.first, mod.first + mod.k))
-    names = {j: layer_name(j, n_layer) for j in layers}
+    names = {j: lm.mod.layer_name(j, n_layer) for j in layers}
     weights = passage["weights"].flatten(0, 1).float().cpu()
     y = passage["y"].flatten()
     right = [(reader.model.gpt.lm_head(n).flatten(0, 1).argmax(-1) == y).cpu() for n in passage["normed"]]

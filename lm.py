@@ -4,37 +4,105 @@ the settings switch on. Everything that trains lives in this one module so that 
 single forward, and one state_dict holds the whole run.
 
 With every technique off, `LanguageModel` computes exactly what `GPT.forward` computes.
+
+Each technique is one file (ngram.py, mod.py, planner.py) that only this module imports, and only where it is
+there: delete one and the plain GPT still trains, evaluates, saves and samples (tests/test_standalone.py). The rest
+of the repository finds the techniques in TECHNIQUES, never the other way round: each offers settings_problems(s)
+to settings_checks.py, health_warning(record) and report_line(record, s) to run_report.py, and plot_panel(records,
+s) to plot.py.
 """
 
+import importlib
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-import ngram
+from configurator import ConfigError
+from data.sentences import PlanData
 from lora import LoRA
-from mod import DepthEnsemble
 from model import GPT, GPTConfig
-from planner import PLANNER_MODES, SHUFFLED, PlanConditioner
 from replanner import Replanner
+
+
+def optional(name):
+    """The technique module `name`, or None when its file is not there. A present file that fails to import still
+    fails: only the module's own absence makes it optional."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name != name:
+            raise
+        return None
+
+
+ngram, mod, planner = optional("ngram"), optional("mod"), optional("planner")
+# In the order the run reports them: its settings problems, its lines and its plot's panels.
+TECHNIQUES = tuple(technique for technique in (mod, planner, ngram) if technique is not None)
+
+
+def switched_on(s):
+    """The names of the techniques the settings switch on. A checkpoint older than a technique lacks its switch:
+    off."""
+    return {name for name, on in (("ngram", s.get("ngram_mode", "off") != "off"), ("mod", s.get("mod_k", 0) > 1),
+                                  ("planner", s.get("plan_mode", "none") != "none")) if on}
+
+
+def missing_problems(s):
+    """A technique the settings switch on whose file is not here cannot be quietly left out."""
+    present = {technique.__name__ for technique in TECHNIQUES}
+    return [f"the settings switch on {name}.py, which is not in this copy of the repository: switch it off (as "
+            f"config/plain.py does) or put the file back" for name in sorted(switched_on(s) - present)]
+
+
+def settings_problems(s):
+    """What is wrong with the techniques' settings of train.py: each present technique checks its own."""
+    return missing_problems(s) + [problem for technique in TECHNIQUES for problem in technique.settings_problems(s)]
+
+
+def depth_problem(s, n_layer):
+    """What is wrong with the settings for a GPT of n_layer blocks, or None: tuning.py asks it of a checkpoint's
+    depth, which the settings checks cannot know."""
+    return mod.depth_problem(s["mod_k"], n_layer) if mod is not None else None
 
 
 class LanguageModel(nn.Module):
 
-    def __init__(self, gpt, settings):
+    def __init__(self, gpt, ensemble=None, plan=None, lora=None, freeze_gpt=False, ngram_alpha=0.0,
+                 label_smoothing=0.0):
+        """gpt: the GPT (model.py). ensemble: mod.DepthEnsemble over gpt's late layers, or None. plan:
+        planner.PlanConditioner, or None. lora: lora.LoRA adapters hooked into gpt, or None. freeze_gpt: only the
+        techniques' own parameters (and LoRA's) train. ngram_alpha: the n-gram target's weight in the loss of a batch
+        that carries one (ngram.py). label_smoothing: the classic soft target, for batches without an n-gram one.
+        from_settings builds these from train.py's settings."""
         super().__init__()
         self.gpt = gpt
-        self.label_smoothing = settings.get("label_smoothing", 0.0)
-        self.ngram_alpha = settings.get("ngram_alpha", 0.0)
-        mod_k = settings.get("mod_k", 0)
-        self.mod = DepthEnsemble(gpt, mod_k, settings["mod_lambda"], settings["mod_distill_frac"],
-                                 settings["mod_router_entropy"]) if mod_k > 1 else None
-        self.plan = PlanConditioner(settings, gpt.config) if settings.get("plan_mode", "none") != "none" else None
-        base = settings.get("base", "train")
-        if base != "train":
-            gpt.requires_grad_(False)  # the base is frozen; only the techniques' own parameters (and LoRA's) train
-        self.lora = LoRA(gpt, settings["lora_rank"], settings["lora_alpha"]) if base == "lora" else None
+        self.label_smoothing = label_smoothing
+        self.ngram_alpha = ngram_alpha
+        self.mod = ensemble
+        self.plan = plan
+        if freeze_gpt:
+            gpt.requires_grad_(False)
+        self.lora = lora
+
+    @classmethod
+    def from_settings(cls, gpt, s):
+        """The LanguageModel of train.py's settings s (a checkpoint keeps them as its 'config'): the one place that
+        reads them. Only the switches of a technique that is off are read (switched_on)."""
+        missing = missing_problems(s)
+        if missing:
+            raise ConfigError("; ".join(missing))
+        on, base = switched_on(s), s.get("base", "train")
+        ensemble = mod.DepthEnsemble(gpt, s["mod_k"], s["mod_lambda"], s["mod_distill_frac"],
+                                     s["mod_router_entropy"]) if "mod" in on else None
+        plan = planner.PlanConditioner(s["plan_mode"], s["plan_k"], planner.EMBEDDERS[s["plan_embedder"]],
+                                       s["plan_context"], s["plan_tau"], s["plan_lambda"], gpt.config.n_layer,
+                                       gpt.config.n_embd) if "planner" in on else None
+        lora = LoRA(gpt, s["lora_rank"], s["lora_alpha"]) if base == "lora" else None
+        return cls(gpt, ensemble, plan, lora, freeze_gpt=base != "train", ngram_alpha=s.get("ngram_alpha", 0.0),
+                   label_smoothing=s.get("label_smoothing", 0.0))
 
     def logits(self, x, extra, plan_mode=None):
         """Next-token logits (B, T, V) for inputs x with the techniques that are on, and what they computed on the
@@ -60,9 +128,9 @@ class LanguageModel(nn.Module):
         logits, parts = self.logits(x, extra)
         loss, stats = self.next_token_loss(logits, y, extra)
         stats.update(parts["plan_stats"])
-        if not self.training and self.plan is not None and self.plan.mode in ("oracle", *PLANNER_MODES):
+        if not self.training and self.plan is not None and self.plan.mode in ("oracle", *planner.PLANNER_MODES):
             # what the LM loses when each sentence gets another sentence's plan: how much it reads its own
-            shuffled, _ = self.logits(x, extra, SHUFFLED)
+            shuffled, _ = self.logits(x, extra, planner.SHUFFLED)
             stats["plan_gain"] = F.cross_entropy(shuffled.flatten(0, 1).float(), y.flatten()) - stats["ce"]
         if self.mod is not None:
             distill, mod_stats = self.mod.aux_loss(self.gpt, parts["hidden"], parts["normed"], parts["weights"], y)
@@ -111,6 +179,41 @@ def mean_stats(model, batches, autocast=nullcontext()):
 
 def load_language_model(checkpoint, device):
     """The LanguageModel a checkpoint of train.py holds, in eval mode on device."""
-    model = LanguageModel(GPT(GPTConfig(**checkpoint["model_args"])), checkpoint["config"])
+    model = LanguageModel.from_settings(GPT(GPTConfig(**checkpoint["model_args"])), checkpoint["config"])
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval()
+
+
+# --- what the techniques read with every batch --------------------------------------------------------------------
+def load_batch_data(s, data_dir, train_tokens, eot_token, prepare_once=lambda prepare: prepare()):
+    """What the techniques that are on read with every batch, each prepared once beside the dataset: 'ngram', the
+    train split's n-gram targets (ngram.load_targets), and 'plan', the sentences, labels and codebook (PlanData).
+    prepare_once(prepare) runs a preparation; train.py's runs it on rank zero first."""
+    data, on = {}, switched_on(s)
+    if "ngram" in on:
+        data["ngram"] = prepare_once(lambda: ngram.load_targets(
+            s["ngram_mode"], data_dir, train_tokens, s["ngram_n"], s["ngram_r"], s["seed"], eot_token,
+            s["ngram_memory_mb"], s["ngram_workers"]))
+    if "planner" in on:
+        data["plan"] = prepare_once(lambda: PlanData(data_dir, s["plan_k"], s["plan_embedder"], s["plan_seed"]))
+    return data
+
+
+def batch_extra(data, split, ix, block_size, plan_context):
+    """The techniques' per-position data (LanguageModel.forward's extra) for the windows of block_size tokens that
+    start at positions ix (a tensor) of a split, from load_batch_data's data; plan_context: the sentences the
+    planner reads."""
+    extra = {}
+    if split == "train" and "ngram" in data:  # validation is scored on the observed token only
+        ids, probs = data["ngram"](ix.numpy()[:, None] + np.arange(block_size))
+        extra["ngram_ids"], extra["ngram_probs"] = torch.from_numpy(ids), torch.from_numpy(probs)
+    if "plan" in data:
+        extra.update(data["plan"].batch(split, ix, block_size, plan_context))
+    return extra
+
+
+def initialise_techniques(model, data, s, init_checkpoint=None):
+    """The starting weights of a new run's techniques that start from the data: the planner's codebooks and planner
+    (planner.initialise_plan, which also takes them from init_checkpoint's when it has them)."""
+    if model.plan is not None:
+        planner.initialise_plan(model.plan, data["plan"], s, init_checkpoint)

@@ -85,6 +85,33 @@ def health_warning(record):
             f"so the other late layers add nothing (docs/mod.md)")
 
 
+def report_line(record, s):
+    """The ensemble's line in the run's report of an evaluation (run_report.py), or None when it is off: the routing
+    weight of each late layer, each layer's loss alone, the mixture's, and a perfect per-token router's."""
+    routes = sorted((int(k[len("val_route"):]), v) for k, v in record.items() if k.startswith("val_route"))
+    if not routes:
+        return None
+    n_layer = routes[-1][0] + 1  # the final layer is always in the ensemble
+    weights = ", ".join(f"{w:.2f} on {layer_name(j, n_layer)}" for j, w in routes)
+    alone = ", ".join(f"{record[f'val_layer{j}_ce']:.4f}" for j, _ in routes)
+    return (f"depth ensemble: routing weight {weights}; each layer alone {alone}, the mixture "
+            f"{record['val_loss']:.4f}, a perfect per-token router {record['val_best_layer_ce']:.4f}")
+
+
+def layer_name(j, n_layer):
+    """Block j (0-based) as a reader counts it: 'layer 3 of 4', the last one 'layer 4 of 4 (final)'."""
+    return f"layer {j + 1} of {n_layer}" + (" (final)" if j == n_layer - 1 else "")
+
+
+def plot_panel(records, s):
+    """The ensemble's panel of loss.png (plot.py) as its title and {curve label: logged key}, or None when it is
+    off: the mean routing weight of each late layer."""
+    routes = sorted((k for k in records[-1] if k.startswith("val_route")), key=lambda k: int(k[len("val_route"):]))
+    if not routes:
+        return None
+    return "depth ensemble: mean routing weight per late layer", {f"layer {k[len('val_route'):]}": k for k in routes}
+
+
 class DepthEnsemble(nn.Module):
     """Norms and router of the ensemble over the last k layers; the GPT (its ln_f and lm_head) is passed in, not
     owned, so its weights stay in one place and the LM head is the shared, tied one."""

@@ -105,14 +105,19 @@ class PlanConditioner(nn.Module):
     """The planner (in the modes that use it) and the per-layer codebooks and projections. forward(extra) returns
     the attn_add list for GPT.body, the optional planner loss and the planner's statistics."""
 
-    def __init__(self, settings, config):
+    def __init__(self, mode, k, dim, context, tau, ce_weight, n_layer, n_embd):
+        """mode: plan_mode, one of MODES but 'none'. k: the number of labels (K). dim: the width of the sentence
+        embeddings (d_e, the labels' embedder's: EMBEDDERS). context: the sentences before sentence i the planner
+        reads (M). tau: the softmax temperature of 'soft' and 'st'. ce_weight: the weight of the planner's label
+        cross-entropy in the loss (plan_lambda; 0 leaves it out). n_layer, n_embd: the GPT's depth and width; the
+        top n_layer - 2 layers (at least one) are conditioned."""
         super().__init__()
-        self.mode, self.tau, self.ce_weight = settings["plan_mode"], settings["plan_tau"], settings["plan_lambda"]
-        self.k, self.context, dim = settings["plan_k"], settings["plan_context"], EMBEDDERS[settings["plan_embedder"]]
-        conditioned = max(1, config.n_layer - 2)
-        self.first_layer = config.n_layer - conditioned
+        self.mode, self.tau, self.ce_weight = mode, tau, ce_weight
+        self.k, self.context = k, context
+        conditioned = max(1, n_layer - 2)
+        self.first_layer = n_layer - conditioned
         self.codebooks = nn.ParameterList([nn.Parameter(torch.zeros(self.k, dim)) for _ in range(conditioned)])
-        self.projections = nn.ModuleList([nn.Linear(dim, config.n_embd) for _ in range(conditioned)])
+        self.projections = nn.ModuleList([nn.Linear(dim, n_embd) for _ in range(conditioned)])
         for projection in self.projections:
             nn.init.normal_(projection.weight, std=0.02)
             nn.init.zeros_(projection.bias)
@@ -208,9 +213,8 @@ def untrained_planner_problem(mode, why):
 
 
 # Below this (nats), conditioning each sentence on another sentence's plan changes nothing the LM does: it ignores its
-# plan (a planner that gives every sentence the same plan scores exactly 0). The 18 runs of a planner trained with
-# plan_lambda = 1 in the main job's experiments were at 0.0022 or more at every evaluation from a fifth of the run
-# on, and end at 0.01-0.05 (docs/planner.md).
+# plan (a planner that gives every sentence the same plan scores exactly 0). Set under the plan gain of every run
+# whose planner did its job, so that only a planner the LM ignores warns (docs/planner.md has those runs' figures).
 NO_PLAN_GAIN = 0.001
 
 
@@ -231,6 +235,34 @@ def health_warning(record):
 def drifted_from_labels(record):
     """True when the planner's label accuracy is no better than always answering the most frequent train label."""
     return record["val_plan_acc"] <= record["val_plan_majority_acc"]
+
+
+def report_line(record, s):
+    """The planner's line in the run's report of an evaluation (run_report.py), or None when the plan is off: how
+    often it gets the label right beside the majority label, and how much the LM reads its plan."""
+    if "val_plan_acc" in record:
+        return (f"planner: the next sentence's label right {record['val_plan_acc']:.3f} of the time (always "
+                f"answering the most frequent label: {record['val_plan_majority_acc']:.3f}); conditioned on "
+                f"another sentence's plan the val loss rises by {record['val_plan_gain']:+.4f}"
+                + ("; no better than the majority: the plan is now the planner's own code, not its labels"
+                   if drifted_from_labels(record) else ""))
+    if "val_plan_gain" in record:
+        return (f"plan (true labels): conditioned on another sentence's plan the val loss rises by "
+                f"{record['val_plan_gain']:+.4f}")
+    return None
+
+
+def plot_panel(records, s):
+    """The planner's panel of loss.png (plot.py) as its title and {curve label: logged key}, or None when off: how
+    much the LM reads its plan (the val loss rise on another sentence's plan), and the planner's label accuracy
+    beside always answering the majority label."""
+    if "val_plan_acc" not in records[-1]:
+        return None
+    curves = {"plan gain (nats): what another sentence's plan costs": "val_plan_gain",
+              "planner's label accuracy": "val_plan_acc"}
+    if "val_plan_majority_acc" in records[-1]:
+        curves["always the majority label"] = "val_plan_majority_acc"
+    return "planner (validation)", curves
 
 
 def initialise_plan(conditioner, data, s, init_checkpoint=None):

@@ -9,8 +9,7 @@ import json
 import os
 import textwrap
 
-import mod
-import planner
+import lm
 
 
 def read_log(out_dir):
@@ -22,24 +21,26 @@ def read_log(out_dir):
         return [json.loads(line) for line in f if line.endswith("\n")]
 
 
-def plot_log(out_dir, title=None, ngram_alpha=None):
+def plot_log(out_dir, title=None, settings=None):
     """Draw out_dir/log.jsonl into out_dir/loss.png, and return the Figure (a notebook shows it). The first panel
     has the training objective at every log_interval and the plain cross-entropy of each evaluation; then one panel
     per technique that is on, with its health figure over training and the evaluations where it degenerated
-    marked. title: the run's settings that differ from the defaults (default: the folder's name)."""
+    marked (each technique's plot_panel: lm.TECHNIQUES). title: the run's settings that differ from the defaults
+    (default: the folder's name); settings: the run's, or None when only its log is known."""
     records = read_log(out_dir)
     if not records:
         raise FileNotFoundError(f"no evaluations logged in {os.path.join(out_dir, 'log.jsonl')} yet: train first")
-    panels = [panel for panel in (ensemble_panel(records), planner_panel(records), ngram_panel(records, ngram_alpha))
-              if panel is not None]
+    panels = [(t, panel) for t in lm.TECHNIQUES if (panel := t.plot_panel(records, settings)) is not None]
     fig, axes = new_figure(1 + len(panels))
     steps = [pair for r in records for pair in r.get("train_losses", [])]
     if steps:
         axes[0].plot(*zip(*steps), lw=0.8, alpha=0.6, label="training objective (per step)")
     draw_curves(axes[0], {f"{split} CE (evaluations)": series(records, f"{split}_loss") for split in ("train", "val")},
                 "loss", "nats/token")
-    for ax, (panel_title, curves, degenerate) in zip(axes[1:], panels):
+    for ax, (technique, (panel_title, keys)) in zip(axes[1:], panels):
+        curves = {label: series(records, key) for label, key in keys.items()}
         draw_curves(ax, curves, panel_title, "")
+        degenerate = warned(records, technique.health_warning)
         if degenerate:  # marked on the panel's first curve
             marks = [(it, value) for it, value in zip(*next(iter(curves.values()))) if it in degenerate]
             ax.plot(*zip(*marks), "rx", ms=9, label="degenerate (the run warned)")
@@ -51,41 +52,9 @@ def plot_log(out_dir, title=None, ngram_alpha=None):
     return fig
 
 
-def ensemble_panel(records):
-    """The depth ensemble's mean routing weight per late layer (mod.py), or None when it is off."""
-    routes = sorted((k for k in records[-1] if k.startswith("val_route")), key=lambda k: int(k[len("val_route"):]))
-    if not routes:
-        return None
-    return ("depth ensemble: mean routing weight per late layer",
-            {f"layer {k[len('val_route'):]}": series(records, k) for k in routes},
-            warned(records, mod.health_warning))
-
-
-def planner_panel(records):
-    """How much the LM reads its plan (the val loss rise on another sentence's plan), and the planner's label accuracy
-    beside always answering the majority label (planner.py), or None when off."""
-    if "val_plan_acc" not in records[-1]:
-        return None
-    curves = {"plan gain (nats): what another sentence's plan costs": series(records, "val_plan_gain"),
-              "planner's label accuracy": series(records, "val_plan_acc")}
-    if "val_plan_majority_acc" in records[-1]:
-        curves["always the majority label"] = series(records, "val_plan_majority_acc")
-    return ("planner (validation)", curves, warned(records, planner.health_warning))
-
-
 def warned(records, health_warning):
     """The iterations whose record carries this technique's warning (Trainer.warn_degenerate put it there)."""
     return {r["iter"] for r in records if r.get("warnings") and health_warning(r) in r["warnings"]}
-
-
-def ngram_panel(records, alpha):
-    """The cross-entropy against the n-gram target beside the plain one, on the same train batches (ngram.py)."""
-    if "train_ngram_ce" not in records[-1]:
-        return None
-    weight = f" (weight alpha = {alpha})" if alpha is not None else ""
-    return (f"n-gram target{weight}: cross-entropy on train batches",
-            {"against the n-gram target": series(records, "train_ngram_ce"),
-             "against the observed token (plain CE)": series(records, "train_loss")}, set())
 
 
 def series(records, key):

@@ -9,16 +9,15 @@ import math
 
 from tqdm import tqdm
 
-import mod
-import planner
+import lm
 
 HEALTH_FROM = 0.2  # share of max_iters after which the techniques' health is judged
 
 
 class Reporter:
 
-    def __init__(self, s, n_layer):
-        self.s, self.n_layer, self.warned = s, n_layer, set()
+    def __init__(self, s):
+        self.s, self.warned = s, set()
         self.wandb = start_wandb(s) if s["wandb_log"] else None
 
     def evaluation(self, record):
@@ -26,7 +25,7 @@ class Reporter:
         record: the plot marks it); mirror the record to wandb."""
         lines = [f"iter {record['iter']}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}, "
                  f"val ppl {record['val_ppl']:.2f} (plain cross-entropy on {self.s['eval_iters']} fixed batches)"]
-        lines += [f"  {line}" for line in technique_lines(record, self.n_layer, self.s["ngram_alpha"])]
+        lines += [f"  {line}" for line in technique_lines(record, self.s)]
         tqdm.write("\n".join(lines))
         self.warn_degenerate(record)
         if self.wandb is not None:
@@ -37,8 +36,7 @@ class Reporter:
         still finding its layers or a planner still learning its labels in the first steps is not degenerate."""
         if record["iter"] < HEALTH_FROM * self.s["max_iters"]:
             return
-        warnings = {name: w for name, w in (("mod", mod.health_warning(record)),
-                                             ("planner", planner.health_warning(record))) if w}
+        warnings = {t.__name__: w for t in lm.TECHNIQUES if (w := t.health_warning(record))}
         if warnings:
             record["warnings"] = list(warnings.values())
         for name, warning in warnings.items():
@@ -51,34 +49,10 @@ class Reporter:
             self.wandb.finish()
 
 
-def technique_lines(record, n_layer, ngram_alpha):
-    """One line in words per technique whose statistics the record holds."""
-    lines = []
-    routes = sorted((int(k[len("val_route"):]), v) for k, v in record.items() if k.startswith("val_route"))
-    if routes:
-        weights = ", ".join(f"{w:.2f} on {layer_name(j, n_layer)}" for j, w in routes)
-        alone = ", ".join(f"{record[f'val_layer{j}_ce']:.4f}" for j, _ in routes)
-        lines.append(f"depth ensemble: routing weight {weights}; each layer alone {alone}, the mixture "
-                     f"{record['val_loss']:.4f}, a perfect per-token router {record['val_best_layer_ce']:.4f}")
-    if "val_plan_acc" in record:
-        lines.append(f"planner: the next sentence's label right {record['val_plan_acc']:.3f} of the time (always "
-                     f"answering the most frequent label: {record['val_plan_majority_acc']:.3f}); conditioned on "
-                     f"another sentence's plan the val loss rises by {record['val_plan_gain']:+.4f}"
-                     + ("; no better than the majority: the plan is now the planner's own code, not its labels"
-                        if planner.drifted_from_labels(record) else ""))
-    elif "val_plan_gain" in record:
-        lines.append(f"plan (true labels): conditioned on another sentence's plan the val loss rises by "
-                     f"{record['val_plan_gain']:+.4f}")
-    if "train_ngram_ce" in record:
-        lines.append(f"n-gram targets: on train batches, cross-entropy {record['train_ngram_ce']:.4f} against the "
-                     f"n-gram target and {record['train_loss']:.4f} against the observed token (the loss weighs the "
-                     f"first by ngram_alpha = {ngram_alpha})")
-    return lines
-
-
-def layer_name(j, n_layer):
-    """Block j (0-based) as a reader counts it: 'layer 3 of 4', the last one 'layer 4 of 4 (final)'."""
-    return f"layer {j + 1} of {n_layer}" + (" (final)" if j == n_layer - 1 else "")
+def technique_lines(record, s):
+    """One line in words per technique whose statistics the record holds (each technique's report_line); s: the
+    run's settings."""
+    return [line for t in lm.TECHNIQUES if (line := t.report_line(record, s))]
 
 
 def final_numbers(val_loss, eval_iters, score=None, plain=None):

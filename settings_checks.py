@@ -6,9 +6,7 @@ the fix, and all problems are reported at once.
 
 import os
 
-import mod
-import ngram
-import planner
+import lm
 from configurator import ConfigError
 from hf import GPT2_NAMES, is_hf_source
 
@@ -16,7 +14,7 @@ from hf import GPT2_NAMES, is_hf_source
 def check(s):
     problems = size_problems(s) + start_problems(s) + optimizer_problems(s) + system_problems(s)
     # Each technique checks its own settings, in its own file.
-    problems += ngram.settings_problems(s) + mod.settings_problems(s) + planner.settings_problems(s)
+    problems += lm.settings_problems(s)
     if problems:
         raise ConfigError("; ".join(problems))
 

@@ -25,8 +25,7 @@ from tqdm import tqdm
 
 import checkpoint as ckpt
 import devices
-import ngram
-import planner
+import lm
 import run_folder
 import run_report
 import settings_checks
@@ -36,7 +35,6 @@ from data.dataset import load_checked_tokens, load_meta
 from data.files import write_atomically
 from data.prepare import ensure_prepared
 from data.vocabulary import document_start, get_codec, vocabulary
-from data.sentences import PlanData
 from lm import LanguageModel, mean_stats
 from model import GPT, GPTConfig, configure_optimizers
 from plot import plot_log
@@ -190,14 +188,8 @@ class Trainer:
         self.meta = load_meta(self.data_dir)
         self.vocab = vocabulary(self.meta)
         self.tokens = load_checked_tokens(self.data_dir, self.meta, s["block_size"])
-        self.ngram_targets = self.plan_data = None
-        if s["ngram_mode"] != "off":
-            self.ngram_targets = self.rank_zero_first(lambda: ngram.load_targets(
-                s["ngram_mode"], self.data_dir, self.tokens["train"], s["ngram_n"], s["ngram_r"], s["seed"],
-                self.meta["eot_token"], s["ngram_memory_mb"], s["ngram_workers"]))
-        if s["plan_mode"] != "none":
-            self.plan_data = self.rank_zero_first(lambda: PlanData(self.data_dir, s["plan_k"], s["plan_embedder"],
-                                                                   s["plan_seed"]))
+        self.technique_data = lm.load_batch_data(s, self.data_dir, self.tokens["train"], self.meta["eot_token"],
+                                                 self.rank_zero_first)
 
     def get_batch(self, split, generator, n):
         """n random windows of block_size tokens from a split: inputs x, next tokens y and the techniques' extras."""
@@ -212,12 +204,7 @@ class Trainer:
         data = self.tokens[split]
         x = torch.from_numpy(np.stack([data[i:i + T] for i in ix.tolist()]).astype(np.int64))
         y = torch.from_numpy(np.stack([data[i + 1:i + 1 + T] for i in ix.tolist()]).astype(np.int64))
-        extra = {}
-        if split == "train" and self.ngram_targets is not None:  # validation is scored on the observed token only
-            ids, probs = self.ngram_targets(ix.numpy()[:, None] + np.arange(T))
-            extra["ngram_ids"], extra["ngram_probs"] = torch.from_numpy(ids), torch.from_numpy(probs)
-        if self.plan_data is not None:
-            extra.update(self.plan_data.batch(split, ix, T, self.s["plan_context"]))
+        extra = lm.batch_extra(self.technique_data, split, ix, T, self.s["plan_context"])
         return self.to_device(x), self.to_device(y), {k: self.to_device(v) for k, v in extra.items()}
 
     def to_device(self, t):
@@ -244,9 +231,9 @@ class Trainer:
         if tuned:  # the GPT's weights come from the checkpoint; the techniques' modules start fresh around them
             tuning.load_weights(gpt, start, self.meta, s["block_size"])
             self.model_args["block_size"] = s["block_size"]
-        self.model = LanguageModel(gpt, s).to(self.device)
-        if self.model.plan is not None and not self.resuming:
-            planner.initialise_plan(self.model.plan, self.plan_data, s, start)
+        self.model = LanguageModel.from_settings(gpt, s).to(self.device)
+        if not self.resuming:
+            lm.initialise_techniques(self.model, self.technique_data, s, start)
         if self.resuming:
             self.continue_from(start)
         self.n_trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -352,7 +339,7 @@ class Trainer:
     def start(self):
         if self.master:
             run_folder.start_log(self.s["out_dir"], self.resuming, self.iter_num, self.last_record)
-            self.reporter = run_report.Reporter(self.s, self.model_args["n_layer"])
+            self.reporter = run_report.Reporter(self.s)
             print(f"{self.tokens_per_iter:,} tokens per iteration on {self.world} process(es), device {self.device},"
                   f" {self.dtype}{', compiled' if self.compile else ''}")
         self.train_losses, self.tokens_per_sec = [], 0.0  # (iteration, objective) every log_interval since an eval
@@ -428,7 +415,7 @@ class Trainer:
         ckpt.save(os.path.join(s["out_dir"], "ckpt.pt"), ckpt.state(self, record))
         # The line follows the checkpoint, so the log never runs ahead of what a resume starts from.
         run_folder.append_log(s["out_dir"], record)
-        plot_log(s["out_dir"], run_folder.run_title(s, DEFAULTS), s["ngram_alpha"])
+        plot_log(s["out_dir"], run_folder.run_title(s, DEFAULTS), s)
 
     def log_record(self, lr):
         """This evaluation's line of log.jsonl: the losses, the techniques' statistics, speed and progress."""
@@ -471,7 +458,7 @@ class Trainer:
         self.model.eval()
         with self.autocast:
             out = self.model.generate(idx, self.s["sample_tokens"], temperature=0.8, top_k=200,
-                                      plan_data=self.plan_data, vocab=self.vocab)
+                                      plan_data=self.technique_data.get("plan"), vocab=self.vocab)
         print("-" * 40 + " sample " + "-" * 40)
         print(decode(out[0].tolist()))
 

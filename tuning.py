@@ -3,13 +3,13 @@ Tuning: a new run that starts from another run's GPT (`--init_from=path/to/ckpt.
 (`--init_from=gpt2`, or a save_pretrained folder: hf.py). The GPT's shape comes from the checkpoint, its weights are
 loaded (a LoRA run's adapters merged in), its context is cropped to this run's block_size, and a character model's
 token rows are moved onto the dataset's characters. The techniques' own modules start fresh around it, except a
-planner the checkpoint already has (planner.initialise_plan).
+planner the checkpoint already has (lm.initialise_techniques).
 """
 
 import torch
 
 import checkpoint as ckpt
-import mod
+import lm
 from configurator import ConfigError
 from hf import gpt2_checkpoint, is_hf_source
 
@@ -26,7 +26,7 @@ def load(s, meta, model_args, master=True):
     shape = {k: saved[k] for k in ckpt.MODEL_KEYS}
     if meta["tokenizer"] == "char":  # the dataset's characters; map_token_rows moves the learned rows
         shape["vocab_size"] = model_args["vocab_size"]
-    depth = mod.depth_problem(s["mod_k"], saved["n_layer"])
+    depth = lm.depth_problem(s, saved["n_layer"])
     if depth:
         raise ConfigError(f"{depth} (n_layer is the checkpoint's)")
     if master:

@@ -24,7 +24,7 @@ DEFAULTS = train.settings_from([train.PLAIN_CONFIG])
 def make_lm(seed=0, bias=False, **settings):
     torch.manual_seed(seed)
     gpt = GPT(GPTConfig(n_layer=L, n_head=2, n_embd=C, block_size=16, vocab_size=V, bias=bias))
-    return LanguageModel(gpt, {**DEFAULTS, **settings})
+    return LanguageModel.from_settings(gpt, {**DEFAULTS, **settings})
 
 
 def batch(seed=1):

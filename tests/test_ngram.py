@@ -233,8 +233,8 @@ def test_alpha_zero_gives_the_plain_loss_and_gradient():
     results = []
     for settings, batch_extra in (({}, {}), ({"ngram_mode": "compact", "ngram_alpha": 0.0}, extra)):
         torch.manual_seed(0)
-        model = LanguageModel(GPT(GPTConfig(block_size=16, vocab_size=VOCAB, n_layer=1, n_head=2, n_embd=16)),
-                              settings).train()
+        model = LanguageModel.from_settings(
+            GPT(GPTConfig(block_size=16, vocab_size=VOCAB, n_layer=1, n_head=2, n_embd=16)), settings).train()
         loss, _ = model(x, y, batch_extra)
         loss.backward()
         results.append((loss, [p.grad for p in model.parameters()]))

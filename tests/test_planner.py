@@ -55,7 +55,7 @@ def settings(mode, **overrides):
 def make_model(mode, data, vocab_size, **overrides):
     torch.manual_seed(0)
     gpt = GPT(GPTConfig(block_size=32, vocab_size=vocab_size, n_layer=3, n_head=2, n_embd=32))
-    model = LanguageModel(gpt, settings(mode, **overrides))
+    model = LanguageModel.from_settings(gpt, settings(mode, **overrides))
     if model.plan is not None:
         model.plan.initialise(data.centroids, data.labels["train"])
     return model
@@ -325,10 +325,10 @@ def test_the_health_warning_fires_when_the_lm_ignores_its_plan_not_when_the_plan
     drifted = {"iter": 250, "val_plan_acc": 0.17, "val_plan_majority_acc": 0.17, "val_plan_gain": 0.02,
                "val_loss": 1.8}
     assert health_warning(drifted) is None
-    assert "no better than the majority" in run_report.technique_lines(drifted, 4, 0.0)[0]
+    assert "no better than the majority" in run_report.technique_lines(drifted, {})[0]
     ignored = {**drifted, "val_plan_acc": 0.3, "val_plan_gain": 0.0005}
     assert "+0.0005 nats" in health_warning(ignored)
-    assert "no better" not in run_report.technique_lines(ignored, 4, 0.0)[0]
+    assert "no better" not in run_report.technique_lines(ignored, {})[0]
 
 
 def test_a_planner_that_gives_every_sentence_the_same_plan_has_no_plan_gain_and_is_warned_about(data):

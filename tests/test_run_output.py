@@ -39,12 +39,12 @@ def test_the_plot_has_a_panel_per_technique_that_is_on_with_its_health_figure_an
                           val_plan_gain=0.03, train_ngram_ce=3.5)
     records[2].update(val_route2=0.97, val_route3=0.03)  # collapsed onto layer 2 at the last evaluation
     records[1].update(val_plan_gain=0.0005)  # the LM ignores its plan at the middle one
-    reporter = run_report.Reporter({"max_iters": 20, "wandb_log": False}, n_layer=4)
+    reporter = run_report.Reporter({"max_iters": 20, "wandb_log": False})
     for record in records:
         reporter.warn_degenerate(record)
     (tmp_path / "log.jsonl").write_text("\n".join(map(json.dumps, records)) + "\n")
     settings = train.settings_from([f"--out_dir={tmp_path}", "--mod_k=3", "--n_layer=6", "--ngram_alpha=0.3"])
-    fig = plot_log(str(tmp_path), run_folder.run_title(settings, train.DEFAULTS), settings["ngram_alpha"])
+    fig = plot_log(str(tmp_path), run_folder.run_title(settings, train.DEFAULTS), settings)
     loss, ensemble, plan, ngram = fig.axes
     assert [ax.get_title() for ax in fig.axes] == [
         "loss", "depth ensemble: mean routing weight per late layer",

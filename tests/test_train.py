@@ -136,7 +136,7 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(corpus, t
 
 
 def test_a_degenerate_technique_warns_once_and_marks_the_record(capsys):
-    trainer = run_report.Reporter({"max_iters": 100, "wandb_log": False}, n_layer=4)
+    trainer = run_report.Reporter({"max_iters": 100, "wandb_log": False})
     collapsed = {"iter": 20, "val_route2": 0.97, "val_route3": 0.03, "val_plan_acc": 0.3,
                  "val_plan_majority_acc": 0.17, "val_plan_gain": 0.0001}
     early = {**collapsed, "iter": 10}  # the first fifth of the run: the techniques are still learning their jobs
