@@ -8,8 +8,8 @@ With every technique off, `LanguageModel` computes exactly what `GPT.forward` co
 Each technique is one file (ngram.py, mod.py, planner.py) that only this module imports, and only where it is
 there: delete one and the plain GPT still trains, evaluates, saves and samples (tests/test_standalone.py). The rest
 of the repository finds the techniques in TECHNIQUES, never the other way round: each offers settings_problems(s)
-to settings_checks.py, health_warning(record) and report_line(record, s) to run_report.py, and plot_panel(records,
-s) to plot.py.
+to training/settings_checks.py, health_warning(record) and report_line(record, s) to training/run_report.py, and
+plot_panel(records, s) to training/plot.py.
 """
 
 import importlib
@@ -22,9 +22,9 @@ from torch.nn import functional as F
 
 from configurator import ConfigError
 from data.sentences import PlanData
-from lora import LoRA
 from model import GPT, GPTConfig
-from replanner import Replanner
+from training.lora import LoRA
+from training.replanner import Replanner
 
 
 def optional(name):
@@ -63,8 +63,8 @@ def settings_problems(s):
 
 
 def depth_problem(s, n_layer):
-    """What is wrong with the settings for a GPT of n_layer blocks, or None: tuning.py asks it of a checkpoint's
-    depth, which the settings checks cannot know."""
+    """What is wrong with the settings for a GPT of n_layer blocks, or None: training/tuning.py asks it of a
+    checkpoint's depth, which the settings checks cannot know."""
     return mod.depth_problem(s["mod_k"], n_layer) if mod is not None else None
 
 
@@ -108,8 +108,8 @@ class LanguageModel(nn.Module):
         """Next-token logits (B, T, V) for inputs x with the techniques that are on, and what they computed on the
         way: 'hidden' (every block's output), 'weights' and 'normed' (the ensemble's routing weights and normalised
         late states, or None), 'plan_loss' and 'plan_stats' (the planner's). Training, evaluation, scoring, sampling
-        and explain.py all read the model through here. plan_mode conditions this call on another plan (explain.py's
-        uniform plan) without changing the model."""
+        and tools/explain.py all read the model through here. plan_mode conditions this call on another plan
+        (tools/explain.py's uniform plan) without changing the model."""
         attn_add, plan_loss, plan_stats = self.plan(extra, plan_mode) if self.plan is not None else (None, None, {})
         hidden = self.gpt.body(x, attn_add)
         weights = normed = None
@@ -153,7 +153,7 @@ class LanguageModel(nn.Module):
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, plan_data=None, vocab=None):
         """Sample with the techniques in the loop: the ensemble's mixed logits, and the planner's plan of each
-        sentence, re-planned from the text as it is written (replanner.py: it needs the run's PlanData and
+        sentence, re-planned from the text as it is written (training/replanner.py: it needs the run's PlanData and
         vocabulary)."""
         logits_fn = (lambda hidden: self.mod(hidden, self.gpt)[0]) if self.mod is not None else None
         attn_add_fn = Replanner(self.plan, plan_data, vocab) if self.plan is not None else None
@@ -164,7 +164,7 @@ class LanguageModel(nn.Module):
 @torch.no_grad()
 def mean_stats(model, batches, autocast=nullcontext()):
     """Mean of every scalar the model reports over batches of (x, y, extra), each weighted by its number of
-    windows, in eval mode: what train.py's evaluations, its score and explain.py's tables report."""
+    windows, in eval mode: what train.py's evaluations, its score and tools/explain.py's tables report."""
     model.eval()
     sums, windows = {}, 0
     for x, y, extra in batches:

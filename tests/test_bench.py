@@ -1,5 +1,5 @@
-"""bench.py's parts that run on a CPU: its one-line errors, the alternating timing helper, the fresh-process build of
-the scale benchmark, and the GPU check's refusal without CUDA, its table, the checks that can run on a CPU, and that
+"""tools/bench.py's parts that run on a CPU: its one-line errors, the alternating timing helper, the fresh-process build
+of the scale benchmark, and the GPU check's refusal without CUDA, its table, the checks that can run on a CPU, and that
 each check can fail."""
 
 import functools
@@ -14,25 +14,24 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-import bench
-import bench_gpu
-import bench_scale
 from data.write import write_dataset
 from model import CausalSelfAttention, KVCache
+from tools import bench, bench_gpu, bench_scale
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")  # no GPU, even on a machine with one
 
 
 def run_bench(*args):
-    return subprocess.run([sys.executable, "bench.py", *args], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "tools.bench", *args], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True)
 
 
 def test_bench_gpu_without_cuda_says_so_in_one_line_and_succeeds():
     result = run_bench("--gpu")
     assert result.returncode == 0
-    assert result.stdout.splitlines() == ["no CUDA GPU on this machine: `python bench.py --gpu` checks the CUDA paths "
-                                          "and needs one; nothing run"]
+    assert result.stdout.splitlines() == ["no CUDA GPU on this machine: `python -m tools.bench --gpu` checks the CUDA "
+                                          "paths and needs one; nothing run"]
 
 
 @pytest.mark.parametrize("arg, message", [("--bogus", "error: expected --key=value, got '--bogus'"),
@@ -65,7 +64,7 @@ def test_the_scale_build_runs_in_a_fresh_process_without_torch(tmp_path):
     tokens = np.random.default_rng(0).integers(0, 1000, 300_000).astype(np.uint16)
     tokens[::500] = bench_scale.GPT2_EOT
     tokens.tofile(tmp_path / "train.bin")
-    result, peaks = bench_scale.run_measured("bench_scale.build_at_scale", str(tmp_path), 500, 1)
+    result, peaks = bench_scale.run_measured("tools.bench_scale.build_at_scale", str(tmp_path), 500, 1)
     assert result["partitions"] == 1 and 0 < result["contexts"] <= len(tokens)
     assert (tmp_path / "ngram_n3_r8_seed0" / "top_ids.npy").is_file()
     assert 0 < peaks["pss"] < 150 * 2**20  # importing torch alone takes about 210 MB

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import train
-from plot import read_log
 from data.write import write_dataset
-import checkpoint as ckpt
 from lm import load_language_model
-from replanner import plan_data_of
+from training import checkpoint as ckpt
+from training.plot import read_log
+from training.replanner import plan_data_of
 
 TINY = [train.PLAIN_CONFIG, "--n_layer=3", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
         "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--log_interval=1", "--compile=False",

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import pretrain_planner
 import train
 from configurator import read_config_file
 from data.write import write_dataset
+from tools import pretrain_planner
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "config").rglob("*.py"))
@@ -70,7 +70,7 @@ def run_train(config, corpora, out_dir):
 @pytest.mark.parametrize("config", CONFIGS)
 def test_every_config_starts(config, corpora, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # the paths the first lines name are relative to the repository
-    if "python pretrain_planner.py" in (ROOT / config).read_text().splitlines()[0]:
+    if "python -m tools.pretrain_planner" in (ROOT / config).read_text().splitlines()[0]:
         pretrain_planner.main([config, tiny_dataset([config], corpora), f"--out_dir={tmp_path}", "--max_iters=1",
                                "--eval_interval=1"])
         assert (tmp_path / "planner.pt").is_file()

@@ -1,4 +1,4 @@
-"""The lines that differ on a GPU (devices.py and train.py's set-up), held to torch's own contract on a machine
+"""The lines that differ on a GPU (training/devices.py and train.py's set-up), held to torch's own contract on a machine
 without one: conftest.py's fake_gpu reports a chosen GPU while torch's Python functions run their real checks."""
 
 import datetime
@@ -10,9 +10,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import devices
 import train
 from model import GPT, GPTConfig, estimate_mfu
+from training import devices
 
 pytestmark = pytest.mark.picks_device  # device='auto' on a fake GPU is what these tests are about
 

@@ -12,7 +12,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
-COMMAND_PATH = re.compile(r"python3? ([\w./-]+\.py)|(config/[\w./-]+\.py)")
+COMMAND_PATH = re.compile(r"python3? ([\w./-]+\.py)|python3? -m (tools(?:\.[a-z_]+)+)|(config/[\w./-]+\.py)")
 
 
 def prose(text):
@@ -56,8 +56,9 @@ def test_every_relative_link_and_image_resolves(page):
 
 
 def test_every_script_and_config_the_readme_names_exists():
-    named = {a or b for a, b in COMMAND_PATH.findall((ROOT / "README.md").read_text(encoding="utf-8"))}
-    assert {"train.py", "sample.py", "explain.py", "config/plain.py"} <= named
+    found = COMMAND_PATH.findall((ROOT / "README.md").read_text(encoding="utf-8"))
+    named = {script or config or module.replace(".", "/") + ".py" for script, module, config in found}
+    assert {"train.py", "sample.py", "tools/explain.py", "config/plain.py"} <= named
     assert sorted(path for path in named if not (ROOT / path).is_file()) == []
 
 

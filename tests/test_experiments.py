@@ -8,8 +8,8 @@ import os
 import pytest
 
 import train
-from experiments.common import ROOT, paired_columns, verdict
 from model import GPTConfig
+from tools.experiments.common import ROOT, paired_columns, verdict
 
 FILE_SETTINGS = ("--init_from=", "--plan_init_planner=")  # files earlier arms would have written
 
@@ -27,7 +27,7 @@ def test_every_arm_is_a_run_train_py_accepts(name, suite, tmp_path, monkeypatch)
     monkeypatch.chdir(ROOT)  # the scripts name some config files relative to the repository, as train_arm's cwd
     stand_in = tmp_path / "ckpt.pt"
     stand_in.touch()
-    experiment = importlib.import_module(f"experiments.{name}")
+    experiment = importlib.import_module(f"tools.experiments.{name}")
     arms = []
 
     def check_arm(out_dir, args, max_iters, seed=1337, score=True):

@@ -1,4 +1,4 @@
-"""explain.py on tiny models trained here: each section appears exactly when its technique is on and the summary
+"""tools/explain.py on tiny models trained here: each section appears exactly when its technique is on and the summary
 says in a sentence what each did, the page needs nothing from the network, the loss it reports is the whole
 validation split's, the routing weights it shades with are the ones the model computes, every sentence of the
 planner is shown whole, and the n-gram examples are where the compact target differs from the exact one."""
@@ -12,16 +12,15 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-import explain
 import ngram
 import train
 from data.dataset import load_tokens
-from data.write import write_dataset
-import checkpoint as ckpt
-from experiments.combined import RESULTS
-from lm import load_language_model
 from data.sentences import PlanData
+from data.write import write_dataset
+from lm import load_language_model
 from test_combined import ALL, TECHNIQUES, TINY, documents
+from tools import explain
+from training import checkpoint as ckpt, run_report
 
 SECTIONS = {"ngram": "ngram", "mod": "ensemble", "planner": "planner"}
 NAMES = {"ngram": "the n-gram targets", "mod": "the depth ensemble", "planner": "the planner"}
@@ -89,11 +88,11 @@ def test_the_summary_loss_is_the_whole_validation_splits_read_from_score_json_wh
     assert "validation loss: 9.8765 nats per token" in summary()  # the checkpoint's own score is read, not redone
     (out_dir / "score.json").write_text(json.dumps({**score, "val_loss": 9.8765, "iter": score["iter"] - 1}))
     again = summary()
-    assert f"validation loss: {score['val_loss']:.4f}" in again and "scored now by explain.py" in again
+    assert f"validation loss: {score['val_loss']:.4f}" in again and "scored now by tools/explain.py" in again
 
 
 def test_the_stored_plain_gpt_is_named_as_such_with_how_this_run_differs_from_it():
-    plain = json.loads(open(RESULTS).read())["plain"]
+    plain = json.loads(open(run_report.PLAIN_RESULTS).read())["plain"]
     main_job = explain.plain_comparison(dict(train.DEFAULTS))
     assert f"perplexity {plain['val_ppl']:.2f}" in main_job and "not this run" in main_job
     assert "not like for like" not in main_job

@@ -13,13 +13,12 @@ import time
 import pytest
 import torch
 
-import devices
 import sample
 import train
-from plot import read_log
 from configurator import ConfigError
-import checkpoint as ckpt
 from test_train import TINY, comparable, run
+from training import checkpoint as ckpt, devices
+from training.plot import read_log
 
 ROOT = os.path.dirname(os.path.abspath(train.__file__))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread in every process, so their floats agree bit for bit

@@ -1,6 +1,6 @@
 """model.py is GPT-2 number for number: against transformers' GPT2LMHeadModel on random weights, through tuning a
-save_pretrained folder with train.py, and through hf.py's export back. Every model is random and made here; nothing
-is downloaded (the gpt2 names are only tested for their offline message)."""
+save_pretrained folder with train.py, and through tools/export_gpt2.py back. Every model is random and made here;
+nothing is downloaded (the gpt2 names are only tested for their offline message)."""
 
 import os
 import subprocess
@@ -10,18 +10,20 @@ import pytest
 import torch
 import transformers
 
-import hf
 import train
-from plot import read_log
 from configurator import ConfigError
 from data.vocabulary import gpt2_encoding
 from data.write import write_dataset
 from model import GPT, GPTConfig
+from tools import export_gpt2
+from training import hf
+from training.plot import read_log
 
 transformers.logging.set_verbosity_error()
 
 TINY = [train.PLAIN_CONFIG, "--device=cpu", "--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16",
-        "--batch_size=4", "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--log_interval=1", "--compile=False"]
+        "--batch_size=4", "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--log_interval=1",
+        "--compile=False"]
 
 
 def random_gpt2(vocab_size=101, std=None, **shape):
@@ -75,7 +77,8 @@ def test_tuning_a_save_pretrained_folder_starts_from_its_weights_and_exports_bac
     with torch.no_grad():
         expected = original(idx).logits
         torch.testing.assert_close(gpt(idx)[0], expected, atol=1e-5, rtol=0)
-        exported = transformers.GPT2LMHeadModel.from_pretrained(hf.main([f"--out_dir={tmp_path / 'tune'}"])).eval()
+        folder = export_gpt2.main([f"--out_dir={tmp_path / 'tune'}"])
+        exported = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
         torch.testing.assert_close(exported(idx).logits, expected, atol=1e-5, rtol=0)
     run(bpe_corpus, tmp_path / "tuned", f"--init_from={tmp_path / 'hf_in'}", "--max_iters=6", "--eval_interval=6")
     losses = [r["val_loss"] for r in read_log(tmp_path / "tuned")]
@@ -87,7 +90,7 @@ def test_export_of_a_plain_run_cuts_the_padded_vocabulary_and_fills_zero_biases(
     assert trainer.model.gpt.config.vocab_size == 50304
     (tmp_path / "hf.tmp").mkdir()  # what an earlier export that died half-way left
     (tmp_path / "hf.tmp" / "junk.bin").write_bytes(b"not part of the export")
-    exported = transformers.GPT2LMHeadModel.from_pretrained(hf.main([f"--out_dir={tmp_path}",
+    exported = transformers.GPT2LMHeadModel.from_pretrained(export_gpt2.main([f"--out_dir={tmp_path}",
                                                                      f"--to={tmp_path / 'hf'}"])).eval()
     assert exported.config.vocab_size == 50257 and exported.config.n_positions == 16
     idx = torch.randint(0, 50257, (2, 16))
@@ -99,17 +102,17 @@ def test_export_of_a_plain_run_cuts_the_padded_vocabulary_and_fills_zero_biases(
     assert tokenizer.encode(text) == gpt2_encoding().encode(text, allowed_special="all")
     assert not (tmp_path / "hf" / "junk.bin").exists()
     with pytest.raises(ConfigError, match="exists: remove it or pass another --to"):
-        hf.main([f"--out_dir={tmp_path}", f"--to={tmp_path / 'hf'}"])
+        export_gpt2.main([f"--out_dir={tmp_path}", f"--to={tmp_path / 'hf'}"])
 
 
 def test_export_refuses_a_model_with_techniques_and_a_char_vocabulary(bpe_corpus, tmp_path):
     run(bpe_corpus, tmp_path / "mod", "--max_iters=0", "--mod_k=2")
     with pytest.raises(ConfigError, match="trained with mod.*only the plain GPT is a GPT-2"):
-        hf.main([f"--out_dir={tmp_path / 'mod'}"])
+        export_gpt2.main([f"--out_dir={tmp_path / 'mod'}"])
     write_dataset(tmp_path / "chars", {"train": ["abcdefgh" * 20], "val": ["hgfedcba" * 20]}, "char", "c", "test")
     run(str(tmp_path / "chars"), tmp_path / "char", "--max_iters=0")
     with pytest.raises(ConfigError, match="'char' tokenizer.*GPT-2 BPE dataset"):
-        hf.main([f"--out_dir={tmp_path / 'char'}"])
+        export_gpt2.main([f"--out_dir={tmp_path / 'char'}"])
     assert not os.path.exists(tmp_path / "mod" / "hf") and not os.path.exists(tmp_path / "char" / "hf")
 
 

@@ -7,15 +7,14 @@ import torch
 from torch.nn import functional as F
 
 import mod
-import settings_checks
 import train
-from plot import read_log
 from configurator import ConfigError
 from data.write import write_dataset
-import checkpoint as ckpt
 from lm import LanguageModel, load_language_model
-from lora import merge_lora
 from model import GPT, GPTConfig, configure_optimizers
+from training import checkpoint as ckpt, settings_checks
+from training.lora import merge_lora
+from training.plot import read_log
 
 V, C, L, B, T = 40, 16, 4, 3, 10
 DEFAULTS = train.settings_from([train.PLAIN_CONFIG])

@@ -12,14 +12,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configurator import ConfigError
 from data.dataset import load_docs, load_meta, load_texts, load_tokens
-from data.write import write_dataset
 from data.sentences import PlanData, sentence_breaks, sentence_starts
+from data.write import write_dataset
 from lm import LanguageModel
 from model import GPT, GPTConfig
-from plot import read_log
 from planner import SHUFFLED, Planner, health_warning, initialise_plan
-from replanner import Replanner
-import run_report
+from training import run_report
+from training.plot import read_log
+from training.replanner import Replanner
 
 K, M = 4, 3
 
@@ -370,7 +370,7 @@ def test_a_compiled_planner_model_has_no_graph_break_and_few_recompiles(data):
 
 # --- the stages through train.py ------------------------------------------------------------------------------
 def test_the_stages_chain_through_train_py(data, tmp_path):
-    import pretrain_planner
+    from tools import pretrain_planner
     import train
     _, path = data
     tiny = [train.PLAIN_CONFIG, "--n_layer=3", "--n_head=2", "--n_embd=16", "--block_size=32", "--batch_size=4",
@@ -404,7 +404,7 @@ def test_the_stages_chain_through_train_py(data, tmp_path):
     ({"plan_mode": "soft", "plan_lambda": 0.0}, "untrained planner .the run starts from scratch"),
 ])
 def test_bad_planner_settings_are_refused_with_a_message_naming_them(override, message):
-    import settings_checks
+    from training import settings_checks
     import train
     with pytest.raises(ConfigError, match=message):
         settings_checks.check({**train.settings_from([train.PLAIN_CONFIG]), **override})

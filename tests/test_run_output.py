@@ -11,11 +11,10 @@ import matplotlib
 import pytest
 import wandb
 
-import run_folder
 import sample
-import run_report
 import train
-from plot import plot_log, read_log
+from training import run_folder, run_report
+from training.plot import plot_log, read_log
 
 TINY = [train.PLAIN_CONFIG, "--device=cpu", "--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16",
         "--batch_size=4", "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--compile=False"]
@@ -109,7 +108,7 @@ def test_the_run_ends_with_commands_that_sample_from_it_and_resume_it(corpus, tm
 
 
 def test_the_main_job_reads_the_plain_gpts_perplexity_from_the_results_the_experiment_wrote(tmp_path, monkeypatch):
-    import experiments.combined as combined
+    import tools.experiments.combined as combined
     monkeypatch.setattr(combined, "train_arm", lambda out_dir, args, max_iters, seed: [
         {"iter": max_iters, "val_loss": 2.0, "val_ppl": 7.0, "trainable_params": 1, "elapsed_s": 1.0}])
     spread = {"seed1337": -0.01, "seed1338": 0.0, "seed1339": 0.01}
@@ -120,12 +119,12 @@ def test_the_main_job_reads_the_plain_gpts_perplexity_from_the_results_the_exper
 
     monkeypatch.setattr(combined, "read_score", read_score)
     path = tmp_path / "combined.json"
-    assert "run `python experiments/run.py --suite small --only combined`" in combined.plain_result(str(path))
+    assert "run `python -m tools.experiments.run --suite small --only combined`" in run_report.plain_result(str(path))
     combined.run("small", str(tmp_path))
-    assert combined.plain_result(str(path)).startswith(
+    assert run_report.plain_result(str(path)).startswith(
         "the plain GPT on the same settings: perplexity 6.25, the mean over 3 seeds stored in")
     line = run_report.final_numbers(1.9, 20, {"val_loss": math.log(6.5), "val_tokens": 111_488},
-                                    combined.plain_result(str(path)))
+                                    run_report.plain_result(str(path)))
     assert line.startswith("final: val loss 1.9000 on the curve's 20 fixed batches; 1.8718 on 111,488 tokens of the "
                            "validation split, perplexity 6.50; the plain GPT on the same settings: perplexity 6.25")
     assert line.endswith("not this run")

@@ -2,10 +2,10 @@
 
 import pytest
 
-import hf
 import sample
 import train
 from data.write import write_dataset
+from tools import export_gpt2
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_sampling_before_training_names_the_setting_sample_takes(tmp_path):
 
 
 @pytest.mark.parametrize("main, line", [(train.main, "--max_iters=3000"), (sample.main, "--num_samples=3"),
-                                        (hf.main, "--out_dir='out'")])
+                                        (export_gpt2.main, "--out_dir='out'")])
 def test_help_prints_the_settings_with_their_defaults(main, line, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--help"])

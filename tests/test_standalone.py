@@ -12,7 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 TECHNIQUES = {"ngram": "--ngram_mode=compact", "mod": "--mod_k=2", "planner": "--plan_mode=soft"}
 # Tools made for one technique, which import it by name: they go when it goes.
-TOOLS = {"bench.py": {"ngram"}, "pretrain_planner.py": {"planner"}, "experiments/planner_frozen.py": {"planner"}}
+TOOLS = {"tools/bench.py": {"ngram"}, "tools/pretrain_planner.py": {"planner"},
+         "tools/experiments/planner_frozen.py": {"planner"}}
 
 WITHOUT = """
 import sys

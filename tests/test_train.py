@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-import run_report
 import train
-from plot import read_log
 from configurator import ConfigError
-import checkpoint as ckpt
 from lm import load_language_model
+from training import checkpoint as ckpt, run_report
+from training.plot import read_log
 
 TINY = [train.PLAIN_CONFIG, "--device=cpu", "--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16",
-        "--batch_size=4", "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--log_interval=1", "--compile=False"]
+        "--batch_size=4", "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--log_interval=1",
+        "--compile=False"]
 
 
 def run(corpus, out_dir, *args):

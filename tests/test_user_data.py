@@ -11,14 +11,15 @@ import torch
 import sample
 import train
 from configurator import ConfigError
-import checkpoint as ckpt
 from data import prepare
 from data.dataset import TEXT_CACHE, load_checked_tokens, load_meta, load_texts
 from data.prepare import ensure_prepared
 from data.write import split_by_hash, write_dataset
+from training import checkpoint as ckpt
 
 TINY = [train.PLAIN_CONFIG, "--device=cpu", "--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16",
-        "--batch_size=4", "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--log_interval=1", "--compile=False"]
+        "--batch_size=4", "--eval_iters=2", "--warmup_iters=2", "--sample_tokens=0", "--log_interval=1",
+        "--compile=False"]
 FOX = "the quick brown fox jumps over the lazy dog. " * 200
 
 

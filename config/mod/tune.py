@@ -9,5 +9,5 @@ max_iters = 200
 warmup_iters = 20
 min_lr = 1e-4
 eval_interval = 50
-eval_iters = 5  # the curves only; the table scores every arm on 120k validation tokens (experiments/mod.py)
+eval_iters = 5  # the curves only; the table scores every arm on 120k validation tokens (tools/experiments/mod.py)
 sample_tokens = 0

@@ -1,4 +1,4 @@
-# after config/plain.py: the n-gram experiment on shakespeare_char (experiments/ngram.py), a small character
+# after config/plain.py: the n-gram experiment on shakespeare_char (tools/experiments/ngram.py), a small character
 # model, then one arm file.
 # python train.py config/plain.py config/ngram/shakespeare_char.py config/ngram/compact.py
 dataset = "shakespeare_char"

@@ -1,4 +1,4 @@
-# after config/plain.py: the n-gram experiment on wiki (experiments/ngram.py), GPT-2 tokens, where the 50k-token
+# after config/plain.py: the n-gram experiment on wiki (tools/experiments/ngram.py), GPT-2 tokens, where the 50k-token
 # head dominates the cost.
 # python train.py config/plain.py config/ngram/wiki.py config/ngram/compact.py
 dataset = "wiki"

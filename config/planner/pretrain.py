@@ -1,4 +1,4 @@
-# Not train.py's: python pretrain_planner.py config/planner/pretrain.py, stage 2, the planner on the wiki labels.
+# Not train.py's: python -m tools.pretrain_planner config/planner/pretrain.py, stage 2, the planner on the wiki labels.
 dataset = "wiki"
 plan_k = 64
 plan_context = 8

@@ -1,6 +1,6 @@
 # after config/plain.py config/planner/small.py --plan_mode=oracle, tuning a run of config/planner/small.py:
 # stages 3 and 4 (gpu.py for small.py in both places; 'hard', 'st' and 'soft' also take a pre-trained planner,
-# experiments/planner_frozen.py). The base LM is frozen, as the paper freezes its pretrained GPT-2; only the
+# tools/experiments/planner_frozen.py). The base LM is frozen, as the paper freezes its pretrained GPT-2; only the
 # codebooks, projections and (in 'st' and 'soft') the planner train.
 base = "frozen"
 # The authors' recipe (their code: torch Adam, defaults): Adam at 1e-4, constant, no warmup, no weight decay,

@@ -1,6 +1,6 @@
 """
-`python bench.py --gpu`: every CUDA path of this repository checked on one GPU, each check under its own time limit
-and all of them under 8 minutes on an H100 or H200, compilation included. It prints one line per check as it ends,
+`python -m tools.bench --gpu`: every CUDA path of this repository checked on one GPU, each check under its own time
+limit and all of them under 8 minutes on an H100 or H200, compilation included. It prints one line per check as it ends,
 and writes it to out-bench-gpu/table.txt, each ending in ok, FAILED (with the reason) or not run:
 
   - GPT-2 small's shape (12 layers, 768 wide, block 1024; random weights, nothing is downloaded) on wiki with
@@ -23,7 +23,7 @@ rest are not run. A check's own output (training logs, compiler messages) goes t
 Nothing here needs the internet once the datasets and their caches (n-gram targets, sentence labels) are prepared;
 otherwise the checks time their building. One command, on any machine with PyPI (a CPU will do), prepares all of
 it and lists the folders to copy, at the same paths, into the GPU machine's checkout:
-    python bench.py --gpu_prepare
+    python -m tools.bench --gpu_prepare
 The GPU machine needs torch with CUDA and requirements.txt's packages installed, and nothing else.
 """
 
@@ -42,11 +42,11 @@ import torch
 from torch._dynamo.utils import counters
 from torch.autograd import DeviceType
 
-import bench
 import train
 from data.vocabulary import document_start, get_codec
-from devices import pick_precision
 from model import GPT, GPTConfig, estimate_mfu, peak_flops
+from tools import bench
+from training.devices import pick_precision
 
 OUT = "out-bench-gpu"  # git-ignored (out*/): the table, each check's log, the main-job and resume checks' runs
 GPT2_SHAPE = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024)  # GPT-2 small (124M)
@@ -63,7 +63,8 @@ BF16_PRECISION = 2**-8  # bfloat16's unit roundoff: 8 significant bits
 # SDPA's fused kernels on CUDA (FlashAttention, memory-efficient/fmha, cuDNN) and its fused CPU operator; the
 # readable attention and SDPA's math fallback run matmuls and a softmax, none of which is named so.
 FUSED_ATTENTION = re.compile(r"flash|efficient|fmha|sdpa|cudnn", re.IGNORECASE)
-COMBINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "combined.json")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
+COMBINED = os.path.join(ROOT, "results", "combined.json")
 
 
 class CheckFailed(Exception):
@@ -83,7 +84,8 @@ def main(only=""):
     """Run the checks whose name contains `only` on the GPU and print their table; 1 if one FAILED or the whole
     took more than BUDGET_S, else 0."""
     if not torch.cuda.is_available():
-        print("no CUDA GPU on this machine: `python bench.py --gpu` checks the CUDA paths and needs one; nothing run")
+        print("no CUDA GPU on this machine: `python -m tools.bench --gpu` checks the CUDA paths and needs one; "
+              "nothing run")
         return 0
     print(describe_gpu())
     # One process compiles about ten models here (train.py compiles one): past dynamo's default of 8 compilations
@@ -191,13 +193,14 @@ def compiled(run):
     during it (a graph Dynamo gave up on, or handed to another backend, runs uncompiled) with no graph break."""
     counters.clear()
     result = run()
+    # A graph break first: the most specific reason, and one that also leaves frames uncompiled
+    breaks = [reason.splitlines()[0] for reason in counters["graph_break"]]
+    expect(not breaks, f"torch.compile: {len(breaks)} graph break(s), the first: {breaks[:1]}")
     graphs, by_inductor = counters["stats"]["unique_graphs"], counters["aot_autograd"]["ok"]
     expect(graphs > 0 and by_inductor == graphs, f"torch.compile: Inductor compiled {by_inductor} of the {graphs} "
                                                  f"graph(s) Dynamo captured")
     expect(counters["frames"]["ok"] == counters["frames"]["total"],
            f"torch.compile: {counters['frames']['total'] - counters['frames']['ok']} frame(s) ran uncompiled")
-    breaks = [reason.splitlines()[0] for reason in counters["graph_break"]]
-    expect(not breaks, f"torch.compile: {len(breaks)} graph break(s), the first: {breaks[:1]}")
     return result
 
 
@@ -263,14 +266,14 @@ def check_main_job(device):
 
 def cpu_main_job_loss(seed):
     """The validation loss of the main job's CPU run with this seed, and the sd of that loss across the stored
-    seeds, from experiments/combined.py's results."""
+    seeds, from tools/experiments/combined.py's results."""
     with open(COMBINED) as f:
         arms = json.load(f)
     for arm, result in arms.items():
         if arm.startswith("all three") and str(seed) in result["seeds"]:
             return result["seeds"][str(seed)], statistics.stdev(result["seeds"].values())
     raise CheckFailed(f"{COMBINED} has no 'all three' run of seed {seed}: run "
-                      f"`python experiments/run.py --suite small --only combined` on a CPU first")
+                      f"`python -m tools.experiments.run --suite small --only combined` on a CPU first")
 
 
 def check_float16(device, steps=100):
@@ -364,7 +367,7 @@ def check_sampling(device):
             for use_cache in (True, False):
                 torch.manual_seed(0)
                 texts.append(trainer.model.generate(prompt, new_tokens, TEMPERATURE, use_cache=use_cache,
-                                                    plan_data=trainer.plan_data, vocab=trainer.vocab))
+                                                    plan_data=trainer.technique_data.get("plan"), vocab=trainer.vocab))
             parted = (texts[0] != texts[1]).any(0).nonzero()
             expect(len(parted) == 0, f"{name}: with the KV cache the texts part from those without at token "
                                      f"{parted[0].item() - prompt.size(1) if len(parted) else 0} of {new_tokens}")
@@ -383,7 +386,7 @@ def prepare():
     """Build (a CPU will do) every dataset and cache the checks read, and list the folders an offline GPU machine
     needs copied into its checkout; 0, the exit status."""
     folders = {make_trainer("cpu", *args).data_dir for args in PREPARE}
-    tokenizer = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "_tokenizer")  # GPT-2's BPE files
+    tokenizer = os.path.join(ROOT, "data", "_tokenizer")  # GPT-2's BPE files
     folders |= {tokenizer} if os.path.isdir(tokenizer) else set()
     print("copy these folders, at the same paths, into the GPU machine's checkout:")
     for folder in sorted(map(str, folders)):

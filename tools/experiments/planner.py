@@ -3,7 +3,7 @@ The planner where a plan can be seen to help: the main job's settings (shakespea
 steps, LM and planner trained together from the start), over paired seeds. Every arm is scored against the
 ceiling of its labels, 'oracle' (the true label of the sentence being written: what a perfect planner would give).
 
-    python experiments/planner.py [small|gpu]      # results/planner{,_gpu}.md and .png
+    python -m tools.experiments.planner [small|gpu]      # results/planner{,_gpu}.md and .png
 
 1. The papers' comparison: none (the plain GPT), uniform (the mean label embedding: the adapters without a plan),
    hard (paper 1: the planner's argmax; only its own cross-entropy trains it), st (straight-through), soft (paper 2:
@@ -11,17 +11,16 @@ ceiling of its labels, 'oracle' (the true label of the sentence being written: w
    labels (plan_lambda = 1), as the main job does: a planner trained from scratch needs it.
 2. From a pre-trained planner: the papers' LM-loss-only training (plan_lambda = 0), the setting in which a planner
    drifts off its labels, and the same start with its labels' loss kept, each judged by its share of the oracle.
-'none' and 'soft' are the main job's 'plain' and 'planner alone' arms (experiments/combined.py): same folders.
+'none' and 'soft' are the main job's 'plain' and 'planner alone' arms (tools/experiments/combined.py): same folders.
 """
 
 import os
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments.common import (MAIN_JOB_ITERS, ROOT, SEEDS, VERDICT_NOTE, main_job_dir, markdown_table, mean_sd,
-                                paired_columns, per_seed, plot_gains, read_log, read_score, share_of_ceiling,
-                                train_arm, verdict)
+from tools.experiments.common import (MAIN_JOB_ITERS, ROOT, SEEDS, VERDICT_NOTE, main_job_dir, markdown_table, mean_sd,
+                                      paired_columns, per_seed, plot_gains, read_log, read_score, share_of_ceiling,
+                                      train_arm, verdict)
 
 SUITES = {
     "small": dict(args=[], max_iters=MAIN_JOB_ITERS, planner_iters=2000),
@@ -38,7 +37,7 @@ ARMS = {  # arm -> (flags, what position t is conditioned on)
     "soft": (["--plan_mode=soft", *PLANNER], "the planner's label distribution (paper 2)"),
     "oracle": (["--plan_mode=oracle"], "the true label of the sentence being written (the ceiling)"),
 }
-SHARED = {"none": "plain", "soft": "planner alone"}  # arms that are the main job's (experiments/combined.py)
+SHARED = {"none": "plain", "soft": "planner alone"}  # arms that are the main job's (tools/experiments/combined.py)
 PRETRAINED = "--plan_init_planner={pretrained}"  # filled in with the stage-2 planner of the main job's labels
 VARIANTS = {  # variant -> the flags of its soft arm beyond ARMS["soft"]
     # The papers' joint training: the LM loss alone moves a pre-trained planner. Does it leave its labels, and is
@@ -72,11 +71,11 @@ def train_over_seeds(arm, flags, suite, plan):
 
 
 def pretrained_planner(suite, plan):
-    """Stage 2 on the main job's labels (pretrain_planner.py, skipped when done); the path of its planner.pt."""
+    """Stage 2 on the main job's labels (tools/pretrain_planner.py, skipped when done); the path of its planner.pt."""
     out_dir = os.path.join(ROOT, "out", "main-job" if suite == "small" else f"main-job-{suite}", "planner")
     records = read_log(out_dir)
     if not (records and records[-1]["iter"] >= plan["planner_iters"] and os.path.isfile(f"{out_dir}/planner.pt")):
-        command = [sys.executable, os.path.join(ROOT, "pretrain_planner.py"), "--dataset=shakespeare_char",
+        command = [sys.executable, "-m", "tools.pretrain_planner", "--dataset=shakespeare_char",
                    f"--out_dir={out_dir}", f"--max_iters={plan['planner_iters']}"]
         print("$", " ".join(command[1:]), flush=True)
         subprocess.run(command, cwd=ROOT, check=True)

@@ -2,7 +2,7 @@
 See what each technique did in a run: one self-contained HTML page (no script, no network: it opens from the
 file system) and the same figures as PNG files, written beside a checkpoint of train.py.
 
-    python explain.py --out_dir=out        # reads out/ckpt.pt, writes out/explain.html and out/explain_*.png
+    python -m tools.explain --out_dir=out        # reads out/ckpt.pt, writes out/explain.html and out/explain_*.png
 
 The page opens with a summary: the run's loss on the validation split (read from score.json when train.py wrote
 it for this checkpoint, else scored here the same way: consecutive block_size windows), the plain GPT's stored
@@ -45,7 +45,6 @@ import torch
 from matplotlib.figure import Figure
 from torch.nn import functional as F
 
-import checkpoint as ckpt
 import lm
 import train
 from configurator import configure, is_setting
@@ -53,10 +52,9 @@ from data.dataset import load_meta, load_tokens
 from data.files import write_atomically
 from data.prepare import ensure_prepared
 from data.vocabulary import get_codec
-import devices
-from experiments.combined import plain_result
 from lm import load_language_model, mean_stats, ngram
-from replanner import plan_data_of
+from training import checkpoint as ckpt, devices, run_report
+from training.replanner import plan_data_of
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # reads out_dir/ckpt.pt; writes out_dir/explain.html and out_dir/explain_*.png
@@ -196,7 +194,7 @@ def validation_score(reader, out_dir, iter_num, s):
     starts = list(range(0, tokens, T))
     stats = mean_stats(reader.model, (reader.batch("val", starts[i:i + s["batch_size"]])
                                       for i in range(0, len(starts), s["batch_size"])))
-    return dict(stats, tokens=tokens, whole=whole, n_val=n_val, source="scored now by explain.py")
+    return dict(stats, tokens=tokens, whole=whole, n_val=n_val, source="scored now by tools/explain.py")
 
 
 def summary_html(config, score, verdicts, block_size):
@@ -226,7 +224,7 @@ def plain_comparison(config):
     if (config["dataset"], config.get("tokenizer", "char")) != (main_job["dataset"], main_job["tokenizer"]):
         return (f"The stored results hold the plain GPT on {main_job['dataset']} only, not on {config['dataset']}: "
                 f"to compare, train `python train.py config/plain.py` with this run's other settings.")
-    sentence = f"Beside it, {plain_result()}."
+    sentence = f"Beside it, {run_report.plain_result()}."
     differ = [f"{k} {config.get(k)!r} (the main job's: {main_job[k]!r})" for k in MAIN_JOB_SETTINGS
               if config.get(k) != main_job[k]]
     if differ:

@@ -5,13 +5,19 @@ a technique degenerates, and the final numbers, each named. With wandb_log on, e
 Weights & Biases (imported only then), as they go to log.jsonl.
 """
 
+import json
 import math
+import os
 
 from tqdm import tqdm
 
 import lm
 
 HEALTH_FROM = 0.2  # share of max_iters after which the techniques' health is judged
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
+# The plain GPT's result on the main job's settings, which the main job's final line prints beside its own
+PLAIN_RESULTS = os.path.join(ROOT, "results", "combined.json")
+PLAIN_COMMAND = "python -m tools.experiments.run --suite small --only combined"  # what writes it
 
 
 class Reporter:
@@ -53,6 +59,18 @@ def technique_lines(record, s):
     """One line in words per technique whose statistics the record holds (each technique's report_line); s: the
     run's settings."""
     return [line for t in lm.TECHNIQUES if (line := t.report_line(record, s))]
+
+
+def plain_result(results_path=PLAIN_RESULTS):
+    """The plain GPT's validation perplexity on the main job's settings, mean over seeds, as the combined experiment
+    stored it (not a run of the caller's), or the command that stores it."""
+    if not os.path.isfile(results_path):
+        return f"for the plain GPT's on the same settings, run `{PLAIN_COMMAND}` (it writes {results_path})"
+    with open(results_path) as f:
+        plain = json.load(f)["plain"]
+    return (f"the plain GPT on the same settings: perplexity {plain['val_ppl']:.2f}, the mean over "
+            f"{len(plain['seeds'])} seeds stored in {os.path.relpath(results_path, ROOT)} by `{PLAIN_COMMAND}`, "
+            f"not this run")
 
 
 def final_numbers(val_loss, eval_iters, score=None, plain=None):

@@ -7,17 +7,16 @@ results/ngram{,_gpu}.md (validation loss on the whole split over paired seeds, t
 one, and the step at which each arm first reaches off's final validation loss) and results/ngram{,_gpu}.png
 (validation-loss curves, mean over seeds).
 
-    python experiments/ngram.py          # 'small': config/ngram/wiki.py
-    python experiments/ngram.py gpu      # a larger model and longer runs for one CUDA GPU
+    python -m tools.experiments.ngram          # 'small': config/ngram/wiki.py
+    python -m tools.experiments.ngram gpu      # a larger model and longer runs for one CUDA GPU
 """
 
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configurator import read_config_file
-from experiments.common import (ROOT, SEEDS, VERDICT_NOTE, first_iter_reaching, markdown_table, paired_columns,
-                                plot_curves, read_score, share_of_ceiling, train_arm)
+from tools.experiments.common import (ROOT, SEEDS, VERDICT_NOTE, first_iter_reaching, markdown_table, paired_columns,
+                                      plot_curves, read_score, share_of_ceiling, train_arm)
 
 # arm -> (mode, n, r, alpha)
 ARMS = {"off": ("off", 3, 8, 0.5), "AllNTs": ("all", 3, 8, 0.5),
@@ -57,7 +56,7 @@ def run(suite, results_dir):
         f.write(f"# n-gram soft targets on wiki ({suite} suite, {max_iters} steps)\n\n{table}\n{VERDICT_NOTE} "
                 "The first step is read from each seed's evaluation curve (config/ngram/wiki.py's eval_interval and "
                 "eval_iters), against the 'off' arm of the same seed. The cost of each target is in "
-                "`python bench.py --all`.\n")
+                "`python -m tools.bench --all`.\n")
     plot_curves(runs, os.path.join(results_dir, f"{name}.png"), f"n-gram soft targets on wiki ({suite} suite)")
     print(table)
 

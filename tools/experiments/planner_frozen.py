@@ -4,11 +4,11 @@ learn to condition it. Does conditioning on a sentence plan lower validation los
 fine-tuning of the planner beat the argmax ('hard') of paper 1, and do labels from a real sentence encoder (MiniLM)
 do better than LSA's? Its ceiling is the 'oracle' arm (the true label of the sentence being written): at this scale
 it moves the frozen LM by less than a thousandth of a nat, so this recipe cannot judge a planner here;
-experiments/planner.py is the setting whose ceiling resolves.
+tools/experiments/planner.py is the setting whose ceiling resolves.
 
 Stages (each a command; finished ones are skipped when the suite runs again):
   1. base LM, plain GPT                          python train.py config/plain.py config/planner/small.py
-  2. planner pre-training on the labels          python pretrain_planner.py config/planner/pretrain.py
+  2. planner pre-training on the labels          python -m tools.pretrain_planner config/planner/pretrain.py
   3. base LM frozen + adapters on the pre-trained planner's argmax labels ('hard'), from 1 and 2
   4. fine-tuning in 'soft' (the planner trains through its distribution) or 'hard' again, from 3's best checkpoint
 Controls from 1 with the same steps after the base as 3 + 4: 'uniform' (the mean label embedding: the extra
@@ -17,21 +17,20 @@ The base LM stays frozen in 3 and 4, as the paper freezes its pretrained GPT-2, 
 (config/planner/tune.py). Stages 1 and 2 are shared; stages 3 and 4 run with every seed, for each label set (LSA,
 MiniLM).
 
-    python experiments/planner_frozen.py [small|gpu]   # results/planner_frozen{,_gpu}.md and .png
+    python -m tools.experiments.planner_frozen [small|gpu]   # results/planner_frozen{,_gpu}.md and .png
 """
 
 import os
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import checkpoint as ckpt
 from data.prepare import ensure_prepared
 from data.sentences import PlanData
-from experiments.common import (ROOT, SEEDS, VERDICT_NOTE, markdown_table, paired_columns, plot_curves, read_log,
-                                read_score, share_of_ceiling, train_arm)
+from training import checkpoint as ckpt
+from tools.experiments.common import (ROOT, SEEDS, VERDICT_NOTE, markdown_table, paired_columns, plot_curves, read_log,
+                                      read_score, share_of_ceiling, train_arm)
 from planner import Planner
-from pretrain_planner import evaluate_planner
+from tools.pretrain_planner import evaluate_planner
 
 SUITES = {
     "small": dict(config="config/planner/small.py", base_iters=800, planner_iters=1000, stage_iters=100),
@@ -121,7 +120,7 @@ def pretrain_planner(out_dir, max_iters, embedder):
     validation record."""
     records = read_log(out_dir)
     if not (records and records[-1]["iter"] >= max_iters and os.path.isfile(f"{out_dir}/planner.pt")):
-        command = [sys.executable, os.path.join(ROOT, "pretrain_planner.py"), "config/planner/pretrain.py",
+        command = [sys.executable, os.path.join(ROOT, "tools/pretrain_planner.py"), "config/planner/pretrain.py",
                    f"--out_dir={out_dir}", f"--max_iters={max_iters}", f"--plan_embedder={embedder}"]
         print("$", " ".join(command[1:]), flush=True)
         subprocess.run(command, cwd=ROOT, check=True)

@@ -1,15 +1,15 @@
 """
 Speed and memory, measured in one run so that every ratio compares like with like on the same machine and load.
 
-    python bench.py                # the plain model: ms/iter and tokens/s against a bare PyTorch loop of the same
-                                   # model, and generation with and without the KV cache
-    python bench.py --techniques   # also each technique's step time as a ratio to the plain model's (the planner's
-                                   # among them), the planner's generation speed as a ratio to the plain model's,
-                                   # the n-gram build's speed, the n-gram loss against the plain cross-entropy, the
-                                   # planner's labels and the sentence encoders
-    python bench.py --ngram_scale  # only the n-gram build at scale: 10M, 50M and 200M synthetic GPT-2 tokens
-    python bench.py --gpu          # only the check of every CUDA path on one GPU, in 8 minutes (bench_gpu.py)
-    python bench.py --gpu_prepare  # build the data and caches the GPU check reads; list the folders to copy
+    python -m tools.bench                # the plain model: ms/iter and tokens/s against a bare PyTorch loop of the
+                                         # same model, and generation with and without the KV cache
+    python -m tools.bench --techniques   # also each technique's step time as a ratio to the plain model's, the
+                                         # planner's generation speed as a ratio to the plain model's, the n-gram
+                                         # build's speed, the n-gram loss against the plain cross-entropy, the
+                                         # planner's labels and the sentence encoders
+    python -m tools.bench --ngram_scale  # only the n-gram build at scale: 10M, 50M and 200M synthetic GPT-2 tokens
+    python -m tools.bench --gpu          # only the check of every CUDA path on one GPU, in 8 minutes (bench_gpu.py)
+    python -m tools.bench --gpu_prepare  # build the data and caches the GPU check reads; list the folders to copy
 
 Training steps run through train.py's own Trainer, so what is timed is exactly what training does (batch
 sampling, the techniques' extras, forward, backward, AdamW). Every timing goes through time_arms: the arms run in
@@ -26,23 +26,22 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-import bench_scale
 import ngram
 import train
 from configurator import configure
 from data.dataset import load_meta, load_texts, load_tokens
-from data.prepare import ensure_prepared
-from data.vocabulary import document_start, get_codec
 from data.encoders import ENCODERS, load_encoder
+from data.prepare import ensure_prepared
 from data.sentences import EMBEDDERS, LSA, PlanData, build_labels, sentence_texts
+from data.vocabulary import document_start, get_codec
 from lm import LanguageModel
 from model import GPT, GPTConfig, configure_optimizers
+from tools import bench_scale
 
 # -----------------------------------------------------------------------------
 # the plain model measured by default: nanoGPT's CPU configuration on shakespeare_char
@@ -64,7 +63,7 @@ ngram_scale = False  # only the n-gram build at scale (bench_ngram_scale)
 ngram_scale_millions = (10, 50, 200)  # corpus sizes, millions of tokens
 ngram_memory_mb = 2000  # the build's memory bound (train.py's setting of the same name)
 ngram_workers = 2
-gpu = False  # only the check of every CUDA path (bench_gpu.py)
+gpu = False  # only the check of every CUDA path (tools/bench_gpu.py)
 gpu_only = ""  # with --gpu: only the checks whose name contains this text, e.g. --gpu_only=resume
 gpu_prepare = False  # only build what --gpu reads, so that a GPU machine without internet can run it
 # -----------------------------------------------------------------------------
@@ -299,7 +298,7 @@ def bench_ngram_scale():
     """The out-of-core n-gram build (data/ngrams.py, n = 3, r = 8) on synthetic corpora with GPT-2's vocabulary,
     written as train.bin memmaps, and a training step of a tiny GPT (batch 4 x 64, GPT-2's padded head) that gathers
     its targets from the memory-mapped files. Each runs in a fresh process (the build's with numpy only,
-    bench_scale.py), sampled from /proc: the build's peak memory is its processes' summed PSS (workers included,
+    tools/bench_scale.py), sampled from /proc: the build's peak memory is its processes' summed PSS (workers included,
     shared pages counted once); the step's is its own (anonymous) memory, without the pages of the files it maps:
     the memory-mapped targets are page cache, which the kernel shares and drops as it needs (on this machine's
     kernel a touched page maps its whole folio, so a run soon shows most of a freshly written file as resident)."""
@@ -309,9 +308,9 @@ def bench_ngram_scale():
           "step peak MB (own) |\n|---|---|---|---|---|---|---|---|---|")
     for millions in ngram_scale_millions:
         folder = str(bench_scale.synthetic_corpus(millions * 10**6))
-        build, build_memory = bench_scale.run_measured("bench_scale.build_at_scale", folder, ngram_memory_mb,
+        build, build_memory = bench_scale.run_measured("tools.bench_scale.build_at_scale", folder, ngram_memory_mb,
                                                        ngram_workers)
-        step, step_memory = bench_scale.run_measured("bench.ngram_scale_step", folder, ngram_memory_mb,
+        step, step_memory = bench_scale.run_measured("tools.bench.ngram_scale_step", folder, ngram_memory_mb,
                                                      ngram_workers)
         print(f"| {millions}M | {build['contexts']:,} | {build['partitions']} | {build['seconds']:.1f} | "
               f"{millions * 1e6 / build['seconds']:,.0f} | {build_memory['pss'] / 2**20:,.0f} | "
@@ -354,7 +353,7 @@ def main(argv):
     configure(globals(), argv)
     torch.manual_seed(0)
     if gpu or gpu_prepare:
-        import bench_gpu  # here, not at the top: bench_gpu imports this file for time_arms
+        from tools import bench_gpu  # here, not at the top: bench_gpu imports this file for time_arms
         return bench_gpu.main(gpu_only) if gpu else bench_gpu.prepare()
     if ngram_scale:
         bench_ngram_scale()

@@ -18,9 +18,9 @@ import sys
 
 import numpy as np
 
-from plot import draw_curves, new_figure, read_log, series
+from training.plot import draw_curves, new_figure, read_log, series
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 SEEDS = (1337, 1338, 1339)
 SCORE_TOKENS = 120_000  # the whole validation split of shakespeare_char and wiki, the first 120k tokens of sotu's
 T95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}  # by sample size

@@ -1,9 +1,9 @@
 """
 Every experiment of the README in one command: each technique's comparison plus plain vs all three.
 
-    python experiments/run.py --suite small            # the CPU budget: about 2 hours on 2 cores (README)
-    python experiments/run.py --suite gpu              # larger configs for one CUDA GPU
-    python experiments/run.py --suite small --only ngram,combined
+    python -m tools.experiments.run --suite small            # the CPU budget: about 2 hours on 2 cores (README)
+    python -m tools.experiments.run --suite gpu              # larger configs for one CUDA GPU
+    python -m tools.experiments.run --suite small --only ngram,combined
 
 Runs already finished (their out/ folder holds a complete log) are reused, so an interrupted suite picks up where
 it stopped. Tables go to results/*.md, plots to results/*.png.
@@ -12,11 +12,9 @@ it stopped. Tables go to results/*.md, plots to results/*.png.
 import argparse
 import importlib
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments.common import ROOT
+from tools.experiments.common import ROOT
 
 EXPERIMENTS = ("ngram", "mod", "planner", "planner_frozen", "combined")
 
@@ -33,7 +31,7 @@ def main():
     for name in chosen:
         t0 = time.time()
         print(f"=== {name} ({args.suite} suite)", flush=True)
-        importlib.import_module(f"experiments.{name}").run(args.suite, os.path.join(ROOT, "results"))
+        importlib.import_module(f"tools.experiments.{name}").run(args.suite, os.path.join(ROOT, "results"))
         print(f"=== {name} done in {(time.time() - t0) / 60:.1f} min", flush=True)
 
 

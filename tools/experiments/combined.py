@@ -3,7 +3,7 @@ The main job taken apart: which technique does its gain come from, and is all th
 settings (`python train.py`: shakespeare_char, 4 layers, 128 wide, 3000 steps), over paired seeds, eight arms: the
 plain GPT (config/plain.py), each technique alone, all three (the main job), and all three but each one.
 
-    python experiments/combined.py [small|gpu]
+    python -m tools.experiments.combined [small|gpu]
 
 Writes results/combined{,_gpu}.md, a .png of each arm's gain over the plain GPT, and each arm's validation loss (per
 seed and mean) to results/combined{,_gpu}.json, which the main job prints its own result beside.
@@ -14,9 +14,9 @@ import math
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments.common import (MAIN_JOB_ITERS, ROOT, SEEDS, TECHNIQUES, VERDICT_NOTE, main_job_dir, markdown_table,
-                                mean_sd, paired_columns, per_seed, plot_gains, read_score, train_arm)
+from tools.experiments.common import (MAIN_JOB_ITERS, ROOT, SEEDS, TECHNIQUES, VERDICT_NOTE, main_job_dir,
+                                      markdown_table, mean_sd, paired_columns, per_seed, plot_gains, read_score,
+                                      train_arm)
 
 SUITES = {
     "small": dict(args=[], max_iters=MAIN_JOB_ITERS),
@@ -28,8 +28,6 @@ ALL = "all three (the main job)"
 ARMS = {"plain": [], **{f"{name} alone": [name] for name in TECHNIQUES}, ALL: list(TECHNIQUES),
         **{f"all but {name}": [other for other in TECHNIQUES if other != name] for name in TECHNIQUES}}
 # The table of plain vs all three on the main job's settings, and the command that writes it.
-RESULTS = os.path.join(ROOT, "results", "combined.json")
-COMMAND = "python experiments/run.py --suite small --only combined"
 
 
 def arm_flags(techniques):
@@ -96,18 +94,6 @@ def planner_cells(scores):
     acc, majority, gain = (mean_sd(per_seed(scores, k))[0] for k in ("val_plan_acc", "val_plan_majority_acc",
                                                                       "val_plan_gain"))
     return f"{acc:.3f} / {majority:.3f} / {gain:+.4f}"
-
-
-def plain_result(results_path=RESULTS):
-    """The plain GPT's validation perplexity on the main job's settings, mean over seeds, as this experiment stored
-    it (not a run of the caller's), or the command that stores it."""
-    if not os.path.isfile(results_path):
-        return f"for the plain GPT's on the same settings, run `{COMMAND}` (it writes {results_path})"
-    with open(results_path) as f:
-        plain = json.load(f)["plain"]
-    return (f"the plain GPT on the same settings: perplexity {plain['val_ppl']:.2f}, the mean over "
-            f"{len(plain['seeds'])} seeds stored in {os.path.relpath(results_path, ROOT)} by `{COMMAND}`, not this "
-            f"run")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """
-The numpy-only half of `python bench.py --ngram_scale`: synthetic corpora with GPT-2's vocabulary, the n-gram build
-that runs in a fresh process, and the measurement of a fresh process's memory from /proc.
+The numpy-only half of `python -m tools.bench --ngram_scale`: synthetic corpora with GPT-2's vocabulary, the n-gram
+build that runs in a fresh process, and the measurement of a fresh process's memory from /proc.
 
 The build's peak memory is what the benchmark reports, so the process that builds imports this file and nothing
-heavier: numpy and data/ngrams.py take about 25 MB, where importing bench.py (torch) would add about 190 MB.
+heavier: numpy and data/ngrams.py take about 25 MB, where importing tools/bench.py (torch) would add about 190 MB.
 """
 
 import json
@@ -19,7 +19,7 @@ import numpy as np
 
 from data import ngrams
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # the repository
 SCALE_DIR = ROOT / "data" / "_bench"  # git-ignored
 GPT2_EOT = 50256
 NGRAM_R, NGRAM_SEED = 8, 0  # of every n-gram build the benchmarks time

@@ -1,17 +1,17 @@
 """
 Tuning: a new run that starts from another run's GPT (`--init_from=path/to/ckpt.pt`) or from a Hugging Face GPT-2
-(`--init_from=gpt2`, or a save_pretrained folder: hf.py). The GPT's shape comes from the checkpoint, its weights are
-loaded (a LoRA run's adapters merged in), its context is cropped to this run's block_size, and a character model's
-token rows are moved onto the dataset's characters. The techniques' own modules start fresh around it, except a
+(`--init_from=gpt2`, or a save_pretrained folder: training/hf.py). The GPT's shape comes from the checkpoint, its
+weights are loaded (a LoRA run's adapters merged in), its context is cropped to this run's block_size, and a character
+model's token rows are moved onto the dataset's characters. The techniques' own modules start fresh around it, except a
 planner the checkpoint already has (lm.initialise_techniques).
 """
 
 import torch
 
-import checkpoint as ckpt
 import lm
 from configurator import ConfigError
-from hf import gpt2_checkpoint, is_hf_source
+from training import checkpoint as ckpt
+from training.hf import gpt2_checkpoint, is_hf_source
 
 
 def load(s, meta, model_args, master=True):

@@ -8,8 +8,8 @@ the batch order; the pretrained base is shared):
     LoRA + MoD  adapters plus the ensemble
     MoD only    frozen base; only the ensemble's router and norm train
 
-    python experiments/mod.py            # the small CPU suite
-    python experiments/mod.py gpu        # larger configs for one CUDA GPU
+    python -m tools.experiments.mod            # the small CPU suite
+    python -m tools.experiments.mod gpu        # larger configs for one CUDA GPU
 
 Writes results/mod{,_gpu}.md (validation loss on 120k tokens over seeds, each MoD arm against its own baseline, the
 final layer's own loss and the mean routing weight of each late layer), results/mod{,_gpu}.png (validation curves)
@@ -20,10 +20,9 @@ import math
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from plot import draw_curves, new_figure, series
-from experiments.common import (ROOT, SEEDS, VERDICT_NOTE, markdown_table, mean_sd, paired_columns, per_seed,
-                                plot_curves, read_score, share_of_ceiling, train_arm)
+from training.plot import draw_curves, new_figure, series
+from tools.experiments.common import (ROOT, SEEDS, VERDICT_NOTE, markdown_table, mean_sd, paired_columns, per_seed,
+                                      plot_curves, read_score, share_of_ceiling, train_arm)
 
 ARMS = {"full": "tune_full", "full + MoD": "tune_full_mod", "LoRA": "tune_lora", "LoRA + MoD": "tune_lora_mod",
         "MoD only": "tune_mod_only"}

@@ -8,7 +8,7 @@ import os
 
 import lm
 from configurator import ConfigError
-from hf import GPT2_NAMES, is_hf_source
+from training.hf import GPT2_NAMES, is_hf_source
 
 
 def check(s):
@@ -68,5 +68,6 @@ def system_problems(s):
     if s["dtype"] not in ("auto", "float32", "bfloat16", "float16"):
         problems.append(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got '{s['dtype']}'")
     if s["compile"] not in (None, True, False):
-        problems.append(f"compile must be None (on for CUDA where Triton is installed), True or False, got {s['compile']!r}")
+        problems.append(f"compile must be None (on for CUDA where Triton is installed), True or False, got "
+                        f"{s['compile']!r}")
     return problems

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 from configurator import ConfigError, parse
 from data.files import write_atomically
-from plot import read_log
+from training.plot import read_log
 
 try:
     import fcntl

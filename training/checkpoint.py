@@ -19,7 +19,7 @@ from configurator import ConfigError
 from data.dataset import load_meta
 from data.files import write_atomically
 from data.prepare import ensure_prepared
-from lora import merge_lora
+from training.lora import merge_lora
 
 # Settings that fix what the checkpoint's weights mean: resuming with different ones would be a different run.
 # batch_size, gradient_accumulation_steps and seed fix the batches and random draws an exact resume replays.

@@ -4,7 +4,7 @@ planner alone, with cross-entropy against the label of each train sentence, on t
 validation accuracy and top-5 beside the majority-label baseline to out_dir/log.jsonl and writes out_dir/planner.pt
 with the labels' header, for train.py's plan_init_planner.
 
-    python pretrain_planner.py config/planner/pretrain.py [--key=value ...]
+    python -m tools.pretrain_planner config/planner/pretrain.py [--key=value ...]
 """
 
 import json

@@ -1,11 +1,11 @@
 """
 The planner's data at its papers' scale (about 285k Wikipedia articles: 170M tokens, 7M sentences): the build of
 data/sentences_scale.py (split, LSA fit, k-means, labels) and a training step's gather (PlanData.batch) on synthetic
-corpora of 10M, 50M and 200M GPT-2 tokens, each run in a fresh process sampled from /proc as bench.py's n-gram scale
-table is (bench_scale.run_measured): their time, and their peak memory against the bound of the README.
+corpora of 10M, 50M and 200M GPT-2 tokens, each run in a fresh process sampled from /proc as tools/bench.py's n-gram
+scale table is (bench_scale.run_measured): their time, and their peak memory against the bound of the README.
 
-    python bench_planner_scale.py                                  # 10M, 50M and 200M tokens
-    python bench_planner_scale.py --plan_scale_millions="(10,)"    # one size
+    python -m tools.bench_planner_scale                                  # 10M, 50M and 200M tokens
+    python -m tools.bench_planner_scale --plan_scale_millions="(10,)"    # one size
 
 A corpus is wiki's train sentences resampled into documents of 5 to 35 sentences (~560 tokens; the papers' articles
 ~600), each followed by EOT, written straight in data/dataset.py's format with the sentences' own tokens, so that
@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_scale import SCALE_DIR, run_measured
 from configurator import configure
 from data import sentences, sentences_scale
 from data.dataset import FORMAT_VERSION, META, load_meta, load_tokens
 from data.files import crc32
 from data.prepare import ensure_prepared
+from tools.bench_scale import SCALE_DIR, run_measured
 
 # -----------------------------------------------------------------------------
 plan_scale_millions = (10, 50, 200)  # corpus sizes, millions of train tokens (val: a hundredth of that)
@@ -51,8 +51,8 @@ def bench_plan_scale(millions, keep=False):
           "build peak MB (PSS / own) | gather ms | gather peak MB (own) |\n" + "|---" * 11 + "|")
     for n in millions:
         folder = str(synthetic_corpus(n * 10**6))
-        build, build_memory = run_measured("bench_planner_scale.build_at_scale", folder)
-        gather, gather_memory = run_measured("bench_planner_scale.gather_at_scale", folder)
+        build, build_memory = run_measured("tools.bench_planner_scale.build_at_scale", folder)
+        gather, gather_memory = run_measured("tools.bench_planner_scale.gather_at_scale", folder)
         s = build["seconds"]
         print(f"| {build['tokens'] / 1e6:.0f}M | {build['sentences']:,} | {s['split_documents']:.0f} | {s['fit']:.0f} "
               f"| {s['embed_in_batches']:.0f} | {s['kmeans']:.0f} | {s['write_labelled']:.0f} | {s['total']:.0f} | "
@@ -118,7 +118,7 @@ def synthetic_corpus(n_tokens):
     files = {path.name: {"bytes": path.stat().st_size, "crc32": crc32(path)} for path in sorted(work.iterdir())}
     meta = {"format_version": FORMAT_VERSION, "dataset": folder.name, "tokenizer": "gpt2", "vocab_size": 50257,
             "eot_token": EOT, "stoi": None, "itos": None, "n_tokens": n,
-            "source": "wiki's train sentences resampled by bench_planner_scale.py", "files": files}
+            "source": "wiki's train sentences resampled by tools/bench_planner_scale.py", "files": files}
     (work / META).write_text(json.dumps(meta))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(work, folder)
