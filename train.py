@@ -6,10 +6,11 @@ Train a GPT, alone or with the techniques of this repository, on the CPU, one GP
     python train.py config/train_wiki.py --max_iters=500   # a config file, then overrides
     torchrun --standalone --nproc_per_node=4 train.py config/train_gpt2_124m_sotu.py
 
-Settings are the globals below; config files and --key=value override them (configurator.py checks names and
-types, training/settings_checks.py the values). Every evaluation writes out_dir/ckpt.pt (training/checkpoint.py), then
-appends a line to out_dir/log.jsonl and redraws out_dir/loss.png (training/plot.py). A run holds out_dir for its whole
-life (training/run_folder.py).
+The settings are the globals below; config files and --key=value override them (configurator.py checks names and
+types, training/settings_checks.py the values). Then, in nanoGPT's order: the set-up, the data, the model and the
+optimizer (training/trainer.py), the evaluation, and the loop. Every evaluation writes out_dir/ckpt.pt
+(training/checkpoint.py), then appends a line to out_dir/log.jsonl and redraws out_dir/loss.png (training/plot.py).
+A run holds out_dir for its whole life (training/run_folder.py).
 """
 
 import json
@@ -18,22 +19,13 @@ import os
 import sys
 import time
 
-import numpy as np
-import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-import lm
 from configurator import configure, is_setting
-from data.dataset import load_checked_tokens, load_meta
-from data.files import write_atomically
-from data.prepare import ensure_prepared
-from data.vocabulary import document_start, get_codec, vocabulary
-from lm import LanguageModel, mean_stats
-from model import GPT, GPTConfig, configure_optimizers
-from training import checkpoint as ckpt, devices, run_folder, run_report, settings_checks, tuning
+from training import checkpoint as ckpt, devices, run_folder, run_report, settings_checks
 from training.plot import plot_log
+from training.trainer import Trainer
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -127,333 +119,117 @@ def settings_from(argv):
 
 
 def main(argv):
-    """Train with the settings above, overridden by argv; returns the finished Trainer."""
+    """Train with the settings above, overridden by argv; returns the run's Trainer (its model, data and settings;
+    what the run logged is in out_dir/log.jsonl)."""
     s = settings_from(argv)
     with run_folder.claimed(s, int(os.environ.get("RANK", 0))):
         try:
-            trainer = Trainer(s)
-            trainer.run(main_job=not argv)
+            return train(s, main_job=not argv)
         except KeyboardInterrupt:  # Ctrl-C: one line on where the run stands, not a traceback
             raise KeyboardInterrupt(run_folder.interrupted(s, DEFAULTS)) from None
+
+
+def train(s, main_job=False):
+    """The run: set it up, then evaluate (and save) every eval_interval steps and at the end, train a step, repeat.
+    The main job (python train.py) ends by scoring the whole validation split beside the plain GPT's stored result."""
+    # set-up, data, model, optimizer: this process's device and precision, the token splits and what the
+    # techniques read with every batch, the GPT with the techniques around it, AdamW
+    trainer = Trainer(s)
+    if s["eval_only"]:
+        if trainer.master:
+            print(json.dumps({split: r["ce"] for split, r in trainer.evaluate().items()}))
+        return trainer
+
+    # the loop's state: what a checkpoint saves and a resume continues from
+    run = trainer.resumed or {"iter_num": 0, "best_val_loss": float("inf"), "elapsed_s": 0.0, "log_record": None}
+    logged = []  # (iteration, training objective, gradient norm) every log_interval since the last evaluation
+    t_last, steps_since, tokens_per_sec = time.time(), 0, 0.0  # time and speed count training, not evaluations
+    saved = trainer.resuming  # a resumed run has already evaluated and saved the iteration it starts at
+    reporter = run_report.Reporter(s) if trainer.master else None
+    if trainer.master:
+        run_folder.start_log(s["out_dir"], trainer.resuming, run["iter_num"], run["log_record"])
+        print(f"{trainer.tokens_per_iter:,} tokens per iteration on {trainer.world} process(es), device "
+              f"{trainer.device}, {trainer.dtype}{', compiled' if trainer.compile else ''}")
+
+    with tqdm(total=s["max_iters"], initial=run["iter_num"], disable=not trainer.master, dynamic_ncols=True) as bar:
+        while True:
+            lr = trainer.lr_at(run["iter_num"])
+            for group in trainer.optimizer.param_groups:
+                group["lr"] = lr
+            finished = run["iter_num"] >= s["max_iters"]
+            if (run["iter_num"] % s["eval_interval"] == 0 or finished) and not saved:
+                run["elapsed_s"] += time.time() - t_last
+                if trainer.master:
+                    run["log_record"] = evaluate_and_save(trainer, run, lr, logged, tokens_per_sec, reporter)
+                logged, t_last = [], time.time()
+            if finished:
+                break
+            objective, ce, grad_norm = trainer.train_step(run["iter_num"])
+            run["iter_num"], steps_since, saved = run["iter_num"] + 1, steps_since + 1, False
+            bar.update(1)
+            if run["iter_num"] % s["log_interval"] == 0:  # reading the losses waits for the device
+                loss, grad_norm = objective.item() * trainer.local_accum, grad_norm.item()
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"the training loss is {loss} at iteration {run['iter_num']}; stopping. "
+                                             f"The last good checkpoint is {os.path.join(s['out_dir'], 'ckpt.pt')}: "
+                                             f"lower learning_rate or raise warmup_iters, then resume from it with "
+                                             f"--init_from=resume")
+                logged.append((run["iter_num"], loss, grad_norm))
+                now = time.time()
+                tokens_per_sec = steps_since * trainer.tokens_per_iter / (now - t_last + 1e-9)
+                run["elapsed_s"] += now - t_last
+                t_last, steps_since = now, 0
+                bar.set_postfix_str(f"train_ce={ce.item():.4f}, objective={loss:.4f}, grad_norm={grad_norm:.3f}, "
+                                    f"lr={lr:.2e}, tok_s={tokens_per_sec:,.0f}")
+
+    if trainer.master:
+        finish(trainer, run, main_job, reporter)
+    if trainer.ddp:
+        dist.destroy_process_group()
     return trainer
 
 
-def batch_seed(seed, iteration):
-    """The seed of iteration's batch, identical on every rank (each then takes its own slice of it)."""
-    return seed * 1_000_003 + iteration
+def evaluate_and_save(trainer, run, lr, logged, tokens_per_sec, reporter):
+    """One evaluation (rank 0): the losses and the techniques' statistics on fixed batches, reported; the
+    checkpoint(s); then the log line and the plot. Returns the log record."""
+    s, results = trainer.s, trainer.evaluate()
+    val_loss = results["val"]["ce"]
+    record = {"iter": run["iter_num"], "train_loss": results["train"]["ce"], "val_loss": val_loss,
+              "val_ppl": math.exp(min(val_loss, 50.0)), "lr": lr, "tokens_per_sec": tokens_per_sec,
+              "elapsed_s": round(run["elapsed_s"], 2), "trainable_params": trainer.n_trainable,
+              "train_losses": [(it, loss) for it, loss, _ in logged],
+              "grad_norms": [(it, norm) for it, _, norm in logged]}
+    record.update({f"val_{k}": v for k, v in results["val"].items() if k != "ce"})
+    record.update({f"train_{k}": v for k, v in results["train"].items() if k.startswith("ngram")})
+    mfu = devices.mfu(trainer.model.gpt, tokens_per_sec, trainer.world, trainer.device)
+    if mfu is not None:
+        record["mfu"] = mfu
+    reporter.evaluation(record)
+    if not math.isfinite(val_loss):
+        raise FloatingPointError(f"the validation loss is {val_loss} at iteration {run['iter_num']}; stopping "
+                                 f"without overwriting the last good checkpoint in {s['out_dir']}")
+    if s["keep_best"] and val_loss < run["best_val_loss"]:  # what to score; ckpt.pt is what resumes
+        ckpt.save(os.path.join(s["out_dir"], "best.pt"), ckpt.state(trainer, run, record, resumable=False))
+    run["best_val_loss"] = min(run["best_val_loss"], val_loss)
+    ckpt.save(os.path.join(s["out_dir"], "ckpt.pt"), ckpt.state(trainer, run, record))
+    # The line follows the checkpoint, so the log never runs ahead of what a resume starts from.
+    run_folder.append_log(s["out_dir"], record)
+    plot_log(s["out_dir"], run_folder.run_title(s, DEFAULTS), s)
+    return record
 
 
-def dropout_seed(seed, iteration, rank):
-    """The seed of iteration's dropout masks on one rank."""
-    return batch_seed(seed, iteration) + 7_919 * (rank + 1)
-
-
-class Trainer:
-    """One training run: its settings, processes and device, data, model and optimizer, in the order they are set
-    up. A class only to keep the run's state in one place."""
-
-    def __init__(self, s):
-        self.s = s
-        self.setup_device()
-        self.load_data()
-        self.build_model()
-        self.build_optimizer()
-
-    def setup_device(self):
-        """This process's place in the run, its device and its precision (training/devices.py)."""
-        s = self.s
-        self.ddp, self.rank, self.world, local_rank = devices.processes()
-        self.master, self.local_accum = self.rank == 0, s["gradient_accumulation_steps"] // self.world
-        self.device = devices.pick_device(s["device"], local_rank if self.ddp else None)
-        self.device_type = self.device.split(":")[0]
-        devices.use_device(self.device)
-        self.preparation_group = (devices.join_processes(self.device, s["gradient_accumulation_steps"]) if self.ddp
-                                  else None)
-        self.dtype, self.autocast = devices.pick_precision(self.device_type, s["dtype"])
-        self.compile = s["compile"] if s["compile"] is not None else devices.compiles_by_default(self.device_type)
-
-    def rank_zero_first(self, build):
-        return devices.rank_zero_first(self.preparation_group, self.rank, build)
-
-    # --- data -----------------------------------------------------------------------------------------------
-    def load_data(self):
-        """The token splits, and what the techniques that are on read with every batch, each prepared once beside
-        the dataset."""
-        s = self.s
-        self.data_dir = self.rank_zero_first(lambda: ensure_prepared(s["dataset"], s["tokenizer"]))
-        self.meta = load_meta(self.data_dir)
-        self.vocab = vocabulary(self.meta)
-        self.tokens = load_checked_tokens(self.data_dir, self.meta, s["block_size"])
-        self.technique_data = lm.load_batch_data(s, self.data_dir, self.tokens["train"], self.meta["eot_token"],
-                                                 self.rank_zero_first)
-
-    def get_batch(self, split, generator, n):
-        """n random windows of block_size tokens from a split: inputs x, next tokens y and the techniques' extras."""
-        return self.batch_at(split, self.random_starts(split, generator, n))
-
-    def random_starts(self, split, generator, n):
-        return torch.randint(len(self.tokens[split]) - self.s["block_size"], (n,), generator=generator)
-
-    def batch_at(self, split, ix):
-        """The windows of block_size tokens that start at positions ix of a split."""
-        T = self.s["block_size"]
-        data = self.tokens[split]
-        x = torch.from_numpy(np.stack([data[i:i + T] for i in ix.tolist()]).astype(np.int64))
-        y = torch.from_numpy(np.stack([data[i + 1:i + 1 + T] for i in ix.tolist()]).astype(np.int64))
-        extra = lm.batch_extra(self.technique_data, split, ix, T, self.s["plan_context"])
-        return self.to_device(x), self.to_device(y), {k: self.to_device(v) for k, v in extra.items()}
-
-    def to_device(self, t):
-        return devices.to_device(t, self.device)
-
-    # --- model and optimizer ---------------------------------------------------------------------------------
-    def build_model(self):
-        """The GPT from scratch, from the checkpoint a resume continues, or tuned from init_from; the techniques
-        around it (lm.py); then compiled and wrapped for DDP as the settings say."""
-        s = self.s
-        self.iter_num, self.best_val_loss, self.elapsed, self.last_record = 0, float("inf"), 0.0, None
-        self.resuming, tuned = s["init_from"] == "resume", s["init_from"] not in ("scratch", "resume")
-        self.model_args, start = self.scratch_shape(), None
-        if self.resuming:
-            start = ckpt.load(os.path.join(s["out_dir"], "ckpt.pt"), fix="start with init_from='scratch' (nothing "
-                              "to resume), or point out_dir at a run's folder")
-            ckpt.check_same_run(start, s)
-            ckpt.check_same_data(start, self.meta)
-            self.model_args.update({k: start["model_args"][k] for k in ckpt.MODEL_KEYS})  # a tuned run's shape
-        elif tuned:
-            start, self.model_args = tuning.load(s, self.meta, self.model_args, self.master)
-        torch.manual_seed(s["seed"])
-        gpt = GPT(GPTConfig(**self.model_args))
-        if tuned:  # the GPT's weights come from the checkpoint; the techniques' modules start fresh around them
-            tuning.load_weights(gpt, start, self.meta, s["block_size"])
-            self.model_args["block_size"] = s["block_size"]
-        self.model = LanguageModel.from_settings(gpt, s).to(self.device)
-        if not self.resuming:
-            lm.initialise_techniques(self.model, self.technique_data, s, start)
-        if self.resuming:
-            self.continue_from(start)
-        self.n_trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        if self.master:
-            print(f"{gpt.num_params() / 1e6:.2f}M parameters in the GPT (without positions), "
-                  f"{self.n_trainable:,} trainable")
-        self.train_model = torch.compile(self.model) if self.compile else self.model
-        if self.ddp:
-            self.train_model = DDP(self.train_model, device_ids=[self.local_rank] if self.device_type == "cuda"
-                                   else None)
-
-    def scratch_shape(self):
-        """The GPT's shape from the settings. A large vocabulary is padded to a multiple of 64 for faster matmuls;
-        the padded rows are never targets."""
-        s, vocab_size = self.s, self.meta["vocab_size"]
-        return dict(n_layer=s["n_layer"], n_head=s["n_head"], n_embd=s["n_embd"], bias=s["bias"],
-                    vocab_size=vocab_size if vocab_size < 1024 else -(-vocab_size // 64) * 64,
-                    block_size=s["block_size"], dropout=s["dropout"], flash=s["flash"])
-
-    def continue_from(self, checkpoint):
-        self.model.load_state_dict(checkpoint["model"])
-        self.iter_num, self.best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
-        self.elapsed, self.last_record = checkpoint["elapsed_s"], checkpoint.get("log_record")
-        self.resumed_optimizer = checkpoint["optimizer"], checkpoint["scaler"]
-
-    def build_optimizer(self):
-        s = self.s
-        self.optimizer = configure_optimizers(self.model, s["weight_decay"], s["learning_rate"],
-                                              (s["beta1"], s["beta2"]), self.device_type)
-        optimizer, scaler = self.resumed_optimizer if self.resuming else (None, None)
-        self.scaler = devices.grad_scaler(self.device_type, self.dtype, scaler)
-        if self.resuming:
-            self.optimizer.load_state_dict(optimizer)
-            del self.resumed_optimizer  # free the memory
-
-    def lr_at(self, it):
-        """Linear warmup, then cosine decay from learning_rate to min_lr over lr_decay_iters (or max_iters)."""
-        s = self.s
-        if not s["decay_lr"]:
-            return s["learning_rate"]
-        decay_iters = s["lr_decay_iters"] or s["max_iters"]
-        if it < s["warmup_iters"]:
-            return s["learning_rate"] * (it + 1) / (s["warmup_iters"] + 1)
-        if it >= decay_iters:
-            return s["min_lr"]
-        progress = (it - s["warmup_iters"]) / max(1, decay_iters - s["warmup_iters"])
-        return s["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * progress)) * (s["learning_rate"] - s["min_lr"])
-
-    # --- evaluation -----------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def evaluate(self):
-        """Mean of every logged scalar over eval_iters fixed batches of each split."""
-        results = {}
-        for split in ("train", "val"):
-            generator = torch.Generator().manual_seed(self.s["seed"] + 1)  # the same batches at every evaluation
-            results[split] = mean_stats(self.model, (self.get_batch(split, generator, self.s["batch_size"])
-                                                     for _ in range(self.s["eval_iters"])), self.autocast)
-        return results
-
-    def score_val(self, max_tokens):
-        """The kept weights' mean of every reported scalar over the consecutive block_size windows in the first
-        max_tokens tokens of the validation split, written to out_dir/score.json."""
-        s = self.s
-        if s["keep_best"]:
-            self.model.load_state_dict(ckpt.load(os.path.join(s["out_dir"], "best.pt"))["model"])
-        T = s["block_size"]
-        starts = torch.arange(0, min(max_tokens, len(self.tokens["val"]) - 1) - T + 1, T)
-        stats = mean_stats(self.model, (self.batch_at("val", ix) for ix in torch.split(starts, s["batch_size"])),
-                           self.autocast)
-        score = {"val_loss": stats.pop("ce"), "val_tokens": len(starts) * T, "iter": self.iter_num,
-                 "weights": "best.pt" if s["keep_best"] else "ckpt.pt", **{f"val_{k}": v for k, v in stats.items()}}
-        write_atomically(os.path.join(s["out_dir"], "score.json"), lambda f: f.write(json.dumps(score).encode()))
-        return score
-
-    # --- the loop -------------------------------------------------------------------------------------------
-    def run(self, main_job=False):
-        """The loop: evaluate (and save) every eval_interval steps and at the end, train a step, repeat. The main
-        job (python train.py) ends by scoring the whole validation split beside the plain GPT's stored result."""
-        s = self.s
-        if s["eval_only"]:
-            if self.master:
-                print(json.dumps({split: r["ce"] for split, r in self.evaluate().items()}))
-            return
-        self.start()
-        already_saved = self.resuming  # a resumed run has already evaluated and saved the iteration it starts at
-        with tqdm(total=s["max_iters"], initial=self.iter_num, disable=not self.master, dynamic_ncols=True) as bar:
-            while True:
-                lr = self.lr_at(self.iter_num)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                finished = self.iter_num >= s["max_iters"]
-                if (self.iter_num % s["eval_interval"] == 0 or finished) and not already_saved:
-                    self.eval_log_and_save(lr)
-                if finished:
-                    break
-                objective, ce = self.train_step()
-                self.iter_num, self.steps_since, already_saved = self.iter_num + 1, self.steps_since + 1, False
-                bar.update(1)
-                if self.iter_num % s["log_interval"] == 0:
-                    self.log_progress(objective, ce, lr, bar)
-        self.finish(main_job)
-
-    def start(self):
-        if self.master:
-            run_folder.start_log(self.s["out_dir"], self.resuming, self.iter_num, self.last_record)
-            self.reporter = run_report.Reporter(self.s)
-            print(f"{self.tokens_per_iter:,} tokens per iteration on {self.world} process(es), device {self.device},"
-                  f" {self.dtype}{', compiled' if self.compile else ''}")
-        self.train_losses, self.tokens_per_sec = [], 0.0  # (iteration, objective) every log_interval since an eval
-        self.t_last, self.steps_since = time.time(), 0  # elapsed_s and tokens/s count training, not evaluations
-
-    @property
-    def tokens_per_iter(self):
-        return self.s["gradient_accumulation_steps"] * self.s["batch_size"] * self.s["block_size"]
-
-    def train_step(self):
-        """One optimizer step over this process's share of the global batch; returns the last micro-batch's training
-        objective (the loss the gradient comes from: plain or n-gram CE plus the techniques' terms) and its plain
-        cross-entropy."""
-        s = self.s
-        # Every draw of an iteration is seeded from (seed, iteration[, rank]): the iteration number is therefore the
-        # whole data position and RNG state, and a resumed run replays exactly what an uninterrupted one would.
-        generator = torch.Generator().manual_seed(batch_seed(s["seed"], self.iter_num))
-        torch.manual_seed(dropout_seed(s["seed"], self.iter_num, self.rank))
-        B = s["batch_size"]
-        ix = self.random_starts("train", generator, s["gradient_accumulation_steps"] * B)
-        mine = ix[self.rank * self.local_accum * B:(self.rank + 1) * self.local_accum * B]
-        for micro in range(self.local_accum):
-            x, y, extra = self.batch_at("train", mine[micro * B:(micro + 1) * B])
-            if self.ddp:  # average gradients across processes only after the last micro-batch
-                self.train_model.require_backward_grad_sync = micro == self.local_accum - 1
-            with self.autocast:
-                loss, stats = self.train_model(x, y, extra)
-                loss = loss / self.local_accum
-            self.scaler.scale(loss).backward()
-        if s["grad_clip"] > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), s["grad_clip"])
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach(), stats["ce"]
-
-    def log_progress(self, objective, ce, lr, bar):
-        """Every log_interval steps (a device sync): the plain CE and the objective onto the bar, the objective
-        into the next log record."""
-        lossf = objective.item() * self.local_accum
-        if not math.isfinite(lossf):
-            raise FloatingPointError(f"the training loss is {lossf} at iteration {self.iter_num}; stopping. The last "
-                                     f"good checkpoint is {os.path.join(self.s['out_dir'], 'ckpt.pt')}: lower "
-                                     f"learning_rate or raise warmup_iters, then resume from it with "
-                                     f"--init_from=resume")
-        self.train_losses.append((self.iter_num, lossf))
-        now = time.time()
-        self.tokens_per_sec = self.steps_since * self.tokens_per_iter / (now - self.t_last + 1e-9)
-        self.elapsed += now - self.t_last
-        self.t_last, self.steps_since = now, 0
-        bar.set_postfix_str(f"train_ce={ce.item():.4f}, objective={lossf:.4f}, lr={lr:.2e}, "
-                            f"tok_s={self.tokens_per_sec:,.0f}")
-
-    def eval_log_and_save(self, lr):
-        """Evaluate and report it, write the checkpoint(s), then the log line and the plot (rank 0); the time it
-        takes is not training time."""
-        self.elapsed += time.time() - self.t_last
-        if self.master:
-            self.save_evaluation(lr)
-        self.train_losses, self.t_last = [], time.time()
-
-    def save_evaluation(self, lr):
-        s = self.s
-        record = self.log_record(lr)
-        self.reporter.evaluation(record)
-        if not math.isfinite(record["val_loss"]):
-            raise FloatingPointError(f"the validation loss is {record['val_loss']} at iteration {self.iter_num}; "
-                                     f"stopping without overwriting the last good checkpoint in {s['out_dir']}")
-        if s["keep_best"] and record["val_loss"] < self.best_val_loss:  # what to score; ckpt.pt is what resumes
-            ckpt.save(os.path.join(s["out_dir"], "best.pt"), ckpt.state(self, record, resumable=False))
-        self.best_val_loss = min(self.best_val_loss, record["val_loss"])
-        ckpt.save(os.path.join(s["out_dir"], "ckpt.pt"), ckpt.state(self, record))
-        # The line follows the checkpoint, so the log never runs ahead of what a resume starts from.
-        run_folder.append_log(s["out_dir"], record)
-        plot_log(s["out_dir"], run_folder.run_title(s, DEFAULTS), s)
-
-    def log_record(self, lr):
-        """This evaluation's line of log.jsonl: the losses, the techniques' statistics, speed and progress."""
-        results = self.evaluate()
-        val_loss = results["val"]["ce"]
-        record = {"iter": self.iter_num, "train_loss": results["train"]["ce"], "val_loss": val_loss,
-                  "val_ppl": math.exp(min(val_loss, 50.0)), "lr": lr, "tokens_per_sec": self.tokens_per_sec,
-                  "elapsed_s": round(self.elapsed, 2), "trainable_params": self.n_trainable,
-                  "train_losses": self.train_losses}
-        record.update({f"val_{k}": v for k, v in results["val"].items() if k != "ce"})
-        record.update({f"train_{k}": v for k, v in results["train"].items() if k.startswith("ngram")})
-        self.last_record = record
-        mfu = devices.mfu(self.model.gpt, self.tokens_per_sec, self.world, self.device)
-        if mfu is not None:
-            record["mfu"] = mfu
-        return record
-
-    def finish(self, main_job):
-        """After the last step (rank 0): the score, the final numbers, a sample and the commands that go on."""
-        s = self.s
-        if self.master:
-            score_tokens = len(self.tokens["val"]) if main_job else s["score_val_tokens"]
-            score = self.score_val(score_tokens) if score_tokens > 0 else None
-            plain = run_report.plain_result() if main_job else None
-            print(run_report.final_numbers(self.last_record["val_loss"], s["eval_iters"], score, plain))
-            if s["sample_tokens"] > 0 and s["plan_mode"] != "oracle":  # an oracle plan needs the text's future
-                self.print_sample()
-            print(run_folder.how_to_continue(s, DEFAULTS, self.iter_num, self.world))
-            self.reporter.finish()
-        if self.ddp:
-            dist.destroy_process_group()
-
-    def print_sample(self):
-        encode, decode = get_codec(self.meta)
-        idx = torch.tensor([encode(document_start(self.meta))], dtype=torch.long, device=self.device)
-        torch.manual_seed(self.s["seed"])
-        self.model.eval()
-        with self.autocast:
-            out = self.model.generate(idx, self.s["sample_tokens"], temperature=0.8, top_k=200,
-                                      plan_data=self.technique_data.get("plan"), vocab=self.vocab)
+def finish(trainer, run, main_job, reporter):
+    """After the last step (rank 0): the score, the final numbers, a sample and the commands that go on."""
+    s = trainer.s
+    score_tokens = len(trainer.tokens["val"]) if main_job else s["score_val_tokens"]
+    score = trainer.score_val(score_tokens, run["iter_num"]) if score_tokens > 0 else None
+    plain = run_report.plain_result() if main_job else None
+    print(run_report.final_numbers(run["log_record"]["val_loss"], s["eval_iters"], score, plain))
+    if s["sample_tokens"] > 0 and s["plan_mode"] != "oracle":  # an oracle plan needs the text's future
         print("-" * 40 + " sample " + "-" * 40)
-        print(decode(out[0].tolist()))
+        print(trainer.sample(s["sample_tokens"]))
+    print(run_folder.how_to_continue(s, DEFAULTS, run["iter_num"], trainer.world))
+    reporter.finish()
 
 
 if __name__ == "__main__":
@@ -464,8 +240,3 @@ if __name__ == "__main__":
     except KeyboardInterrupt as e:
         print(e, file=sys.stderr)
         sys.exit(130)
-    except RuntimeError as e:  # under torchrun, the one a dead process leaves behind: gloo's or NCCL's words
-        if "RANK" not in os.environ or not ("peer" in str(e) or isinstance(e, dist.DistBackendError)):
-            raise
-        sys.exit(f"error: rank {os.environ['RANK']} lost contact with another process of the run, which has "
-                 f"probably died (its own error, if any, is above): {str(e).splitlines()[0]}")

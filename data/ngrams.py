@@ -62,16 +62,16 @@ FORMAT = 2  # of the files, in their header: a change of their layout must rebui
 TARGET_FILES = ("tail_ids", "top_ids", "top_probs", "tail_probs")  # the compact targets' folder; the rest: the counts'
 NO_CONTEXT = np.uint16(65535)  # the route of a position without an in-document context
 ELIGIBLE, IN_S = 1, 2  # flags of an occurrence: its context has a tail (it may borrow); its next token is in S
-# Sizing, measured with tracemalloc: numpy's peak bytes per pair of a partition in the count step (the largest) when
-# every pair is its own context (its worst case; a Zipf corpus needs 40%), and per position of a chunk in the route
-# step (the largest of the chunk steps, with the tokens its task carries); a process's own footprint (interpreter,
-# numpy) comes on top.
+# Sizing, measured with tracemalloc (docs/ngram.md): numpy's peak bytes per pair of a partition in the count step (the
+# largest) when every pair is its own context (its worst case), and per position of a chunk in the route step (the
+# largest of the chunk steps, with the tokens its task carries); a process's own footprint (interpreter, numpy)
+# comes on top.
 BYTES_PER_PAIR, BYTES_PER_PAIR_PER_TOP_TOKEN = 94, 6
 BYTES_PER_POSITION = 42
 PROCESS_MB = 60
 # Partitions and chunks of at most 2**21 pairs or positions, though memory allows more: a larger partition sorts no
 # faster per key, and glibc maps each array over 32 MB anew, its pages faulted in again, where it reuses smaller
-# ones from its heap (at 50M tokens, 24 partitions and chunks of 2**21 take 40% less system time than 8 and 2**23).
+# ones from its heap (docs/ngram.md has the measurement).
 # Only a corpus too large for that many partitions or chunks (MAX_CHUNKS: a partition task reads a slice of each)
 # takes larger ones.
 STEP_SIZE, MAX_CHUNKS = 2**21, 256

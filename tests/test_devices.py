@@ -1,5 +1,6 @@
-"""The lines that differ on a GPU (training/devices.py and train.py's set-up), held to torch's own contract on a machine
-without one: conftest.py's fake_gpu reports a chosen GPU while torch's Python functions run their real checks."""
+"""The lines that differ on a GPU (training/devices.py and the trainer's set-up), held to torch's own contract on a
+machine without one: conftest.py's fake_gpu reports a chosen GPU while torch's Python functions run their real
+checks."""
 
 import datetime
 import os
@@ -10,9 +11,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import train
 from model import GPT, GPTConfig, estimate_mfu
 from training import devices
+from training.trainer import Trainer
 
 pytestmark = pytest.mark.picks_device  # device='auto' on a fake GPU is what these tests are about
 
@@ -21,8 +22,8 @@ T4 = ("Tesla T4", (7, 5))
 
 
 def set_up(**settings):
-    """train.py's device set-up alone, as a run with these settings does it first."""
-    trainer = train.Trainer.__new__(train.Trainer)
+    """The trainer's device set-up alone, as a run with these settings does it first."""
+    trainer = Trainer.__new__(Trainer)
     trainer.s = {"gradient_accumulation_steps": 1, "device": "auto", "dtype": "auto", "compile": None, **settings}
     trainer.setup_device()
     return trainer

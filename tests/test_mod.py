@@ -284,7 +284,9 @@ def collapse_run(tmp_path):
 
 def test_the_router_collapses_and_says_so_without_the_entropy_term_and_does_not_with_it(tmp_path):
     run = collapse_run(tmp_path)
-    bare = train.main([*run, f"--out_dir={tmp_path / 'bare'}", "--mod_router_entropy=0"]).last_record
+    train.main([*run, f"--out_dir={tmp_path / 'bare'}", "--mod_router_entropy=0"])
+    bare = read_log(tmp_path / "bare")[-1]
     assert bare["val_route0"] >= mod.COLLAPSED and "collapsed onto layer 0" in bare["warnings"][0]
-    default = train.main([*run, f"--out_dir={tmp_path / 'default'}"]).last_record
+    train.main([*run, f"--out_dir={tmp_path / 'default'}"])
+    default = read_log(tmp_path / "default")[-1]
     assert max(default["val_route0"], default["val_route1"]) < 0.8 and "warnings" not in default

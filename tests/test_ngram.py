@@ -376,6 +376,7 @@ def test_train_py_gathers_each_positions_target(tmp_path, monkeypatch):
     # x[b, t] is stream position ix[b] + t, so its target must be y_all of (x[b, t-1], x[b, t]).
     import train
     from data import prepare
+    from training.trainer import Trainer
     from data.write import write_dataset
     monkeypatch.setattr(prepare, "DATA_ROOT", tmp_path)
     text = "".join(np.random.default_rng(0).choice(list("abcab c"), 3000))
@@ -383,7 +384,7 @@ def test_train_py_gathers_each_positions_target(tmp_path, monkeypatch):
                          "shakespeare_char", "test")
     settings = train.settings_from([train.PLAIN_CONFIG])
     settings.update(ngram_mode="all", ngram_n=3, block_size=16, n_layer=1, n_head=1, n_embd=8, device="cpu")
-    trainer = train.Trainer(settings)
+    trainer = Trainer(settings)
     x, y, extra = trainer.get_batch("train", torch.Generator().manual_seed(0), 4)
     tokens = np.array(trainer.tokens["train"])
     counts = brute_force_counts(tokens, 3, None)

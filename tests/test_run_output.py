@@ -103,8 +103,8 @@ def test_the_run_ends_with_commands_that_sample_from_it_and_resume_it(corpus, tm
     assert sample_command[:2] == ["python", "sample.py"] and resume_command[:2] == ["python", "train.py"]
     importlib.reload(sample).main([*sample_command[2:], "--num_samples=1", "--max_new_tokens=3", "--start=the",
                                           "--device=cpu"])
-    resumed = train.main([*resume_command[2:], "--max_iters=6"])
-    assert resumed.iter_num == 6 and [r["iter"] for r in read_log(tmp_path / "run")] == [0, 2, 4, 6]
+    train.main([*resume_command[2:], "--max_iters=6"])
+    assert [r["iter"] for r in read_log(tmp_path / "run")] == [0, 2, 4, 6]
 
 
 def test_the_main_job_reads_the_plain_gpts_perplexity_from_the_results_the_experiment_wrote(tmp_path, monkeypatch):
@@ -151,6 +151,19 @@ def test_a_run_that_fails_before_writing_anything_leaves_no_folder_behind(corpus
     assert os.listdir(tmp_path / "mine") == ["notes.txt"]  # the folder as it was
 
 
+def test_the_gradient_norm_before_clipping_is_logged_every_log_interval_and_drawn(corpus, tmp_path, capsys):
+    train.main([*TINY, f"--dataset={corpus}", f"--out_dir={tmp_path}", "--max_iters=4", "--eval_interval=2",
+                "--log_interval=1", "--grad_clip=1e-3", "--learning_rate=0.1"])
+    records = read_log(tmp_path)
+    norms = [norm for r in records for _, norm in r["grad_norms"]]
+    assert [[it for it, _ in r["grad_norms"]] for r in records] == [[], [1, 2], [3, 4]]
+    assert len(norms) == 4 and all(norm > 1e-3 for norm in norms)  # before clipping: clipped, each would be 1e-3
+    fig = plot_log(str(tmp_path), None, train.settings_from([*TINY, "--grad_clip=1e-3"]))
+    assert fig.axes[1].get_title() == "gradient norm"
+    assert [y for _, y in lines(fig.axes[1])["before clipping (per step)"]] == pytest.approx(norms)
+    assert "grad_norm=" in capsys.readouterr().err  # on the progress bar
+
+
 def test_wandb_gets_every_evaluation_log_jsonl_gets_offline(corpus, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -162,8 +175,11 @@ def test_wandb_gets_every_evaluation_log_jsonl_gets_offline(corpus, tmp_path, mo
 
     monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", recorded)
     train.main([*TINY, f"--dataset={corpus}", f"--out_dir={tmp_path}", "--max_iters=4", "--eval_interval=2",
-                "--wandb_log=True"])
+                "--log_interval=1", "--wandb_log=True"])
     records = read_log(tmp_path)
     assert [step for step, _ in logged] == [r["iter"] for r in records] == [0, 2, 4]
-    assert all(data["val_loss"] == r["val_loss"] and data["lr"] == r["lr"] for (_, data), r in zip(logged, records))
+    # nanoGPT's names, so its saved dashboards read this run
+    assert all(data["iter"] == r["iter"] and data["val/loss"] == r["val_loss"] and data["train/loss"] == r["train_loss"]
+               and data["lr"] == r["lr"] for (_, data), r in zip(logged, records))
+    assert [data.get("grad_norm") for _, data in logged] == [None] + [r["grad_norms"][-1][1] for r in records[1:]]
     assert list((tmp_path / "wandb").glob("offline-run-*"))  # a real offline run, in the run's folder

@@ -19,6 +19,7 @@ alike.
 
 import copy
 import functools
+import itertools
 import os
 import re
 import statistics
@@ -42,6 +43,7 @@ from data.vocabulary import document_start, get_codec
 from lm import LanguageModel
 from model import GPT, GPTConfig, configure_optimizers
 from tools import bench_scale
+from training.trainer import Trainer
 
 # -----------------------------------------------------------------------------
 # the plain model measured by default: nanoGPT's CPU configuration on shakespeare_char
@@ -97,7 +99,21 @@ def make_trainer(*overrides):
     """A Trainer of the plain GPT at the benchmark's shape (config/plain.py), with --key=value overrides."""
     shape = dict(dataset=dataset, n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                  batch_size=batch_size, device=device, dtype=dtype, compile=compile, dropout=0.0)
-    return train.Trainer(train.settings_from([train.PLAIN_CONFIG, *flags(shape), *overrides]))
+    return Trainer(train.settings_from([train.PLAIN_CONFIG, *flags(shape), *overrides]))
+
+
+def training_steps(trainer):
+    """A callable that takes the trainer's next training step as train.py's loop does: each call the next
+    iteration's learning rate and batch. Without it every step would train the same batch at the same rate, and the
+    planner's number of sentences per batch, which real training recompiles for, would never change."""
+    iterations = itertools.count()
+
+    def step():
+        iteration = next(iterations)
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = trainer.lr_at(iteration)
+        return trainer.train_step(iteration)
+    return step
 
 
 def flags(settings):
@@ -106,7 +122,7 @@ def flags(settings):
 
 def bench_plain():
     trainer = make_trainer()
-    seconds = time_arms({"train.py": trainer.train_step, "bare": bare_step(trainer)}, steps, warmup, rounds)
+    seconds = time_arms({"train.py": training_steps(trainer), "bare": bare_step(trainer)}, steps, warmup, rounds)
     tokens = batch_size * block_size
     print(f"training: {seconds['train.py'] * 1000:.1f} ms/iter, {tokens / seconds['train.py']:,.0f} tokens/s "
           f"({n_layer} layers, {n_embd} wide, batch {batch_size} x {block_size} on {dataset}, "
@@ -171,7 +187,7 @@ def bench_techniques():
     for name, n in NGRAM_N.items():
         arms = {"plain": [], **technique_arms(n)}
         trainers = {arm: make_trainer(f"--dataset={name!r}", *overrides) for arm, overrides in arms.items()}
-        times = time_arms({arm: trainer.train_step for arm, trainer in trainers.items()}, steps, warmup, rounds)
+        times = time_arms({arm: training_steps(trainer) for arm, trainer in trainers.items()}, steps, warmup, rounds)
         for arm, seconds in times.items():
             print(f"| {name} | {arm} | {seconds * 1000:.1f} | {seconds / times['plain']:.3f} |")
         planner[name] = times["planner soft"] / times["plain"]

@@ -47,6 +47,8 @@ from data.vocabulary import document_start, get_codec
 from model import GPT, GPTConfig, estimate_mfu, peak_flops
 from tools import bench
 from training.devices import pick_precision
+from training.plot import read_log
+from training.trainer import Trainer
 
 OUT = "out-bench-gpu"  # git-ignored (out*/): the table, each check's log, the main-job and resume checks' runs
 GPT2_SHAPE = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024)  # GPT-2 small (124M)
@@ -157,7 +159,7 @@ def run_check(check, device, log):
 
 
 def make_trainer(device, *args):
-    return train.Trainer(train.settings_from([*args, f"--device={device}"]))
+    return Trainer(train.settings_from([*args, f"--device={device}"]))
 
 
 def gpt2_args():
@@ -170,21 +172,9 @@ def gpt2_small(device):
     return make_trainer(device, *gpt2_args())
 
 
-def advance(trainer):
-    """One training step as train.py's loop takes it: this iteration's learning rate and batch, then the next
-    iteration. Without it every step would train the same batch at the same rate, and the planner's number of
-    sentences per batch, which real training recompiles for, would never change."""
-    lr = trainer.lr_at(trainer.iter_num)
-    for group in trainer.optimizer.param_groups:
-        group["lr"] = lr
-    result = trainer.train_step()
-    trainer.iter_num += 1
-    return result
-
-
 def step_seconds(trainers):
     """Median seconds per training step of each trainer, in alternating rounds; the first steps compile."""
-    return bench.time_arms({name: functools.partial(advance, t) for name, t in trainers.items()}, repeats=10,
+    return bench.time_arms({name: bench.training_steps(t) for name, t in trainers.items()}, repeats=10,
                            warmup=3, rounds=3)
 
 
@@ -226,7 +216,7 @@ def check_gpt2_small(device):
           "fused AdamW": trainer.optimizer.defaults.get("fused")}
     expect(all(on.values()), "off: " + ", ".join(name for name, is_on in on.items() if not is_on))
     seconds = compiled(lambda: step_seconds({"plain": trainer}))["plain"]
-    kernel = fused_attention_kernel(functools.partial(advance, trainer), device)
+    kernel = fused_attention_kernel(bench.training_steps(trainer), device)
     expect(kernel, "no fused attention kernel ran in a training step")
     tokens_per_s = trainer.s["batch_size"] * trainer.s["block_size"] / seconds
     name = torch.cuda.get_device_name(device)
@@ -248,11 +238,12 @@ def check_technique(args, device):
 def check_main_job(device):
     out_dir = os.path.join(OUT, "main_job")
     # Scored on the whole validation split, as the CPU runs in results/combined.json were.
-    trainer = compiled(lambda: train.main([*SMALL, f"--device={device}", f"--out_dir={out_dir}", "--overwrite",
-                                           "--score_val_tokens=1000000000"]))
+    compiled(lambda: train.main([*SMALL, f"--device={device}", f"--out_dir={out_dir}", "--overwrite",
+                                 "--score_val_tokens=1000000000"]))
+    record = read_log(out_dir)[-1]
     with open(os.path.join(out_dir, "score.json")) as f:
         loss = json.load(f)["val_loss"]
-    seed = trainer.s["seed"]
+    seed = train.DEFAULTS["seed"]
     cpu, sd = cpu_main_job_loss(seed)
     # bf16 and another order of summation part the GPU's run from the CPU's within a few hundred steps, so the
     # two differ as two seeds do: by sqrt(2) sd on average; four sd leaves a correct run a margin.
@@ -261,7 +252,7 @@ def check_main_job(device):
            f"validation loss {loss:.4f} here, {cpu:.4f} on the CPU (seed {seed}): more than {tolerance:.4f} (four "
            f"seed-to-seed sd) apart")
     return (f"validation loss {loss:.4f}, the CPU's {cpu:.4f} (seed {seed}; within four seed-to-seed sd, "
-            f"{tolerance:.4f}); {trainer.last_record['elapsed_s']:.0f} s of training, evaluations excluded")
+            f"{tolerance:.4f}); {record['elapsed_s']:.0f} s of training, evaluations excluded")
 
 
 def cpu_main_job_loss(seed):
@@ -283,7 +274,8 @@ def check_float16(device, steps=100):
     expect(trainer.scaler.is_enabled(), "float16 runs without the GradScaler")
 
     def train_steps():
-        return [advance(trainer)[1].item() for _ in range(steps)]
+        step = bench.training_steps(trainer)
+        return [step()[1].item() for _ in range(steps)]
 
     # On a CPU (this check's test) train.py does not compile, and Inductor's CPU code would take minutes here.
     losses = compiled(train_steps) if device.startswith("cuda") else train_steps()
@@ -314,7 +306,8 @@ def check_attention(device):
     expect(not fused_attention_kernel(lambda: forward("readable", readable), device),
            "flash=False ran a fused attention kernel")
     difference, largest = (logits["fused"] - logits["readable"]).abs().max().item(), logits["fused"].abs().max().item()
-    # bf16 rounds differently in the two orders of summation: about 1% of the largest logit on GPT-2's shape.
+    # bf16 keeps 8 significant bits (2**-8 relative), so two orders of summation differ by a few of its roundings,
+    # well under 1/32 of the largest logit; a wrong kernel differs by the logits themselves.
     expect(difference <= largest / 32, f"the logits differ by {difference:.3g}, more than 1/32 of the largest "
                                        f"({largest:.3g})")
     return (f"logits agree in {dtype}: largest difference {difference:.2e}, largest logit {largest:.2f}; the fused "
@@ -327,10 +320,10 @@ def check_resume(device, steps=10):
     moments show in the losses."""
     args = [*SMALL, f"--device={device}", "--compile=False", f"--eval_interval={steps}", "--log_interval=1",
             "--sample_tokens=0", "--dropout=0.1", "--warmup_iters=0", f"--lr_decay_iters={2 * steps}", "--overwrite"]
-    straight = train.main([*args, f"--out_dir={OUT}/resume_straight", f"--max_iters={2 * steps}"]).last_record
+    train.main([*args, f"--out_dir={OUT}/resume_straight", f"--max_iters={2 * steps}"])
     train.main([*args, f"--out_dir={OUT}/resume_stopped", f"--max_iters={steps}"])
-    resumed = train.main([*args, f"--out_dir={OUT}/resume_stopped", f"--max_iters={2 * steps}",
-                          "--init_from=resume"]).last_record
+    train.main([*args, f"--out_dir={OUT}/resume_stopped", f"--max_iters={2 * steps}", "--init_from=resume"])
+    straight, resumed = (read_log(f"{OUT}/resume_{name}")[-1] for name in ("straight", "stopped"))
     expect([i for i, _ in straight["train_losses"]] == [i for i, _ in resumed["train_losses"]],
            f"the resumed run logged other iterations: {resumed['train_losses']}")
     pairs = [(a, b) for (_, a), (_, b) in zip(straight["train_losses"], resumed["train_losses"])]

@@ -553,9 +553,9 @@ def ngram_section(reader, config, s):
             ngram_bars(ax, reader, name, targets, compact, position, r, len(exact_ids), context)
         rows.append(ngram_row(reader, position, context, exact_probs, r,
                               compact(np.array([position])) if compact is not None else None))
+    tail_column = "<th>compact target's tail token</th>" if compact is not None else ""
     table = ('<table><tr><th>after</th><th>observed next</th><th>distinct next tokens</th>'
-             f'<th>mass beyond the top {r}</th>' + ("<th>compact target's tail token</th>" if compact is not None else "")
-             + "</tr>" + "".join(rows) + "</table>")
+             f'<th>mass beyond the top {r}</th>' + tail_column + "</tr>" + "".join(rows) + "</table>")
     choice = (f"where the context has more than {r + 1} distinct next tokens, so the compact target differs from "
               "the exact one" if differ else "with at least 3 distinct next tokens")
     return section("N-gram targets", "explain_ngram.png", fig,

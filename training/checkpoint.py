@@ -30,16 +30,16 @@ RUN_KEYS = ("dataset", "block_size", "batch_size", "gradient_accumulation_steps"
             "plan_tau", "plan_lambda", "plan_embedder", "plan_seed")
 
 
-def state(trainer, record, resumable=True):
-    """What a checkpoint of the trainer's run holds now: the weights and what reads them, and, when resumable,
-    everything a resume continues from."""
+def state(trainer, run, record, resumable=True):
+    """What a checkpoint of the trainer's run holds now (run: train.py's loop state, record: this evaluation's log
+    line): the weights and what reads them, and, when resumable, everything a resume continues from."""
     weights = {"model": trainer.model.state_dict(), "model_args": trainer.model_args, "config": trainer.s,
-               "iter_num": trainer.iter_num, "tokenizer": trainer.meta["tokenizer"], "vocab": trainer.vocab,
+               "iter_num": run["iter_num"], "tokenizer": trainer.meta["tokenizer"], "vocab": trainer.vocab,
                "data": data_identity(trainer.meta)}
     if not resumable:
         return {**weights, "val_loss": record["val_loss"]}
     return {**weights, "optimizer": trainer.optimizer.state_dict(), "scaler": trainer.scaler.state_dict(),
-            "best_val_loss": trainer.best_val_loss, "elapsed_s": trainer.elapsed, "log_record": record}
+            "best_val_loss": run["best_val_loss"], "elapsed_s": run["elapsed_s"], "log_record": record}
 
 
 def save(path, checkpoint):

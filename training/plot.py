@@ -31,13 +31,21 @@ def plot_log(out_dir, title=None, settings=None):
     if not records:
         raise FileNotFoundError(f"no evaluations logged in {os.path.join(out_dir, 'log.jsonl')} yet: train first")
     panels = [(t, panel) for t in lm.TECHNIQUES if (panel := t.plot_panel(records, settings)) is not None]
-    fig, axes = new_figure(1 + len(panels))
+    grad_norms = [pair for r in records for pair in r.get("grad_norms", [])]  # logs before it have none
+    fig, axes = new_figure(1 + bool(grad_norms) + len(panels))
     steps = [pair for r in records for pair in r.get("train_losses", [])]
     if steps:
         axes[0].plot(*zip(*steps), lw=0.8, alpha=0.6, label="training objective (per step)")
     draw_curves(axes[0], {f"{split} CE (evaluations)": series(records, f"{split}_loss") for split in ("train", "val")},
                 "loss", "nats/token")
-    for ax, (technique, (panel_title, keys)) in zip(axes[1:], panels):
+    if grad_norms:  # the first thing to look at when a run diverges: spikes before the loss does
+        axes[1].plot(*zip(*grad_norms), lw=0.8, label="before clipping (per step)")
+        if settings is not None and settings["grad_clip"] > 0:
+            axes[1].axhline(settings["grad_clip"], color="gray", ls="--", lw=0.8, label="grad_clip")
+        axes[1].set(title="gradient norm", xlabel="iteration", ylabel="global L2 norm")
+        axes[1].grid(alpha=0.3)
+        axes[1].legend(fontsize=8)
+    for ax, (technique, (panel_title, keys)) in zip(axes[1 + bool(grad_norms):], panels):
         curves = {label: series(records, key) for label, key in keys.items()}
         draw_curves(ax, curves, panel_title, "")
         degenerate = warned(records, technique.health_warning)
@@ -53,7 +61,7 @@ def plot_log(out_dir, title=None, settings=None):
 
 
 def warned(records, health_warning):
-    """The iterations whose record carries this technique's warning (Trainer.warn_degenerate put it there)."""
+    """The iterations whose record carries this technique's warning (run_report's Reporter put it there)."""
     return {r["iter"] for r in records if r.get("warnings") and health_warning(r) in r["warnings"]}
 
 

@@ -35,7 +35,7 @@ class Reporter:
         tqdm.write("\n".join(lines))
         self.warn_degenerate(record)
         if self.wandb is not None:
-            self.wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["iter"])
+            self.wandb.log(wandb_metrics(record), step=record["iter"])
 
     def warn_degenerate(self, record):
         """A technique that stops doing its job says so, once. Judged from HEALTH_FROM of the run on: a router
@@ -81,6 +81,20 @@ def final_numbers(val_loss, eval_iters, score=None, plain=None):
         line += (f"; {score['val_loss']:.4f} on {score['val_tokens']:,} tokens of the validation split, perplexity "
                  f"{math.exp(score['val_loss']):.2f}")
     return line + (f"; {plain}" if plain else "")
+
+
+def wandb_metrics(record):
+    """A log record's numbers under nanoGPT's wandb names (iter, train/loss, val/loss, lr, and mfu in percent), so a
+    dashboard saved for nanoGPT reads this run; the others split the same way (val_route2 is val/route2,
+    train_ngram_ce train/ngram_ce), and grad_norm is the last logged step's."""
+    renamed = {"train_loss": "train/loss", "val_loss": "val/loss"}
+    metrics = {renamed.get(k, k.replace("_", "/", 1) if k.startswith(("train_", "val_")) else k): v
+               for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if "mfu" in metrics:
+        metrics["mfu"] = 100 * metrics["mfu"]
+    if record.get("grad_norms"):
+        metrics["grad_norm"] = record["grad_norms"][-1][1]
+    return metrics
 
 
 def start_wandb(s):
