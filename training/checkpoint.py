@@ -85,12 +85,11 @@ def is_nanogpt(checkpoint):
 def from_nanogpt(saved):
     """A checkpoint of nanoGPT's train.py as one of this repository's plain GPT: its weights under 'gpt.', less a
     compiled run's '_orig_mod.' prefix and the causal-mask buffers of nanoGPT's readable attention (model.py makes
-    its mask as it goes), the head tied to the token embedding where the file left it out, and its dataset's name.
-    It records no vocabulary: one of GPT-2's size is GPT-2 BPE, a smaller one characters, whose ids only the
-    dataset it was trained on knows (vocab, nanogpt_characters)."""
+    its mask as it goes); the tied head is saved under both its names, as here. Its settings are the plain GPT's,
+    but for its dataset's name. It records no vocabulary: one of GPT-2's size is GPT-2 BPE, a smaller one
+    characters, whose ids only the dataset it was trained on knows (vocab, nanogpt_characters)."""
     weights = {"gpt." + k.removeprefix("_orig_mod."): v for k, v in saved["model"].items()
                if not k.endswith(".attn.bias")}
-    weights.setdefault("gpt.lm_head.weight", weights["gpt.transformer.wte.weight"])
     model_args = {k: saved["model_args"][k] for k in ("n_layer", "n_head", "n_embd", "block_size", "bias",
                                                       "vocab_size")}
     config = saved.get("config", {})
