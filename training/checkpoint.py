@@ -182,16 +182,17 @@ def vocab(checkpoint):
     if "dataset" not in config:
         raise ValueError(f"the checkpoint names neither its vocabulary nor its dataset (its tokenizer: "
                          f"{checkpoint.get('tokenizer')!r}): it cannot be decoded or tuned here")
+    why = ("this nanoGPT checkpoint does not record its vocabulary" if checkpoint.get("nanogpt") else
+           "this checkpoint predates checkpoints that carry their vocabulary")
     try:
         meta = load_meta(ensure_prepared(config["dataset"], config.get("tokenizer", "char")))
     except (ValueError, FileNotFoundError) as e:
-        raise ValueError(f"this checkpoint does not carry its vocabulary, and its dataset '{config['dataset']}' "
-                         f"cannot be read ({e}): put the dataset back, or train it again") from None
+        raise ValueError(f"{why}, and its dataset '{config['dataset']}' cannot be read ({e}): put the dataset back, "
+                         f"or train it again") from None
     n = checkpoint["model_args"]["vocab_size"]
     if meta["tokenizer"] == "char" and meta["vocab_size"] != n:
-        raise ValueError(f"this checkpoint does not carry its vocabulary, and its dataset '{config['dataset']}' here "
-                         f"has {describe_vocab(meta)}, not the checkpoint's {n} ids: put the dataset it was trained on "
-                         f"there")
+        raise ValueError(f"{why}, and its dataset '{config['dataset']}' here has {describe_vocab(meta)}, not the "
+                         f"checkpoint's {n} ids: put the dataset it was trained on there")
     if checkpoint.get("nanogpt") and meta["tokenizer"] == "char":
         print(f"note: the nanoGPT checkpoint does not record its characters: its {n} ids are taken to be those of "
               f"its dataset '{config['dataset']}' here", file=sys.stderr)
