@@ -3,14 +3,17 @@ Settings the nanoGPT way: a script's settings are plain globals at its top, and 
 with config files (`config/train_wiki.py`, plain Python assignments) and `--key=value` pairs, applied left to
 right; a bare `--key` sets a True/False setting to True. Unlike a bare exec, each override is checked: an unknown
 key or a value of the wrong type stops the run with a message that names it, so a typo never silently trains the
-wrong model. `--help` prints the settings with their defaults and exits; given the script's file, each setting with
-its comment from the script, under the comment lines that head its group.
+wrong model; only nanoGPT's settings that mean nothing here (NANOGPT_ONLY) are accepted, each with a note on what
+happens instead, so that nanoGPT's own config files run. `--help` prints the settings with their defaults and
+exits; given the script's file, each setting with its comment from the script, under the comment lines that head
+its group.
 
     configure(globals(), sys.argv[1:])
 """
 
 import difflib
 import re
+import sys
 import traceback
 from ast import literal_eval
 
@@ -19,10 +22,21 @@ class ConfigError(ValueError):
     pass
 
 
+# Settings of nanoGPT's train.py and sample.py with no counterpart in the script being configured: what happens here
+# instead. A name the script has is its own setting; nanoGPT's with the same name mean the same.
+NANOGPT_ONLY = {
+    "always_save_checkpoint": "every evaluation writes out_dir/ckpt.pt here, the latest weights, which "
+                              "--init_from=resume continues; --keep_best=True also keeps the best ones in best.pt",
+    "backend": "the DDP backend follows the device here: nccl on CUDA, gloo on the CPU",
+    "compile": "this script runs the model uncompiled",
+}
+
+
 def configure(settings, args, help_from=None):
     """Apply config files and --key=value overrides from args to the settings dict (a script's globals).
     help_from: the script's path, whose comments --help prints beside each setting."""
     known = {k: v for k, v in settings.items() if is_setting(k, v)}
+    noted = set()
     if "--help" in args or "-h" in args:
         print(help_text(known, help_from))
         raise SystemExit(0)
@@ -32,10 +46,10 @@ def configure(settings, args, help_from=None):
             if not sep and not isinstance(known.get(key), bool):
                 raise ConfigError(f"expected --key=value, got '{arg}' (a bare --key switches on a True/False "
                                   f"setting)")
-            apply(settings, known, key, parse(text) if sep else True, f"'{arg}'")
+            apply(settings, known, key, parse(text) if sep else True, f"'{arg}'", noted)
         else:
             for key, value in read_config_file(arg).items():
-                apply(settings, known, key, value, f"config file {arg}")
+                apply(settings, known, key, value, f"config file {arg}", noted)
 
 
 SETTING_LINE = re.compile(r"^(\w+) = .*?(?:  # (.*))?$")
@@ -96,7 +110,13 @@ def read_config_file(path):
     return {k: v for k, v in namespace.items() if not k.startswith("_") and is_setting(k, v)}
 
 
-def apply(settings, known, key, value, origin):
+def apply(settings, known, key, value, origin, noted):
+    if key not in known and key in NANOGPT_ONLY:
+        if key not in noted:  # once, however many files and flags set it
+            print(f"note: {key} (from {origin}) is nanoGPT's setting, not one of this script's: "
+                  f"{NANOGPT_ONLY[key]}", file=sys.stderr)
+            noted.add(key)
+        return
     if key not in known:
         close = difflib.get_close_matches(key, known, n=3)
         hint = f"; did you mean {' or '.join(close)}?" if close else "; see the settings at the top of the script"

@@ -1,7 +1,9 @@
 """
-Generate text from a checkpoint of train.py, with whichever techniques it was trained with.
+Generate text from a checkpoint of train.py, with whichever techniques it was trained with, or from OpenAI's GPT-2
+or a checkpoint of nanoGPT's train.py.
 
     python sample.py                                   # from out/ckpt.pt, three samples
+    python sample.py --init_from=gpt2-xl --start="What is the answer to life, the universe, and everything?"
     python sample.py --out_dir=out-wiki --start="The history of" --num_samples=1 --max_new_tokens=200
     python sample.py --start=FILE:prompt.txt --temperature=0
 """
@@ -14,11 +16,14 @@ import torch
 from configurator import ConfigError, configure, is_setting
 from data.vocabulary import document_start, get_codec
 from lm import load_language_model
-from training import checkpoint as ckpt, devices
+from training import checkpoint as ckpt, devices, hf
 from training.replanner import plan_data_of
 
 # -----------------------------------------------------------------------------
-out_dir = "out"  # sample from out_dir/ckpt.pt
+# what to sample: 'resume' (out_dir/ckpt.pt), a checkpoint's path (nanoGPT's too), OpenAI's GPT-2 ('gpt2',
+# 'gpt2-medium', 'gpt2-large', 'gpt2-xl') or a folder written by transformers' save_pretrained (training/hf.py)
+init_from = "resume"
+out_dir = "out"  # init_from='resume' samples out_dir/ckpt.pt
 start = ""  # the prompt, or FILE:path to read it from a file; empty starts a new document
 num_samples = 3
 max_new_tokens = 300
@@ -38,8 +43,7 @@ def main(argv):
     configure(s, argv, help_from=__file__)
     if s["num_samples"] < 1 or s["max_new_tokens"] < 1 or s["temperature"] < 0 or s["top_k"] < 0:
         raise ConfigError("num_samples and max_new_tokens must be at least 1, temperature and top_k at least 0")
-    checkpoint = ckpt.load(f"{s['out_dir']}/ckpt.pt",
-                           fix="train first (python train.py), or point out_dir at a run's folder")
+    checkpoint = load(s["init_from"], s["out_dir"])
     run_device = devices.pick_device(s["device"])
     _, autocast = devices.pick_precision(run_device.split(":")[0], s["dtype"])
     model = load_language_model(checkpoint, run_device)
@@ -61,6 +65,15 @@ def main(argv):
                                  plan_data, meta)
         print(decode(out[0].tolist()))
         print(f"---------------- {s['max_new_tokens'] / (time.time() - t0):.0f} tokens/s")
+
+
+def load(init_from, out_dir):
+    if init_from == "resume":
+        return ckpt.load(f"{out_dir}/ckpt.pt", fix="train first (python train.py), or point out_dir at a run's folder")
+    if hf.is_hf_source(init_from):
+        return hf.gpt2_checkpoint(init_from)
+    return ckpt.load(init_from, fix=f"init_from is 'resume' (out_dir/ckpt.pt), a checkpoint's path, one of "
+                                    f"{', '.join(hf.GPT2_NAMES)} or a folder written by save_pretrained")
 
 
 def read_prompt(text, meta):

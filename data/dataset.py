@@ -21,9 +21,10 @@ On-disk format (FORMAT_VERSION = 3), in data/<name>/:
                               ('package==version sha256:...'), files {name: {'bytes', 'crc32'}} of
                               the eight files above.
 meta.json is data, read as data: format 2 kept a pickle (meta.pkl), which can run code when read, and is never
-read now. Every file is written under a temporary name and renamed into place, meta.json last: a meta.json means
-the dataset is complete. load_checked_tokens checks the .bin files against meta.json (size, crc32, ids inside the
-vocabulary) before training reads them.
+read now; nor is nanoGPT's meta.pkl, except by tools/from_nanogpt.py, which reads it as data only and writes the
+folder's meta.json. Every file is written under a temporary name and renamed into place, meta.json last: a
+meta.json means the dataset is complete. load_checked_tokens checks the .bin files against meta.json (size,
+crc32, ids inside the vocabulary) before training reads them.
 """
 
 import collections.abc
@@ -45,9 +46,15 @@ def load_meta(data_dir):
     data_dir = Path(data_dir)
     path = data_dir / META
     if not path.is_file():
+        if (data_dir / "meta.pkl").is_file() and not (data_dir / "train_docs.npy").is_file():
+            raise ValueError(f"{data_dir} is a folder nanoGPT prepared (train.bin, val.bin, meta.pkl): write its "
+                             f"{META} once with python -m tools.from_nanogpt {data_dir}")
         if (data_dir / "meta.pkl").is_file():
             raise ValueError(f"{data_dir} was prepared by an older version of this code: its meta.pkl is a pickle, "
                              f"which is never read (a crafted one would run code): {rebuild_hint(data_dir)}")
+        if (data_dir / "train.bin").is_file() and not (data_dir / "train_docs.npy").is_file():
+            raise ValueError(f"{data_dir} looks like a GPT-2 BPE folder nanoGPT prepared (train.bin, val.bin): write "
+                             f"its {META} once with python -m tools.from_nanogpt {data_dir}")
         raise FileNotFoundError(f"no prepared dataset at {data_dir} ({META} is missing): run its prepare.py, or "
                                 f"write it with data.write.write_dataset")
     try:

@@ -19,15 +19,18 @@ DATASETS = ("shakespeare_char", "wiki", "sotu")
 def ensure_prepared(dataset, tokenizer="char"):
     """Return the folder of a prepared dataset, preparing it first where needed. dataset is one of DATASETS (kept in
     DATA_ROOT/dataset and prepared by its prepare.py when missing or prepared by an older version), the path of a
-    folder written by write_dataset, or your own text: a .txt file or a folder of .txt files, prepared with
-    tokenizer ('char' or 'gpt2') by prepare_text. Paths are told apart from names by existence, never by their
-    separators. A killed preparation's temporary files in the folder are deleted."""
+    folder written by write_dataset (or, as nanoGPT names them, its name in DATA_ROOT), or your own text: a .txt
+    file or a folder of .txt files, prepared with tokenizer ('char' or 'gpt2') by prepare_text. Paths are told
+    apart from names by existence, never by their separators. A killed preparation's temporary files in the
+    folder are deleted."""
     if tokenizer not in ("char", "gpt2"):
         raise ValueError(f"tokenizer must be 'char' (characters) or 'gpt2' (GPT-2 BPE), got {tokenizer!r}")
     path = Path(dataset).expanduser()
+    if not path.exists() and dataset and is_prepared_folder(DATA_ROOT / dataset):
+        path = DATA_ROOT / dataset  # nanoGPT's way of naming data/<dataset>
     if dataset.rstrip("/\\") in DATASETS:
         data_dir = prepare_builtin(dataset.rstrip("/\\"))
-    elif (path / META).is_file() or (path / "meta.pkl").is_file():
+    elif is_prepared_folder(path):
         load_meta(path)  # a folder in another format, or damaged, is named here in one line with its fix
         data_dir = path
     elif dataset and path.exists():
@@ -38,6 +41,11 @@ def ensure_prepared(dataset, tokenizer="char"):
                          f"folder written by data.write.write_dataset")
     remove_dead_temporaries(data_dir)
     return data_dir
+
+
+def is_prepared_folder(path):
+    """Whether path holds a prepared dataset, in this format or (nanoGPT's, or an older one) in another."""
+    return any((path / name).is_file() for name in (META, "meta.pkl", "train.bin"))
 
 
 def prepare_builtin(dataset):

@@ -6,19 +6,23 @@ A checkpoint is a dict of tensors and plain values (no pickled objects), so it l
     data), data (the checksums of the token files it trained on), and in ckpt.pt, which a resume continues, also
     optimizer, scaler, best_val_loss, elapsed_s and log_record (the evaluation it was written at). best.pt
     (keep_best) holds the weights only.
-Older checkpoints lack some keys; `vocab` falls back to what they do name.
+Older checkpoints lack some keys; `vocab` falls back to what they do name. A checkpoint of nanoGPT's train.py is
+read as one of this repository's plain GPT (from_nanogpt).
 """
 
 import os
 import pickle
 import re
+import sys
 
 import torch
 
 from configurator import ConfigError
 from data.dataset import load_meta
 from data.files import write_atomically
+from data.vocabulary import vocabulary
 from data.prepare import ensure_prepared
+from training.hf import GPT2_VOCAB_SIZE
 from training.lora import merge_lora
 
 # Settings that fix what the checkpoint's weights mean: resuming with different ones would be a different run.
@@ -61,7 +65,7 @@ def load(path, fix="train first, or point init_from at an existing file"):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}: {fix}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # the safe unpickler met an object: a foreign or crafted file
         found = re.search(r"GLOBAL (\S+)", str(e))
         raise ValueError(f"checkpoint {path} holds a Python object ({found.group(1) if found else 'not a tensor'}), "
@@ -70,6 +74,45 @@ def load(path, fix="train first, or point init_from at an existing file"):
     except Exception as e:  # torch raises several types for a truncated or foreign file
         raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}): it is truncated or not a "
                          f"checkpoint of this repository; resume from an earlier copy or train again") from None
+    return from_nanogpt(checkpoint) if is_nanogpt(checkpoint) else checkpoint
+
+
+def is_nanogpt(checkpoint):
+    """nanoGPT's GPT is this repository's model.py GPT, saved bare: 'transformer.*' where this one saves 'gpt.*'."""
+    return "transformer.wte.weight" in {k.removeprefix("_orig_mod.") for k in checkpoint.get("model", {})}
+
+
+def from_nanogpt(saved):
+    """A checkpoint of nanoGPT's train.py as one of this repository's plain GPT: its weights under 'gpt.', less a
+    compiled run's '_orig_mod.' prefix and the causal-mask buffers of nanoGPT's readable attention (model.py makes
+    its mask as it goes); the tied head is saved under both its names, as here. Its settings are the plain GPT's,
+    but for its dataset's name. It records no vocabulary: one of GPT-2's size is GPT-2 BPE, a smaller one
+    characters, whose ids only the dataset it was trained on knows (vocab, nanogpt_characters)."""
+    weights = {"gpt." + k.removeprefix("_orig_mod."): v for k, v in saved["model"].items()
+               if not k.endswith(".attn.bias")}
+    model_args = {k: saved["model_args"][k] for k in ("n_layer", "n_head", "n_embd", "block_size", "bias",
+                                                      "vocab_size")}
+    config = saved.get("config", {})
+    return {"model": weights, "model_args": model_args, "config": {"dataset": config["dataset"]} if "dataset" in config
+            else {}, "iter_num": saved.get("iter_num", 0), "nanogpt": True,
+            "tokenizer": "gpt2" if model_args["vocab_size"] >= GPT2_VOCAB_SIZE else "char"}
+
+
+def nanogpt_characters(checkpoint, meta):
+    """The vocabulary of nanoGPT's character checkpoint when tuned on the dataset meta: the dataset's characters, the
+    only ones at hand, which are the checkpoint's when it has as many (nanoGPT numbers a text's sorted characters)."""
+    n = checkpoint["model_args"]["vocab_size"]
+    if meta["tokenizer"] != "char" or meta["vocab_size"] != n:
+        raise ConfigError(f"the nanoGPT checkpoint has {n} token ids and does not record which characters they "
+                          f"are; dataset '{meta['dataset']}' has {describe_vocab(meta)}: tune it on the dataset it "
+                          f"was trained on (nanoGPT's folder, after python -m tools.from_nanogpt <folder>)")
+    print(f"note: the nanoGPT checkpoint does not record its characters: its {n} ids are taken to be those of "
+          f"dataset '{meta['dataset']}', which has as many", file=sys.stderr)
+    return vocabulary(meta)
+
+
+def describe_vocab(meta):
+    return f"{meta['vocab_size']} characters" if meta["tokenizer"] == "char" else "the GPT-2 BPE"
 
 
 def check_same_run(checkpoint, settings):
@@ -139,9 +182,18 @@ def vocab(checkpoint):
     if "dataset" not in config:
         raise ValueError(f"the checkpoint names neither its vocabulary nor its dataset (its tokenizer: "
                          f"{checkpoint.get('tokenizer')!r}): it cannot be decoded or tuned here")
+    why = ("this nanoGPT checkpoint does not record its vocabulary" if checkpoint.get("nanogpt") else
+           "this checkpoint predates checkpoints that carry their vocabulary")
     try:
-        return load_meta(ensure_prepared(config["dataset"], config.get("tokenizer", "char")))
+        meta = load_meta(ensure_prepared(config["dataset"], config.get("tokenizer", "char")))
     except (ValueError, FileNotFoundError) as e:
-        raise ValueError(f"this checkpoint predates checkpoints that carry their vocabulary, and its dataset "
-                         f"'{config['dataset']}' cannot be read ({e}): put the dataset back, or train it "
-                         f"again") from None
+        raise ValueError(f"{why}, and its dataset '{config['dataset']}' cannot be read ({e}): put the dataset back, "
+                         f"or train it again") from None
+    n = checkpoint["model_args"]["vocab_size"]
+    if meta["tokenizer"] == "char" and meta["vocab_size"] != n:
+        raise ValueError(f"{why}, and its dataset '{config['dataset']}' here has {describe_vocab(meta)}, not the "
+                         f"checkpoint's {n} ids: put the dataset it was trained on there")
+    if checkpoint.get("nanogpt") and meta["tokenizer"] == "char":
+        print(f"note: the nanoGPT checkpoint does not record its characters: its {n} ids are taken to be those of "
+              f"its dataset '{config['dataset']}' here", file=sys.stderr)
+    return vocabulary(meta)

@@ -1,9 +1,10 @@
 """
-Tuning: a new run that starts from another run's GPT (`--init_from=path/to/ckpt.pt`) or from a Hugging Face GPT-2
-(`--init_from=gpt2`, or a save_pretrained folder: training/hf.py). The GPT's shape comes from the checkpoint, its
-weights are loaded (a LoRA run's adapters merged in), its context is cropped to this run's block_size, and a character
-model's token rows are moved onto the dataset's characters. The techniques' own modules start fresh around it, except a
-planner the checkpoint already has (lm.initialise_techniques).
+Tuning: a new run that starts from another run's GPT (`--init_from=path/to/ckpt.pt`, nanoGPT's included) or from a
+Hugging Face GPT-2 (`--init_from=gpt2`, or a save_pretrained folder: training/hf.py). The GPT's shape comes from the
+checkpoint, its weights are loaded (a LoRA run's adapters merged in), its context is cropped to this run's block_size,
+and a character model's token rows are moved onto the dataset's characters (a nanoGPT checkpoint records none: it
+must have as many as the dataset, whose ids it then takes). The techniques' own modules start fresh around it,
+except a planner the checkpoint already has (lm.initialise_techniques).
 """
 
 import torch
@@ -18,6 +19,8 @@ def load(s, meta, model_args, master=True):
     """The checkpoint to tune from, and model_args updated to its shape."""
     source = s["init_from"]
     checkpoint = gpt2_checkpoint(source) if is_hf_source(source) else ckpt.load(source)
+    if checkpoint.get("nanogpt") and checkpoint["tokenizer"] == "char":
+        checkpoint["vocab"] = ckpt.nanogpt_characters(checkpoint, meta)
     check_same_tokenizer(ckpt.vocab(checkpoint), meta)
     saved = checkpoint["model_args"]
     if s["block_size"] > saved["block_size"]:
