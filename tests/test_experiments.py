@@ -5,6 +5,7 @@ made-up log records, so nothing trains; the scripts then write their tables and 
 import importlib
 import os
 
+import numpy as np
 import pytest
 
 import train
@@ -60,3 +61,16 @@ def test_verdict_needs_the_paired_interval_to_exclude_zero():
     assert verdict([0.020, 0.021, 0.019]) == "hurts"
     assert verdict([-0.010, -0.002, -0.018]) == "no resolvable difference"  # mean -0.01, sd 0.008: t = 2.2 < 4.30
     assert paired_columns([2.0, 2.1, 2.2], [2.0, 2.1, 2.2])[1] == "(baseline)"
+
+
+def test_the_variance_table_measures_what_the_closed_forms_say():
+    from tools.experiments.ngram_variance import distances
+    tokens = np.random.default_rng(0).choice(6, 4000, p=[0.4, 0.2, 0.15, 0.1, 0.1, 0.05]).astype(np.uint16)
+    rows, positions = distances(tokens, 3, 2, None, (1, 4))
+    assert positions == len(tokens) - 2
+    # the dealing is unbiased: its mean squared distance is (1 - m)^2 - |y_tail|^2, the closed form, to rounding
+    assert rows["compact, as built"] == pytest.approx(rows["compact, closed form"], rel=1e-3)
+    averaged = rows["compact, mean over 4 epochs, a draw per epoch"]
+    assert averaged < 0.75 * rows["compact, mean over 4 epochs, one draw"]  # a draw per epoch averages out
+    assert rows["compact, closed form"] < rows["observed token"]
+    assert rows["its bias"] > 0  # the observed-token tail is biased towards S

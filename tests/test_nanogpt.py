@@ -19,6 +19,7 @@ from data import prepare
 from data.dataset import load_meta, load_texts
 from data.vocabulary import gpt2_encoding
 from tools import from_nanogpt
+from training.plot import read_log
 
 ROOT = Path(train.__file__).resolve().parent
 TINY = [train.PLAIN_CONFIG, "--device=cpu", "--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16",
@@ -88,7 +89,7 @@ def test_a_nanogpt_char_folder_is_used_after_one_command(tmp_path, monkeypatch):
     (tmp_path / "shakespeare_char").rename(tmp_path / "nano_char")
     trainer = train.main([*TINY, "--dataset=nano_char", f"--out_dir={tmp_path / 'out'}", "--max_iters=4",
                           "--eval_interval=4"])
-    assert trainer.data_dir == tmp_path / "nano_char" and trainer.iter_num == 4
+    assert trainer.data_dir == tmp_path / "nano_char" and read_log(tmp_path / "out")[-1]["iter"] == 4
 
 
 def test_a_crafted_meta_pkl_is_refused_without_running(tmp_path):

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TECHNIQUES = {"ngram": "--ngram_mode=compact", "mod": "--mod_k=2", "planner": "--plan_mode=soft"}
 # Tools made for one technique, which import it by name: they go when it goes.
 TOOLS = {"tools/bench.py": {"ngram"}, "tools/pretrain_planner.py": {"planner"},
-         "tools/experiments/planner_frozen.py": {"planner"}}
+         "tools/experiments/planner_frozen.py": {"planner"}, "tools/experiments/ngram_variance.py": {"ngram"}}
 
 WITHOUT = """
 import sys
