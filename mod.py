@@ -137,10 +137,12 @@ class DepthEnsemble(nn.Module):
         late = hidden[self.first:]
         # n_j = norm_j(h_j) for the non-final late layers, ln_f(h_final) for the final one
         normed = [norm(h) for norm, h in zip(self.norms, late[:-1])] + [gpt.transformer.ln_f(late[-1])]
+        # exercise: mod-mixture
         # g = softmax(W_r x + b_r), x the final normalised state
         weights = F.softmax(self.router(normed[-1]).float(), dim=-1)
         # logits = sum_j g_j * lm_head(n_j) = lm_head(sum_j g_j * n_j): one vocabulary matmul
         mixed = sum(weights[..., j, None].to(n.dtype) * n for j, n in enumerate(normed))
+        # end exercise
         return gpt.lm_head(mixed), weights, normed
 
     def aux_loss(self, gpt, hidden, normed, weights, y):
@@ -164,9 +166,11 @@ class DepthEnsemble(nn.Module):
 
     def distillation(self, layer_logits):
         """Sum over the non-final late layers of the mean KL between the final layer's distribution and theirs."""
+        # exercise: mod-distillation
         logp = [F.log_softmax(logits.float(), dim=-1) for logits in layer_logits]
         # sum over j < final of KL(P_final || P_j), the final layer the (detached) teacher
         return sum(kl_div(logp[-1].detach(), student) for student in logp[:-1])
+        # end exercise
 
     @torch.no_grad()
     def evaluate_layers(self, gpt, hidden, normed, y, stats):

@@ -126,6 +126,7 @@ def build_targets(tokens, n, r, seed, boundary_token):
     key = np.random.default_rng(seed).integers(0, 2**32, len(dealt), dtype=np.uint64)
     key |= (context[dealt].astype(np.uint64) << np.uint64(33)) | (in_s[dealt].astype(np.uint64) << np.uint64(32))
     dealt = dealt[np.argsort(key, kind="stable")]
+    # exercise: ngram-tail
     c = context[dealt]
     first = np.searchsorted(c, c)  # where each one's context begins
     in_s_rank = np.arange(len(dealt)) - first - tail_counts[c]  # 0, 1, ... over a context's in-S occurrences
@@ -134,6 +135,7 @@ def build_targets(tokens, n, r, seed, boundary_token):
     # (exactly, or on average over seeds), and the mean target over them is y_S + (1 - m) y_tail / (1 - m) = y_all.
     source = dealt[first + in_s_rank % tail_counts[c]]
     tail_ids[dealt[in_s_rank >= 0]] = next_tokens[source[in_s_rank >= 0]]
+    # end exercise
     return dict(row_context=(context + 1).astype(np.int32), context_keys=pair_context_key[ptr],
                 ptr=np.append(ptr, len(pair_counts)), next_ids=next_ids, counts=pair_counts, tail_ids=tail_ids,
                 top_ids=top_ids, top_probs=top_probs,
@@ -236,9 +238,11 @@ class SparseCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, grad_picked):
         logprobs, ids, weights = ctx.saved_tensors
+        # exercise: ngram-gradient
         # d loss / d logits = (softmax(logits) - target) / rows
         grad = logprobs.exp().scatter_add_(1, ids, -weights)
         return grad.mul_(grad_loss / len(grad)), None, None
+        # end exercise
 
 
 # --- what the run reports of them (training/run_report.py and training/plot.py find these through lm.py) -------

@@ -162,6 +162,7 @@ class PlanConditioner(nn.Module):
             else:
                 index = label if mode == "oracle" else torch.zeros_like(label)
             return [project(codebook[index]) for codebook, project in zip(self.codebooks, self.projections)]
+        # exercise: plan-soft
         if mode == "uniform":
             # p = 1 / K
             p = torch.full((len(label), self.k), 1.0 / self.k, device=label.device)
@@ -173,6 +174,7 @@ class PlanConditioner(nn.Module):
                 p = p + (F.one_hot(p.argmax(-1), self.k) - p).detach()
         # e_l = p @ E_l, then v_l = W_l e_l + b_l
         return [project(p.to(codebook.dtype) @ codebook) for codebook, project in zip(self.codebooks, self.projections)]
+        # end exercise
 
 
 # --- settings, health and starting weights ------------------------------------------------------------------------

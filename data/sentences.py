@@ -389,8 +389,10 @@ class PlanData:
         ix[b] + t + 1, the token it predicts. Each sentence of the batch is listed once (its planner input and its
         label), and plan_index points every position at its entry: the planner runs once per sentence, on no
         padding."""
+        # exercise: plan-alignment
         target = self.token_sentence[split][ix.numpy()[:, None] + np.arange(1, block_size + 1)]
         ids, index = np.unique(target, return_inverse=True)
+        # end exercise
         ids = torch.from_numpy(ids)
         context, pos = self.context(split, ids, m)
         return {"plan_index": torch.from_numpy(index.reshape(target.shape)), "plan_context": context,
