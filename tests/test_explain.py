@@ -6,6 +6,7 @@ planner is shown whole, and the n-gram examples are where the compact target dif
 import html
 import json
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -198,3 +199,11 @@ def test_the_ngram_examples_are_where_the_compact_target_differs_with_whitespace
             tokens[int(position) - n + 2:int(position) + 1])) and " " not in context
     assert explain.visible("a b\nc\td") == "a\u2423b\u21b5c\u21e5d"
     assert f"the chart shows its top {r + 1} only" in section
+
+
+def test_the_ngram_examples_fall_back_to_any_context_on_a_corpus_without_varied_ones():
+    # two contexts, each followed by 2 distinct tokens; positions 0 and 3 have none
+    exact = SimpleNamespace(ptr=np.array([0, 2, 4]), row_context=np.array([0, 1, 2, 0, 1, 2]))
+    assert explain.example_positions(exact, r=8, compact=True, count=4, seed=0) == ([1, 2, 4, 5], "any")
+    exact.ptr = np.array([0, 2, 12])  # the second context now has 10 next tokens: more than r + 1 = 9
+    assert explain.example_positions(exact, r=8, compact=True, count=3, seed=0) == ([2, 5], "differ")

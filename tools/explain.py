@@ -540,7 +540,7 @@ def ngram_section(reader, config, s):
     exact = trained if config["ngram_mode"] == "all" else ngram.load_targets(
         "all", reader.data_dir, tokens, n, r, config["seed"], reader.meta["eot_token"])
     compact = trained if config["ngram_mode"] == "compact" else None
-    positions, differ = example_positions(exact, r, compact is not None, s["ngram_positions"], s["seed"])
+    positions, kind = example_positions(exact, r, compact is not None, s["ngram_positions"], s["seed"])
     columns = [("stored compact target", compact)] if compact is not None else []
     columns += [("exact distribution", exact), ("model's prediction", None)]
     fig = Figure(figsize=(3.4 * len(columns), 2.3 * len(positions)), layout="constrained")
@@ -556,8 +556,10 @@ def ngram_section(reader, config, s):
     tail_column = "<th>compact target's tail token</th>" if compact is not None else ""
     table = ('<table><tr><th>after</th><th>observed next</th><th>distinct next tokens</th>'
              f'<th>mass beyond the top {r}</th>' + tail_column + "</tr>" + "".join(rows) + "</table>")
-    choice = (f"where the context has more than {r + 1} distinct next tokens, so the compact target differs from "
-              "the exact one" if differ else "with at least 3 distinct next tokens")
+    choice = {"differ": f"where the context has more than {r + 1} distinct next tokens, so the compact target "
+                        "differs from the exact one",
+              "several": "with at least 3 distinct next tokens",
+              "any": "with a context (none here has 3 distinct next tokens or more)"}[kind]
     return section("N-gram targets", "explain_ngram.png", fig,
                    f"At {len(positions)} train positions {choice}, the target the model was trained towards besides "
                    f"the observed token: the corpus's distribution of the token after the same {n - 1}-token context "
@@ -569,16 +571,16 @@ def ngram_section(reader, config, s):
 
 
 def example_positions(exact, r, compact, count, seed):
-    """count seeded train positions whose context has more than r + 1 distinct next tokens, where the compact
-    target (top r, then one tail token) differs from the exact distribution (else at least 3), sorted; and whether
-    they are such positions."""
+    """count seeded train positions, sorted, whose context has more than r + 1 distinct next tokens, where the
+    compact target (top r, then one tail token) differs from the exact distribution ('differ'), else at least 3
+    ('several'), else any context ('any'); and which of those they are."""
     support = np.append(0, np.diff(exact.ptr))[exact.row_context]  # row_context counts from 1; 0: no context
-    candidates = np.flatnonzero(support > r + 1) if compact else np.array([], dtype=np.int64)
-    differ = len(candidates) > 0
-    if not differ:
-        candidates = np.flatnonzero(support >= 3)
+    for kind, candidates in (("differ", np.flatnonzero(support > r + 1) if compact else []),
+                             ("several", np.flatnonzero(support >= 3)), ("any", np.flatnonzero(support >= 1))):
+        if len(candidates):
+            break
     picked = np.random.default_rng(seed).choice(candidates, min(count, len(candidates)), replace=False)
-    return sorted(picked.tolist()), differ
+    return sorted(picked.tolist()), kind
 
 
 def ngram_bars(ax, reader, name, targets, compact, position, r, support, context):
