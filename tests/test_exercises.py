@@ -75,6 +75,10 @@ def test_the_students_copy_holds_no_answer_and_no_marker_and_the_rest_unchanged(
         original = (ROOT / path).read_text(encoding="utf-8", errors="replace")
         if path == exercises.KIT_TEST:
             assert not (tmp_path / path).exists()
+        elif path == exercises.TEACHING:  # the labs and exercises stay, the instructors' answers go
+            copy = (tmp_path / path).read_text(encoding="utf-8")
+            assert exercises.ANSWERS in original and exercises.ANSWERS not in copy and "Lab 1." not in copy
+            assert "## Exercises: write the method" in copy and "## After the labs" in copy
         elif exercises.MARK not in original:
             assert (tmp_path / path).read_text(encoding="utf-8", errors="replace") == original, path
     for name, (path, task, _, _) in EXERCISES.items():

@@ -26,6 +26,7 @@ SETTINGS = {k: v for k, v in globals().items() if is_setting(k, v)}
 ROOT = Path(__file__).resolve().parents[1]
 MARK, END = "# exercise: ", "# end exercise"
 KIT_TEST = "tests/test_exercises.py"  # tests the kit, not the student's code: not in the copy
+TEACHING, ANSWERS = "docs/teaching.md", "## Answers for instructors"  # the copy's teaching.md is without them
 # name: (file, what to write, its grader: a test file and a pytest -k expression)
 EXERCISES = {
     "ngram-tail": ("ngram.py", "deal each context's tail tokens to its in-S occurrences (set tail_ids)",
@@ -67,6 +68,13 @@ def blank(source, names):
     return "".join(out)
 
 
+def without_answers(page):
+    """teaching.md without its answers section (from its heading to the next one)."""
+    start = page.index(ANSWERS)
+    end = page.find("\n## ", start + len(ANSWERS))
+    return page[:start] + (page[end + 1:] if end >= 0 else "")
+
+
 def repository_files():
     """The files of this checkout a clone has, and those not yet committed that git does not ignore."""
     try:
@@ -100,6 +108,8 @@ def write_copy(folder, names):
             text = blank(source, names).encode()
             if path in blanked:
                 compile(text, path, "exec")  # a region cut where the code cannot stop is a bug of its markers
+        if path == TEACHING:
+            text = without_answers(text.decode()).encode()
         (folder / path).parent.mkdir(parents=True, exist_ok=True)
         (folder / path).write_bytes(text)
 
