@@ -4,6 +4,7 @@ each check can fail."""
 
 import functools
 import os
+import pickle
 import random
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from data.write import write_dataset
 from model import CausalSelfAttention, KVCache
-from tools import bench, bench_gpu, bench_scale
+from tools import bench, bench_gpu, bench_nanogpt, bench_scale
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")  # no GPU, even on a machine with one
@@ -211,3 +212,55 @@ def test_prepare_builds_the_caches_and_lists_the_folders_to_copy(tiny, monkeypat
     listed = capsys.readouterr().out.splitlines()[1:]
     assert any(line.split()[0] == os.path.relpath(tiny) for line in listed)
     assert any(name.startswith("ngram_n3_r4") for name in os.listdir(tiny))
+
+
+# --- the whole process against nanoGPT's (--nanogpt) ------------------------------------------------------------
+STAND_IN = """import sys, time
+hold = bytearray(int(sys.argv[1]) * 2**20)  # resident: every page written
+hold[::4096] = b"x" * len(hold[::4096])
+time.sleep(float(sys.argv[2]))
+print("step 250: train loss 2.5000, val loss 2.6000")
+"""
+
+
+def test_compare_alternates_the_processes_and_reports_median_wall_time_and_peak_memory(tmp_path):
+    (tmp_path / "stand_in.py").write_text(STAND_IN)
+    order = tmp_path / "order"
+
+    def arm(name, megabytes, seconds):  # appends its name when it starts, so the order of the runs shows
+        return ([sys.executable, "-c", f"open({str(order)!r}, 'a').write({name!r}); import runpy, sys; "
+                 f"sys.argv = ['stand_in.py', '{megabytes}', '{seconds}']; runpy.run_path('stand_in.py')"], tmp_path)
+
+    results = bench_nanogpt.compare({"a": arm("a", 20, 0.0), "b": arm("b", 120, 0.5)}, rounds=3)
+    assert order.read_text() == "ababab"
+    (a_seconds, a_peak, a_out), (b_seconds, b_peak, _) = results["a"], results["b"]
+    assert b_seconds - a_seconds > 0.4
+    assert 90 * 2**20 < b_peak - a_peak < 110 * 2**20 and a_peak < 60 * 2**20  # one interpreter each, and their bytes
+    assert bench_nanogpt.last_val_losses(a_out, write_log(tmp_path)) == {250: (2.6, 2.4)}
+
+
+def write_log(folder):
+    path = folder / "log.jsonl"
+    path.write_text('{"iter": 0, "val_loss": 4.1}\n{"iter": 250, "val_loss": 2.4}\n')
+    return path
+
+
+def test_a_failing_process_stops_the_comparison_with_the_end_of_its_output(tmp_path):
+    with pytest.raises(OSError, match="no such data"):
+        bench_nanogpt.run_measured([sys.executable, "-c", "import sys; sys.exit('no such data')"], tmp_path)
+
+
+def test_nanogpt_data_is_its_prepare_scripts_format(tmp_path, monkeypatch, corpus):
+    monkeypatch.setattr(bench_nanogpt, "ensure_prepared", lambda name: corpus)
+    bench_nanogpt.write_shakespeare_char(tmp_path)
+    with open(tmp_path / "meta.pkl", "rb") as f:
+        meta = pickle.load(f)
+    train = np.fromfile(tmp_path / "train.bin", dtype=np.uint16)
+    text = "the quick brown fox jumps over the lazy dog. " * 200
+    assert "".join(meta["itos"][int(i)] for i in train) == text[:7000]  # as nanoGPT's prepare.py encodes it
+    assert meta["stoi"] == {ch: i for i, ch in enumerate(sorted(set(text)))} and meta["vocab_size"] == len(meta["stoi"])
+
+
+def test_a_path_that_is_no_nanogpt_checkout_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="has no train.py"):
+        bench_nanogpt.copy_checkout(str(tmp_path), str(tmp_path / "work"))

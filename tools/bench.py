@@ -10,6 +10,8 @@ Speed and memory, measured in one run so that every ratio compares like with lik
     python -m tools.bench --ngram_scale  # only the n-gram build at scale: 10M, 50M and 200M synthetic GPT-2 tokens
     python -m tools.bench --gpu          # only the check of every CUDA path on one GPU, in 8 minutes (bench_gpu.py)
     python -m tools.bench --gpu_prepare  # build the data and caches the GPU check reads; list the folders to copy
+    python -m tools.bench --nanogpt=PATH # only the whole plain training process against nanoGPT's, from its checkout
+                                         # at PATH: wall time and peak memory as ratios (bench_nanogpt.py)
 
 Training steps run through train.py's own Trainer, so what is timed is exactly what training does (batch
 sampling, the techniques' extras, forward, backward, AdamW). Every timing goes through time_arms: the arms run in
@@ -42,7 +44,7 @@ from data.sentences import EMBEDDERS, LSA, PlanData, build_labels, sentence_text
 from data.vocabulary import document_start, get_codec
 from lm import LanguageModel
 from model import GPT, GPTConfig, configure_optimizers
-from tools import bench_scale
+from tools import bench_nanogpt, bench_scale
 from training.trainer import Trainer
 
 # -----------------------------------------------------------------------------
@@ -68,6 +70,8 @@ ngram_workers = 2
 gpu = False  # only the check of every CUDA path (tools/bench_gpu.py)
 gpu_only = ""  # with --gpu: only the checks whose name contains this text, e.g. --gpu_only=resume
 gpu_prepare = False  # only build what --gpu reads, so that a GPU machine without internet can run it
+nanogpt = ""  # the path of a nanoGPT checkout: only time this repository's plain training process against its
+nanogpt_rounds = 3  # alternating rounds of the two processes, about a minute each on 2 CPU cores
 # -----------------------------------------------------------------------------
 
 
@@ -371,6 +375,8 @@ def main(argv):
     if gpu or gpu_prepare:
         from tools import bench_gpu  # here, not at the top: bench_gpu imports this file for time_arms
         return bench_gpu.main(gpu_only) if gpu else bench_gpu.prepare()
+    if nanogpt:
+        return bench_nanogpt.main(nanogpt, nanogpt_rounds)
     if ngram_scale:
         bench_ngram_scale()
         return 0
