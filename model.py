@@ -244,14 +244,16 @@ class GPT(nn.Module):
 def configure_optimizers(module, weight_decay, learning_rate, betas, device_type):
     """AdamW over a module's trainable parameters (the GPT, or the GPT with the techniques' modules), with weight
     decay on matrices only (not on biases, LayerNorm gains or other vectors), and the fused kernel on CUDA.
-    Frozen parameters are left out, so a frozen base costs no optimizer state."""
+    Frozen parameters are left out, so a frozen base costs no optimizer state. Elsewhere the multi-tensor (foreach)
+    update, which PyTorch picks by itself only on CUDA: one call per group instead of a dozen small ops per
+    parameter, the same arithmetic bit for bit, and the cost of a technique's many small tensors gone."""
     params = [p for p in module.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {"foreach": True}))
 
 
 def sample_next(logits, temperature=1.0, top_k=None):
