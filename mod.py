@@ -147,16 +147,17 @@ class DepthEnsemble(nn.Module):
 
     def aux_loss(self, gpt, hidden, normed, weights, y):
         """lambda * distillation - router_entropy * the routing weights' mean entropy, and the stats to log: during
-        training only the cheap ones (the distillation on a random subset of positions), in evaluation every
-        per-layer diagnostic on every position."""
-        stats = {f"route{self.first + j}": w.detach() for j, w in enumerate(weights.flatten(0, -2).mean(0))}
+        training only the distillation (on a random subset of positions), which a training step does not log; in
+        evaluation every per-layer diagnostic on every position and the mean routing weights."""
         if self.training:
+            stats = {}
             flat = [n.flatten(0, -2) for n in normed]
             count = max(1, round(self.distill_frac * flat[0].size(0)))
             pick = torch.randperm(flat[0].size(0), device=flat[0].device)[:count]
             # the teacher's head is detached too: the distillation moves the late layers, never the shared lm_head
             distill = self.distillation([F.linear(n[pick], gpt.lm_head.weight.detach()) for n in flat])
         else:
+            stats = {f"route{self.first + j}": w for j, w in enumerate(weights.flatten(0, -2).mean(0).detach())}
             distill = self.evaluate_layers(gpt, hidden, normed, y, stats)
         stats["distill"] = distill.detach()
         # H(g) = -sum_j g_j log g_j, averaged over tokens

@@ -103,7 +103,8 @@ def planner_metrics(logits, labels, majority=None):
 # --- conditioning the GPT -----------------------------------------------------------------------------------------
 class PlanConditioner(nn.Module):
     """The planner (in the modes that use it) and the per-layer codebooks and projections. forward(extra) returns
-    the attn_add list for GPT.body, the optional planner loss and the planner's statistics."""
+    the attn_add list for GPT.body, the optional planner loss and the planner's statistics (in training only its
+    label cross-entropy)."""
 
     def __init__(self, mode, k, dim, context, tau, ce_weight, n_layer, n_embd):
         """mode: plan_mode, one of MODES but 'none'. k: the number of labels (K). dim: the width of the sentence
@@ -148,7 +149,9 @@ class PlanConditioner(nn.Module):
         attn_add = [None] * self.first_layer + [v[index] for v in vectors]
         if logits is None:
             return attn_add, None, {}
-        stats = planner_metrics(logits, extra["plan_label"], self.majority_label)
+        # a training step logs none of the statistics, so it computes only what its loss needs
+        stats = ({"plan_ce": F.cross_entropy(logits.float(), extra["plan_label"])} if self.training
+                 else planner_metrics(logits, extra["plan_label"], self.majority_label))
         loss = self.ce_weight * stats["plan_ce"] if self.ce_weight > 0 else None
         return attn_add, loss, {name: value.detach() for name, value in stats.items()}
 
