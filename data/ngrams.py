@@ -411,10 +411,10 @@ def count_partition(parts, spec, work, task):
 
 def sort_with_order(keys):
     """keys (overwritten) sorted, and where each came from, equal keys in their order in keys: what
-    np.argsort(kind="stable") gives, 2-3 times faster. The keys are grouped into buckets of about 2**11 by their high bits (a stable radix
-    sort of a 16-bit digit), which frees those bits for each key's index, packed into its low bits; then np.sort of
-    each bucket. Sorts that small run in cache, and np.sort moves the keys, where np.argsort compares them through
-    indices. np.argsort itself when a key and its index do not fit in 64 + 16 bits."""
+    np.argsort(kind="stable") gives, 2-3 times faster. The keys are grouped into buckets of about 2**11 by their high
+    bits (a stable radix sort of a 16-bit digit), which frees those bits for each key's index, packed into its low bits;
+    then np.sort of each bucket. Sorts that small run in cache, and np.sort moves the keys, where np.argsort compares
+    them through indices. np.argsort itself when a key and its index do not fit in 64 + 16 bits."""
     if len(keys) == 0:
         return keys, np.zeros(0, np.int64)
     index_bits = max(1, (len(keys) - 1).bit_length())
