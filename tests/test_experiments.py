@@ -3,6 +3,7 @@ otherwise surface only on a GPU, hours in. train_arm is replaced by a check of t
 made-up log records, so nothing trains; the scripts then write their tables and plots from those."""
 
 import importlib
+import json
 import os
 
 import numpy as np
@@ -74,3 +75,20 @@ def test_the_variance_table_measures_what_the_closed_forms_say():
     assert averaged < 0.75 * rows["compact, mean over 4 epochs, one draw"]  # a draw per epoch averages out
     assert rows["compact, closed form"] < rows["observed token"]
     assert rows["its bias"] > 0  # the observed-token tail is biased towards S
+
+
+def test_the_ensembles_five_seeds_read_stored_scores_and_train_the_others(tmp_path, monkeypatch):
+    from tools.experiments import ensemble_seeds
+    stored = {arm: {"seeds": {"1337": 1.70 + extra, "1338": 1.71 + extra, "1339": 1.72 + extra}}
+              for arm, extra in ((ensemble_seeds.ALL, 0.01), (ensemble_seeds.WITHOUT, 0.0))}
+    (tmp_path / "combined.json").write_text(json.dumps(stored))
+    monkeypatch.setattr(ensemble_seeds, "STORED", str(tmp_path / "combined.json"))
+    trained = []
+    monkeypatch.setattr(ensemble_seeds, "train_arm", lambda out_dir, args, iters, seed: trained.append((seed, args)))
+    monkeypatch.setattr(ensemble_seeds, "read_score", lambda out_dir: None if not trained else
+                        {"val_loss": 1.7 + 0.012 * ("all_three" in out_dir)})
+    ensemble_seeds.run(str(tmp_path))
+    table = (tmp_path / "ensemble_seeds.md").read_text()
+    assert sorted({seed for seed, _ in trained}) == [1340, 1341]  # the stored seeds are not trained again
+    assert ["--mod_k=2" in args for _, args in trained] == [True, False, True, False]  # all three, then without
+    assert "| 1337 | 1.7100 | 1.7000 | +0.0100 | results/combined.json |" in table and "**hurts**" in table
