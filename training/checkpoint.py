@@ -48,11 +48,15 @@ def state(trainer, run, record, resumable=True):
 
 def save(path, checkpoint):
     """Write a checkpoint atomically. A failed write (a full disk, a folder gone read-only) keeps the previous
-    checkpoint and stops the run with one line."""
+    checkpoint and stops the run with one line; so does Ctrl-C while it writes."""
     try:
         write_atomically(path, lambda f: torch.save(checkpoint, f))
     except (OSError, RuntimeError) as e:
-        cause = e if isinstance(e, OSError) else e.__context__  # torch wraps the file's OSError in a RuntimeError
+        # torch.save's zip writer turns what its file raised (an OSError, or Ctrl-C's KeyboardInterrupt) into a
+        # RuntimeError, the original kept as its context
+        cause = e if isinstance(e, OSError) else e.__context__
+        if isinstance(cause, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
         if not isinstance(cause, OSError):
             raise
         raise OSError(f"cannot write the checkpoint to {path}: {(cause.strerror or str(cause)).lower()}; the "
