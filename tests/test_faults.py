@@ -232,9 +232,12 @@ def test_sample_says_when_it_cuts_a_long_prompt(corpus, tmp_path, capsys):
 def test_ctrl_c_says_in_one_line_where_the_checkpoint_is_and_how_to_resume_it(corpus, tmp_path):
     out_dir = tmp_path / "run"
     with open(tmp_path / "stderr.txt", "w") as stderr:
+        # Ctrl-C as at a terminal: a shell that ran these tests in the background ignores SIGINT, and so would the
+        # child, which Python then gives no KeyboardInterrupt
         proc = subprocess.Popen([sys.executable, "train.py", *TINY, f"--dataset={corpus}", f"--out_dir={out_dir}",
                                  "--max_iters=100000", "--eval_interval=5"], cwd=ROOT, env=ENV,
-                                stdout=subprocess.DEVNULL, stderr=stderr)
+                                stdout=subprocess.DEVNULL, stderr=stderr,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         while proc.poll() is None and not ((out_dir / "log.jsonl").exists() and
                                            (out_dir / "log.jsonl").read_text().count("\n") >= 2):
             time.sleep(0.05)
