@@ -231,7 +231,8 @@ def test_compare_alternates_the_processes_and_reports_median_wall_time_and_peak_
         return ([sys.executable, "-c", f"open({str(order)!r}, 'a').write({name!r}); import runpy, sys; "
                  f"sys.argv = ['stand_in.py', '{megabytes}', '{seconds}']; runpy.run_path('stand_in.py')"], tmp_path)
 
-    results = bench_nanogpt.compare({"a": arm("a", 20, 0.0), "b": arm("b", 120, 0.5)}, rounds=3)
+    # each holds its memory 0.2 s at least, so that the 20 ms sampling sees its peak on a loaded machine too
+    results = bench_nanogpt.compare({"a": arm("a", 20, 0.2), "b": arm("b", 120, 0.7)}, rounds=3)
     assert order.read_text() == "ababab"
     (a_seconds, a_peak, a_out), (b_seconds, b_peak, _) = results["a"], results["b"]
     assert b_seconds - a_seconds > 0.4
