@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from configurator import ConfigError
 from data.sentences import PlanData
 from model import GPT, GPTConfig
-from training.lora import LoRA
+from training.lora import LORA_TARGETS, LoRA
 from training.replanner import Replanner
 
 
@@ -70,13 +70,13 @@ def depth_problem(s, n_layer):
 
 class LanguageModel(nn.Module):
 
-    def __init__(self, gpt, ensemble=None, plan=None, lora=None, freeze_gpt=False, ngram_alpha=0.0,
+    def __init__(self, gpt, ensemble=None, plan=None, lora=None, freeze_gpt=False, train_ln_f=False, ngram_alpha=0.0,
                  label_smoothing=0.0):
         """gpt: the GPT (model.py). ensemble: mod.DepthEnsemble over gpt's late layers, or None. plan:
         planner.PlanConditioner, or None. lora: lora.LoRA adapters hooked into gpt, or None. freeze_gpt: only the
-        techniques' own parameters (and LoRA's) train. ngram_alpha: the n-gram target's weight in the loss of a batch
-        that carries one (ngram.py). label_smoothing: the classic soft target, for batches without an n-gram one.
-        from_settings builds these from train.py's settings."""
+        techniques' own parameters (and LoRA's) train, and gpt's final LayerNorm where train_ln_f. ngram_alpha: the
+        n-gram target's weight in the loss of a batch that carries one (ngram.py). label_smoothing: the classic soft
+        target, for batches without an n-gram one. from_settings builds these from train.py's settings."""
         super().__init__()
         self.gpt = gpt
         self.label_smoothing = label_smoothing
@@ -85,6 +85,7 @@ class LanguageModel(nn.Module):
         self.plan = plan
         if freeze_gpt:
             gpt.requires_grad_(False)
+            gpt.transformer.ln_f.requires_grad_(train_ln_f)
         self.lora = lora
 
     @classmethod
@@ -100,8 +101,10 @@ class LanguageModel(nn.Module):
         plan = planner.PlanConditioner(s["plan_mode"], s["plan_k"], planner.EMBEDDERS[s["plan_embedder"]],
                                        s["plan_context"], s["plan_tau"], s["plan_lambda"], gpt.config.n_layer,
                                        gpt.config.n_embd) if "planner" in on else None
-        lora = LoRA(gpt, s["lora_rank"], s["lora_alpha"]) if base == "lora" else None
-        return cls(gpt, ensemble, plan, lora, freeze_gpt=base != "train", ngram_alpha=s.get("ngram_alpha", 0.0),
+        lora = LoRA(gpt, s["lora_rank"], s["lora_alpha"], s.get("lora_targets", LORA_TARGETS)) if base == "lora" \
+            else None
+        return cls(gpt, ensemble, plan, lora, freeze_gpt=base != "train", train_ln_f=s.get("train_ln_f", False),
+                   ngram_alpha=s.get("ngram_alpha", 0.0),
                    label_smoothing=s.get("label_smoothing", 0.0))
 
     def logits(self, x, extra, plan_mode=None):

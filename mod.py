@@ -34,7 +34,9 @@ Decisions where the paper is silent (ours; docs/mod.md gives the reasons and the
     time). It moves the late layers and their norms, never the shared LM head, which also makes the teacher.
   - k = 1 is the plain model: no ensemble is built.
   - What the base GPT does (trains, frozen, frozen under LoRA adapters) is train.py's `base` setting; LoRA, the
-    baseline the paper combines MoD with, is in training/lora.py.
+    baseline the paper combines MoD with, is in training/lora.py. Under a frozen base the final layer's norm is
+    ln_f, which belongs to the GPT and stays frozen unless train_ln_f is set; the tuning configs set it, so that
+    every late layer's norm trains alike (config/mod/tune_mod_only.py says why).
 
 Layers are named by their 0-based block index j in logs: layer{j}_ce is the CE of layer j through its trained norm,
 layer{j}_lens through ln_f (the untrained "logit lens"), layer{j}_rescue the share of tokens that layer j gets

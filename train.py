@@ -41,6 +41,9 @@ overwrite = False  # a new run may replace the run already in out_dir (its ckpt.
 base = "train"  # the base GPT: 'train', 'frozen' (only the techniques' parameters train) or 'lora' (training/lora.py)
 lora_rank = 8  # rank of the LoRA adapters (base='lora')
 lora_alpha = 16.0  # LoRA's scale is lora_alpha / lora_rank
+# the linears LoRA adapts, by the end of their names in a block: 'attn.c_proj' in every block, 'h.7.attn.c_proj' in one
+lora_targets = "attn.c_attn,attn.c_proj,mlp.c_fc,mlp.c_proj"
+train_ln_f = False  # with base='frozen' or 'lora', the final LayerNorm trains too (mod.py's late-layer norms always do)
 seed = 1337  # fixes the initialisation, the batches and every random draw of the run
 sample_tokens = 300  # length of the sample printed at the end; 0 prints none
 keep_best = False  # also write out_dir/best.pt (the weights) whenever an evaluation sets a new best val loss

@@ -108,6 +108,36 @@ def test_lora_starts_at_the_base_model_and_counts_its_parameters():
     assert sum(p.numel() for p in both.parameters() if p.requires_grad) == L * per_block + 2 * C + 3 * C + 3
 
 
+def test_lora_targets_choose_the_adapted_linears_by_the_end_of_their_names():
+    x, y = batch()
+    rank = 2
+    one = make_lm(mod_k=0, base="lora", lora_rank=rank, lora_targets="h.1.attn.c_proj")
+    assert sum(p.numel() for p in one.parameters() if p.requires_grad) == rank * (C + C)
+    one(x, y, {})[0].backward()
+    assert list(one.lora.B) == ["h1_attn_c_proj"] and one.lora.B["h1_attn_c_proj"].grad.abs().sum() > 0
+    every_block = make_lm(mod_k=0, base="lora", lora_rank=rank, lora_targets="attn.c_proj, mlp.c_fc")
+    assert sum(p.numel() for p in every_block.parameters() if p.requires_grad) == L * rank * ((C + C) + (C + 4 * C))
+    # the default adapts every linear of every block in the order it always did, so a seed draws the same adapters
+    default, listed = make_lm(mod_k=0, base="lora"), make_lm(mod_k=0, base="lora",
+                                                              lora_targets="mlp.c_proj,mlp.c_fc,attn.c_proj,attn.c_attn")
+    assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), listed.state_dict().values()))
+    for bad in ("h.9.attn.c_proj", "attn.c_attn,ln_1"):
+        with pytest.raises(ConfigError, match="lora_targets names no linear"):
+            make_lm(mod_k=0, base="lora", lora_targets=bad)
+
+
+def test_train_ln_f_lets_only_the_final_norm_train_on_a_frozen_base():
+    x, y = batch()
+    norm_alone = make_lm(mod_k=0, base="frozen", train_ln_f=True)
+    trainable = [name for name, p in norm_alone.named_parameters() if p.requires_grad]
+    assert trainable == ["gpt.transformer.ln_f.weight"]
+    norm_alone(x, y, {})[0].backward()
+    assert norm_alone.gpt.transformer.ln_f.weight.grad.abs().sum() > 0
+    with_ensemble = make_lm(mod_k=3, base="frozen", train_ln_f=True)  # every late layer's norm trains, ln_f too
+    assert sum(p.numel() for p in with_ensemble.parameters() if p.requires_grad) == C + 2 * C + 3 * C + 3
+    assert not make_lm(mod_k=3, base="frozen").gpt.transformer.ln_f.weight.requires_grad
+
+
 def test_distillation_is_zero_when_the_late_layers_agree():
     lm = make_lm(mod_k=3, mod_router_entropy=0.0)
     x, y = batch()
@@ -206,11 +236,13 @@ def test_overfits_one_batch_with_the_ensemble_on():
 def test_settings_reject_impossible_ensembles():
     for bad in ({"base": "frozen", "mod_k": 1, "init_from": "resume"}, {"mod_k": L + 1}, {"mod_k": -1},
                 {"base": "frozen", "mod_k": 3}, {"base": "adapter"}, {"base": "lora", "lora_rank": 0},
-                {"mod_distill_frac": 0.0}, {"mod_router_entropy": -0.1}):
+                {"mod_distill_frac": 0.0}, {"mod_router_entropy": -0.1}, {"train_ln_f": True},
+                {"base": "frozen", "mod_k": 0, "init_from": "resume"}):
         settings = {**DEFAULTS, "n_layer": L, **bad}
         with pytest.raises(ConfigError):
             settings_checks.check(settings)
     settings_checks.check({**DEFAULTS, "n_layer": L, "mod_k": 3})
+    settings_checks.check({**DEFAULTS, "n_layer": L, "base": "frozen", "train_ln_f": True, "init_from": "resume"})
 
 
 def tiny_run(tmp_path, n_layer):

@@ -29,9 +29,9 @@ from training.lora import merge_lora
 # batch_size, gradient_accumulation_steps and seed fix the batches and random draws an exact resume replays.
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "bias", "vocab_size")
 RUN_KEYS = ("dataset", "block_size", "batch_size", "gradient_accumulation_steps", "seed", "base", "lora_rank",
-            "lora_alpha", "label_smoothing", "ngram_mode", "ngram_n", "ngram_r", "ngram_alpha", "mod_k", "mod_lambda",
-            "mod_distill_frac", "mod_router_entropy", "plan_mode", "plan_k", "plan_context",
-            "plan_tau", "plan_lambda", "plan_embedder", "plan_seed")
+            "lora_alpha", "lora_targets", "train_ln_f", "label_smoothing", "ngram_mode", "ngram_n", "ngram_r",
+            "ngram_alpha", "mod_k", "mod_lambda", "mod_distill_frac", "mod_router_entropy", "plan_mode", "plan_k",
+            "plan_context", "plan_tau", "plan_lambda", "plan_embedder", "plan_seed")
 
 
 def state(trainer, run, record, resumable=True):

@@ -39,9 +39,12 @@ def start_problems(s):
     if s["base"] != "train" and s["init_from"] == "scratch":
         problems.append(f"base='{s['base']}' freezes the base GPT: tune a pretrained one with "
                         f"--init_from=<path of a ckpt.pt>, or use base='train'")
-    if s["base"] == "frozen" and s["mod_k"] < 2 and s["plan_mode"] == "none":
-        problems.append("base='frozen' with no technique on leaves nothing to train: set mod_k >= 2 or a "
-                        "plan_mode, or use base='lora'")
+    if s["base"] == "frozen" and s["mod_k"] < 2 and s["plan_mode"] == "none" and not s["train_ln_f"]:
+        problems.append("base='frozen' with no technique on leaves nothing to train: set mod_k >= 2, a plan_mode or "
+                        "train_ln_f=True, or use base='lora'")
+    if s["train_ln_f"] and s["base"] == "train":
+        problems.append("train_ln_f=True keeps the final LayerNorm training under a frozen base, but base='train' "
+                        "trains every weight already: set base='frozen' or 'lora', or leave train_ln_f False")
     if s["lora_rank"] < 1:
         problems.append(f"lora_rank must be at least 1, got {s['lora_rank']}")
     return problems

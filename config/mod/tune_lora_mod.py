@@ -5,3 +5,4 @@ out_dir = "out/mod-small/tune_lora_mod"
 learning_rate = 3e-3
 base = "lora"
 mod_k = 2  # a quarter of the 8 layers
+train_ln_f = True  # every late layer's norm trains, the final one's too (config/mod/tune_mod_only.py)

@@ -1,19 +1,27 @@
 """
-Mixture-of-depths ensemble experiment (mod.py): pretrain an 8-layer GPT on wiki, then tune it on sotu five ways from
-the same checkpoint, with the same steps, and over paired seeds (a seed fixes the new parameters' initialisation and
-the batch order; the pretrained base is shared):
-    full        every weight trains (the plain fine-tune)
-    full + MoD  every weight, plus the ensemble of the last 2 layers
-    LoRA        rank-8 adapters on a frozen base
-    LoRA + MoD  adapters plus the ensemble
-    MoD only    frozen base; only the ensemble's router and norm train
+Mixture-of-depths ensemble experiment (mod.py): does MoD replace a trainable module at far fewer parameters, as the
+paper claims? Pretrain an 8-layer GPT on wiki, then tune it on sotu from the same checkpoint, with the same steps,
+over paired seeds (a seed fixes the new parameters' initialisation and the batch order; the pretrained base is shared):
+    ln_f alone              frozen base, only the final LayerNorm trains: one norm, no ensemble (the control)
+    MoD only                frozen base; the router and every late layer's norm train (ln_f too), distillation on
+    MoD only, no distill    the same with mod_lambda = 0
+    LoRA, MoD's size        rank 1 on the last two blocks' attn.c_proj: 512 parameters, MoD only's 514
+    LoRA r=8                rank 8 on every linear of every block (131,072)
+    LoRA r=8 + MoD          adapters plus the ensemble
+    full                    every weight trains (the plain fine-tune)
+    full + MoD              every weight, plus the ensemble of the last 2 layers
+
+Each arm's learning rate is chosen from the same grid, LR_GRID, by the same rule: the rate whose run with
+SELECTION_SEED (a seed none of the paired runs uses) scores the lowest validation loss; then the arm runs with every
+seed of SEEDS at that rate. min_lr is a tenth of the rate, the schedule otherwise config/mod/tune.py's.
 
     python -m tools.experiments.mod            # the small CPU suite
     python -m tools.experiments.mod gpu        # larger configs for one CUDA GPU
 
-Writes results/mod{,_gpu}.md (validation loss on 120k tokens over seeds, each MoD arm against its own baseline, the
-final layer's own loss and the mean routing weight of each late layer), results/mod{,_gpu}.png (validation curves)
-and results/mod_layers{,_gpu}.png (each late layer's own validation loss and routing weight over the tuning).
+Writes results/mod{,_gpu}.md (validation loss on 120k tokens over seeds, each arm against its own baseline, the
+final layer's own loss, the per-token ceiling and the mean routing weight of each late layer, the chosen learning
+rates), results/mod{,_gpu}.png (validation curves) and results/mod_layers{,_gpu}.png (each late layer's own
+validation loss and routing weight over the tuning).
 """
 
 import math
@@ -22,11 +30,25 @@ import sys
 
 from training.plot import draw_curves, new_figure, series
 from tools.experiments.common import (ROOT, SEEDS, VERDICT_NOTE, markdown_table, mean_sd, paired_columns, per_seed,
-                                      plot_curves, read_score, share_of_ceiling, train_arm)
+                                      plot_curves, read_score, share_of_ceiling, train_arm, verdict)
 
-ARMS = {"full": "tune_full", "full + MoD": "tune_full_mod", "LoRA": "tune_lora", "LoRA + MoD": "tune_lora_mod",
-        "MoD only": "tune_mod_only"}
-BASELINE = {"full": "untuned", "full + MoD": "full", "LoRA": "untuned", "LoRA + MoD": "LoRA", "MoD only": "untuned"}
+MOD = ["--mod_k=2"]  # a quarter of the 8 layers
+ARMS = {  # arm -> (flags on config/mod/tune.py, baseline)
+    "ln_f alone": (["--base=frozen", "--train_ln_f=True"], "untuned"),
+    "MoD only": (["--base=frozen", "--train_ln_f=True", *MOD], "untuned"),
+    "MoD only, no distillation": (["--base=frozen", "--train_ln_f=True", *MOD, "--mod_lambda=0"], "untuned"),
+    "LoRA, MoD's size": (["--base=lora", "--lora_rank=1", "--lora_targets=h.6.attn.c_proj,h.7.attn.c_proj"],
+                         "untuned"),
+    "LoRA r=8": (["--base=lora"], "untuned"),
+    "LoRA r=8 + MoD": (["--base=lora", "--train_ln_f=True", *MOD], "LoRA r=8"),
+    "full": (["--base=train"], "untuned"),
+    "full + MoD": (["--base=train", *MOD], "full"),
+}
+# What the paper's claim turns on, beyond each arm against its baseline: (arm, against).
+COMPARISONS = [("MoD only", "ln_f alone"), ("MoD only", "LoRA, MoD's size"), ("MoD only", "MoD only, no distillation"),
+               ("MoD only", "LoRA r=8")]
+LR_GRID = (3e-4, 1e-3, 3e-3, 1e-2)
+SELECTION_SEED = 1336
 SUITES = {
     "small": dict(pretrain_iters=600, tune_iters=200, pretrain_args=[], tune_args=[]),
     "gpu": dict(pretrain_iters=5000, tune_iters=1000,
@@ -39,46 +61,68 @@ SUITES = {
 def run(suite, results_dir):
     plan = SUITES[suite]
     out = os.path.join(ROOT, "out", f"mod-{suite}")
-    config = os.path.join(ROOT, "config", "mod")
     pretrained = os.path.join(out, "pretrain_wiki")
-    train_arm(pretrained, [os.path.join(config, "pretrain_wiki.py"), *plan["pretrain_args"]], plan["pretrain_iters"])
-    init = f"--init_from={os.path.join(pretrained, 'ckpt.pt')}"
-    tune = os.path.join(config, "tune.py")
+    train_arm(pretrained, [os.path.join(ROOT, "config", "mod", "pretrain_wiki.py"), *plan["pretrain_args"]],
+              plan["pretrain_iters"])
     untuned = os.path.join(out, "untuned")  # the pretrained GPT scored on sotu: 0 tuning steps, no seed to vary
-    train_arm(untuned, [tune, os.path.join(config, "tune_full.py"), init, *plan["tune_args"]], 0)
-    runs, scores = {}, {"untuned": [read_score(untuned)] * len(SEEDS)}
-    for label, name in ARMS.items():
-        dirs = [os.path.join(out, f"seed{seed}", name) for seed in SEEDS]
-        runs[label] = [train_arm(d, [tune, os.path.join(config, f"{name}.py"), init, *plan["tune_args"]],
-                                 plan["tune_iters"], seed) for d, seed in zip(dirs, SEEDS)]
-        scores[label] = [read_score(d) for d in dirs]
+    train_arm(untuned, tune_args(plan, pretrained, ["--base=train"], LR_GRID[0]), 0)
+    runs, scores, rates = {}, {"untuned": [read_score(untuned)] * len(SEEDS)}, {}
+    for arm, (flags, _) in ARMS.items():
+        rates[arm] = choose_rate(arm, flags, plan, out, pretrained)
+        dirs = [os.path.join(out, f"seed{seed}", slug(arm)) for seed in SEEDS]
+        runs[arm] = [train_arm(d, tune_args(plan, pretrained, flags, rates[arm]), plan["tune_iters"], seed)
+                     for d, seed in zip(dirs, SEEDS)]
+        scores[arm] = [read_score(d) for d in dirs]
     suffix = "" if suite == "small" else f"_{suite}"
     os.makedirs(results_dir, exist_ok=True)
     plot_curves(runs, os.path.join(results_dir, f"mod{suffix}.png"),
                 f"tuning a wiki-pretrained GPT on sotu ({suite} suite)")
-    plot_layers({label: per_seed[0] for label, per_seed in runs.items() if "MoD" in label},
+    plot_layers({arm: per_seed[0] for arm, per_seed in runs.items() if "MoD" in arm},
                 os.path.join(results_dir, f"mod_layers{suffix}.png"))
     with open(os.path.join(results_dir, f"mod{suffix}.md"), "w") as f:
-        f.write(report(runs, scores, suite, plan))
+        f.write(report(runs, scores, rates, suite, plan))
 
 
-def report(runs, scores, suite, plan):
+def tune_args(plan, pretrained, flags, rate):
+    return [os.path.join(ROOT, "config", "mod", "tune.py"), f"--init_from={os.path.join(pretrained, 'ckpt.pt')}",
+            *flags, f"--learning_rate={rate:g}", f"--min_lr={rate / 10:g}", *plan["tune_args"]]
+
+
+def choose_rate(arm, flags, plan, out, pretrained):
+    """The rate of LR_GRID whose SELECTION_SEED run of the arm scores the lowest validation loss."""
+    losses = {}
+    for rate in LR_GRID:
+        d = os.path.join(out, "learning-rate", slug(arm), f"lr{rate:g}")
+        train_arm(d, tune_args(plan, pretrained, flags, rate), plan["tune_iters"], SELECTION_SEED)
+        losses[rate] = read_score(d)["val_loss"]
+    return min(losses, key=losses.get)
+
+
+def slug(arm):
+    return "".join(c if c.isalnum() or c in "=." else "_" for c in arm)
+
+
+def report(runs, scores, rates, suite, plan):
     start = scores["untuned"][0]["val_loss"]
-    losses = {label: [score["val_loss"] for score in per_seed] for label, per_seed in scores.items()}
-    rows = []
-    for label in ARMS:
-        rows.append([label, BASELINE[label], f"{runs[label][0][-1]['trainable_params']:,}",
-                     *paired_columns(losses[label], losses[BASELINE[label]]), *ensemble_cells(scores[label])])
-    header = ["arm", "baseline", "trainable params", "val loss", "vs baseline", "verdict", "final layer alone",
-              "ceiling: per-token best late layer", "router's share of the ceiling", "mean routing weights (layers)"]
+    losses = {arm: per_seed(arm_scores) for arm, arm_scores in scores.items()}
+    rows = [[arm, baseline, f"{runs[arm][0][-1]['trainable_params']:,}", f"{rates[arm]:g}",
+             *paired_columns(losses[arm], losses[baseline]), *ensemble_cells(scores[arm])]
+            for arm, (_, baseline) in ARMS.items()]
+    header = ["arm", "baseline", "trainable params", "learning rate", "val loss", "vs baseline", "verdict",
+              "final layer alone", "ceiling: per-token best late layer", "router's share of the ceiling",
+              "mean routing weights (layers)"]
+    comparisons = "".join(f"- {a} against {b}: {paired_columns(losses[a], losses[b])[1]}, "
+                          f"{verdict([x - y for x, y in zip(losses[a], losses[b])])}\n" for a, b in COMPARISONS)
     return (f"# Depth ensemble: tuning on sotu ({suite} suite)\n\nFrom a GPT pretrained {plan['pretrain_iters']} "
             f"iterations on wiki, {plan['tune_iters']} tuning iterations per arm. Validation loss before tuning "
             f"('untuned'): {start:.4f} (ppl {math.exp(start):.1f}).\n\n" + markdown_table(header, rows) +
-            f"\n{VERDICT_NOTE} Each MoD arm is compared with the same tuning without the ensemble, 'MoD only' and the "
-            "plain tunings with the untuned model. Layers are numbered from 0; the routing weights, the final "
-            "layer's own loss and the ceiling (the loss of a router that picks, for every token in hindsight, the "
-            "late layer best for it) are means over seeds on the same 120k tokens; the router's share is (final "
-            "layer alone - mixture) / (final layer alone - ceiling), per seed.\n")
+            f"\n{comparisons}\n{VERDICT_NOTE} Each MoD arm is compared with the same tuning without the ensemble, "
+            "the others with the untuned model. Each arm's learning rate is the one of "
+            f"{', '.join(f'{r:g}' for r in LR_GRID)} whose run with seed {SELECTION_SEED} (not one of the paired "
+            "seeds) scored the lowest validation loss; min_lr is a tenth of it. Layers are numbered from 0; the "
+            "routing weights, the final layer's own loss and the ceiling (the loss of a router that picks, for every "
+            "token in hindsight, the late layer best for it) are means over seeds on the same 120k tokens; the "
+            "router's share is (final layer alone - mixture) / (final layer alone - ceiling), per seed.\n")
 
 
 def ensemble_cells(scores):
