@@ -1,7 +1,7 @@
 """
 Train a GPT, alone or with the techniques of this repository, on the CPU, one GPU, or several GPUs with DDP.
 
-    python train.py                                        # the main job: small GPT on shakespeare_char, all three
+    python train.py                                        # the main job: small GPT on shakespeare_char, techniques on
     python train.py config/plain.py                        # the same GPT with every technique off
     python train.py config/train_wiki.py --max_iters=500   # a config file, then overrides
     torchrun --standalone --nproc_per_node=4 train.py config/train_gpt2_124m_sotu.py
@@ -80,8 +80,8 @@ lr_decay_iters = None  # None: decay over max_iters
 min_lr = 1e-4  # the learning rate at the end of the decay
 # training objective
 label_smoothing = 0.0  # the classic soft-target baseline
-# The three techniques are on by default: `python train.py` is the main job, all three on the default dataset.
-# config/plain.py switches them off: the plain GPT.
+# `python train.py` is the main job: the n-gram targets and the planner on the default dataset, the ensemble off
+# (--mod_k=2 adds it). config/plain.py switches every technique off: the plain GPT.
 # n-gram soft targets (ngram.py)
 ngram_mode = "compact"  # 'off', 'all' (exact y_all, slow) or 'compact' (CoCoNTs)
 ngram_n = 5  # context of n-1 tokens: 4 characters here; 3 for GPT-2 BPE, whose 50k ids allow at most 4
@@ -90,7 +90,7 @@ ngram_alpha = 0.5  # weight of the n-gram target; the observed token gets 1 - al
 ngram_memory_mb = 2000  # memory bound of the n-gram build, workers included, whatever the corpus size (data/ngrams.py)
 ngram_workers = 2  # processes that count partitions of the n-gram build at once
 # mixture-of-depths ensemble (mod.py): the last mod_k layers vote through a router
-mod_k = 2  # late layers in the ensemble; 0 or 1 is the plain model
+mod_k = 0  # late layers in the ensemble; 0 or 1 is the plain model. Off: in the main job it hurts (docs/results.md)
 mod_lambda = 0.5  # weight of the distillation KL from the final layer to the other late layers
 mod_distill_frac = 0.125  # share of a batch's positions the distillation uses in training: its cost and memory
 mod_router_entropy = 0.01  # weight of the routing entropy subtracted from the loss; 0 lets the router collapse (mod.py)

@@ -201,9 +201,9 @@ def test_the_attention_check_fails_when_the_readable_attention_computes_somethin
     assert "the logits differ by" in capsys.readouterr().out
 
 
-def test_the_main_job_tolerance_is_four_stored_seed_to_seed_sd():
+def test_the_main_job_tolerance_is_four_stored_seed_to_seed_sd():  # the main job: n-gram + planner
     loss, sd = bench_gpu.cpu_main_job_loss(1337)
-    assert loss == pytest.approx(1.7255, abs=1e-4) and sd == pytest.approx(0.0082, abs=1e-4)
+    assert loss == pytest.approx(1.7184, abs=1e-4) and sd == pytest.approx(0.0058, abs=1e-4)
 
 
 def test_prepare_builds_the_caches_and_lists_the_folders_to_copy(tiny, monkeypatch, capsys):

@@ -46,6 +46,7 @@ import train
 from data.vocabulary import document_start, get_codec
 from model import GPT, GPTConfig, estimate_mfu, peak_flops
 from tools import bench
+from tools.experiments.combined import MAIN_JOB
 from training.devices import pick_precision
 from training.plot import read_log
 from training.trainer import Trainer
@@ -55,7 +56,7 @@ GPT2_SHAPE = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024)  # GPT-2 s
 GPT2_RUN = [train.PLAIN_CONFIG, "--dataset=wiki", "--batch_size=16"]  # 16k tokens a step, on a BPE dataset
 TECHNIQUES = {"n-gram compact": ["--ngram_mode=compact", "--ngram_n=3"], "ensemble k=2": ["--mod_k=2"],
               "planner soft": ["--plan_mode=soft", "--plan_lambda=1.0"]}
-SMALL = []  # the main job's settings (train.py's defaults, all three techniques), which the small checks start from
+SMALL = []  # the main job's settings (train.py's defaults), which the small checks start from
 # What --gpu_prepare builds: the main job's data and caches, and wiki's with the n-gram targets and sentence labels
 # the technique checks read (the caches are keyed by n, r, k and the seeds, not by the model's shape).
 PREPARE = [SMALL, ["--dataset=wiki", "--ngram_n=3"]]
@@ -260,15 +261,15 @@ def cpu_main_job_loss(seed):
     seeds, from tools/experiments/combined.py's results."""
     with open(COMBINED) as f:
         arms = json.load(f)
-    for arm, result in arms.items():
-        if arm.startswith("all three") and str(seed) in result["seeds"]:
-            return result["seeds"][str(seed)], statistics.stdev(result["seeds"].values())
-    raise CheckFailed(f"{COMBINED} has no 'all three' run of seed {seed}: run "
+    result = arms.get(MAIN_JOB, {"seeds": {}})
+    if str(seed) in result["seeds"]:
+        return result["seeds"][str(seed)], statistics.stdev(result["seeds"].values())
+    raise CheckFailed(f"{COMBINED} has no '{MAIN_JOB}' run of seed {seed}: run "
                       f"`python -m tools.experiments.run --suite small --only combined` on a CPU first")
 
 
 def check_float16(device, steps=100):
-    """The main job's model (all three techniques) in float16, compiled as train.py compiles on CUDA: its plain
+    """The main job's model (the n-gram targets and the planner) in float16, compiled as train.py compiles on CUDA: its plain
     cross-entropy falls over fresh batches."""
     trainer = make_trainer(device, *SMALL, "--dtype=float16")
     expect(trainer.scaler.is_enabled(), "float16 runs without the GradScaler")
@@ -283,7 +284,7 @@ def check_float16(device, steps=100):
     first, last = losses[0], statistics.mean(losses[-10:])  # one batch's loss is noisy; ten are not
     expect(last < 0.8 * first, f"the loss went from {first:.3f} to only {last:.3f} in {steps} steps")
     return (f"cross-entropy {first:.3f} -> {last:.3f} (the last 10 steps') in {steps} steps on fresh batches, all "
-            f"finite; loss scale {trainer.scaler.get_scale():.0f}; all three techniques, "
+            f"finite; loss scale {trainer.scaler.get_scale():.0f}; the main job's techniques, "
             f"{'compiled' if trainer.compile else 'eager'}")
 
 
@@ -338,7 +339,7 @@ def check_resume(device, steps=10):
 # Random weights give nearly flat distributions, whose draws a wrong cache can leave unchanged: at a tenth of the
 # temperature about one text in three still came out the same at the tests' tiny shape, so eight are compared.
 TEMPERATURE, ROWS = 0.1, 8
-SAMPLERS = {"plain GPT": ["--mod_k=0", "--plan_mode=none"], "ensemble": ["--plan_mode=none"], "planner": ["--mod_k=0"]}
+SAMPLERS = {"plain GPT": ["--plan_mode=none"], "ensemble": ["--mod_k=2", "--plan_mode=none"], "planner": []}
 
 
 @torch.no_grad()
