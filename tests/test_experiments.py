@@ -92,3 +92,47 @@ def test_the_ensembles_five_seeds_read_stored_scores_and_train_the_others(tmp_pa
     assert sorted({seed for seed, _ in trained}) == [1340, 1341]  # the stored seeds are not trained again
     assert ["--mod_k=2" in args for _, args in trained] == [True, False, True, False]  # all three, then without
     assert "| 1337 | 1.7100 | 1.7000 | +0.0100 | results/combined.json |" in table and "**hurts**" in table
+
+
+def test_each_mod_arm_takes_the_grid_rate_its_held_out_seed_scores_best(tmp_path, monkeypatch):
+    from tools.experiments import mod
+    best = {arm: mod.LR_GRID[i % len(mod.LR_GRID)] for i, arm in enumerate(mod.ARMS)}
+    trained = []
+
+    def train_arm(out_dir, args, max_iters, seed=1337):
+        trained.append((out_dir, seed, next((a for a in args if a.startswith("--learning_rate=")), None)))
+        return made_up_records(max_iters)
+
+    def read_score(out_dir):  # a selection run scores best at its arm's rate, every other run alike
+        arm = next((a for a in mod.ARMS if os.sep + mod.slug(a) + os.sep in out_dir + os.sep), None)
+        return {"val_loss": 2.0 - (arm is not None and out_dir.endswith(f"lr{best[arm]:g}"))}
+
+    monkeypatch.setattr(mod, "train_arm", train_arm)
+    monkeypatch.setattr(mod, "read_score", read_score)
+    monkeypatch.setattr(mod, "plot_curves", lambda *a: None)
+    monkeypatch.setattr(mod, "plot_layers", lambda *a: None)
+    mod.run("small", str(tmp_path))
+    for arm in mod.ARMS:
+        paired = [(seed, rate) for d, seed, rate in trained if d.endswith(os.sep + mod.slug(arm))]
+        assert paired == [(seed, f"--learning_rate={best[arm]:g}") for seed in (1337, 1338, 1339)], arm
+        chosen = [seed for d, seed, _ in trained if os.sep + "learning-rate" + os.sep + mod.slug(arm) + os.sep in d]
+        assert chosen == [mod.SELECTION_SEED] * len(mod.LR_GRID)
+    table = (tmp_path / "mod.md").read_text()
+    assert "| MoD only | untuned |" in table and "- MoD only against LoRA, MoD's size:" in table
+
+
+def test_the_ngram_epochs_arms_share_the_main_jobs_runs_at_its_length(tmp_path, monkeypatch):
+    from tools.experiments import ngram_epochs
+    from tools.experiments.common import main_job_dir
+    trained = []
+    monkeypatch.setattr(ngram_epochs, "train_arm", lambda out_dir, args, steps, seed: trained.append((out_dir, steps)))
+    losses = {"off": 1.80, "AllNTs": 1.70, "CoCoNTs_r8": 1.72}  # CoCoNTs keeps 80% of AllNTs' gain
+    monkeypatch.setattr(ngram_epochs, "read_score", lambda out_dir: {"val_loss": next(
+        v for k, v in losses.items() if out_dir.endswith(k)) if "ngram-epochs" in out_dir else
+        {"plain": 1.80, "n-gram_targets_alone": 1.72, "n-gram_AllNTs": 1.70}[os.path.basename(out_dir)]})
+    ngram_epochs.run(str(tmp_path))
+    assert (main_job_dir("plain", 1337), 3000) in trained
+    assert (main_job_dir("n-gram targets alone", 1339), 3000) in trained
+    assert len({d for d, steps in trained if steps == 1000}) == 9
+    table = (tmp_path / "ngram_epochs.md").read_text()
+    assert table.count("| CoCoNTs r=8 |") == 2 and table.count("80% ± 0%") == 2

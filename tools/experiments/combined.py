@@ -65,7 +65,8 @@ def report(runs, scores):
     losses = {arm: per_seed(s) for arm, s in scores.items()}
     rows = []
     for arm in ARMS:
-        rows.append([arm + (" (the main job)" if arm == MAIN_JOB else ""), *paired_columns(losses[arm], losses["plain"]),
+        label = arm + (" (the main job)" if arm == MAIN_JOB else "")
+        rows.append([label, *paired_columns(losses[arm], losses["plain"]),
                      *paired_columns(losses[arm], losses[ALL])[1:], f"{math.exp(mean_sd(losses[arm])[0]):.2f}",
                      ensemble_cells(scores[arm]), planner_cells(scores[arm]),
                      f"{runs[arm][0][-1]['trainable_params']:,}",

@@ -49,9 +49,9 @@ def run(results_dir):
         f"ensemble (the main job since this verdict), {MAIN_JOB_ITERS} steps, validation loss on the whole split.", "",
         "| seed | all three | all but the ensemble | what the ensemble adds | score from |", "|---|---|---|---|---|",
         *rows, "",
-        f"The ensemble adds {mean:+.4f} ± {sd:.4f} nats (mean ± sd over {len(differences)} paired seeds; 95% interval "
-        f"{mean - half:+.4f} to {mean + half:+.4f}): **{verdict(differences)}** ('hurts': the ensemble raises the "
-        "loss).",
+        f"The ensemble adds {mean:+.4f} ± {sd:.4f} nats (mean ± sd over {len(differences)} paired seeds; 95% "
+        f"interval {mean - half:+.4f} to {mean + half:+.4f}): **{verdict(differences)}** ('hurts': the ensemble "
+        "raises the loss).",
         ""])
     with open(os.path.join(results_dir, "ensemble_seeds.md"), "w") as f:
         f.write(text)

@@ -32,6 +32,7 @@ PLANNER = ["--plan_lambda=1.0"]  # what every planner arm adds to its mode
 ARMS = {  # arm -> (flags, what position t is conditioned on)
     "none": ([], "nothing (the plain GPT)"),
     "uniform": (["--plan_mode=uniform"], "the mean label embedding (the adapters without a plan)"),
+    "fixed": (["--plan_mode=fixed"], "one learned label embedding (paper 1's FIX: the adapters, a constant plan)"),
     "hard": (["--plan_mode=hard", *PLANNER], "the planner's argmax label (paper 1)"),
     "st": (["--plan_mode=st", *PLANNER], "argmax forward, the softmax's gradient backward"),
     "soft": (["--plan_mode=soft", *PLANNER], "the planner's label distribution (paper 2)"),
