@@ -245,13 +245,18 @@ def drifted_from_labels(record):
 
 def report_line(record, s):
     """The planner's line in the run's report of an evaluation (training/run_report.py), or None when the plan is off:
-    how often it gets the label right beside the majority label, and how much the LM reads its plan."""
+    how often it gets the label right beside the majority label, and how much the LM reads its plan. A planner no
+    better than the majority after training has begun either speaks a code of its own, which the LM reads, or says
+    nothing the LM reads (yet)."""
     if "val_plan_acc" in record:
-        return (f"planner: the next sentence's label right {record['val_plan_acc']:.3f} of the time (always "
+        line = (f"planner: the next sentence's label right {record['val_plan_acc']:.3f} of the time (always "
                 f"answering the most frequent label: {record['val_plan_majority_acc']:.3f}); conditioned on "
-                f"another sentence's plan the val loss rises by {record['val_plan_gain']:+.4f}"
-                + ("; no better than the majority: the plan is now the planner's own code, not its labels"
-                   if drifted_from_labels(record) else ""))
+                f"another sentence's plan the val loss rises by {record['val_plan_gain']:+.4f}")
+        if record["iter"] > 0 and drifted_from_labels(record):
+            line += ("; no better than the majority: the plan is now the planner's own code, not its labels"
+                     if record["val_plan_gain"] >= NO_PLAN_GAIN else
+                     "; no better than the majority, and the LM does not read the plan (yet)")
+        return line
     if "val_plan_gain" in record:
         return (f"plan (true labels): conditioned on another sentence's plan the val loss rises by "
                 f"{record['val_plan_gain']:+.4f}")

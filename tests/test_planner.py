@@ -331,9 +331,16 @@ def test_the_health_warning_fires_when_the_lm_ignores_its_plan_not_when_the_plan
                "val_loss": 1.8}
     assert health_warning(drifted) is None
     assert "no better than the majority" in run_report.technique_lines(drifted, {})[0]
+    assert "own code" in run_report.technique_lines(drifted, {})[0]
     ignored = {**drifted, "val_plan_acc": 0.3, "val_plan_gain": 0.0005}
     assert "+0.0005 nats" in health_warning(ignored)
     assert "no better" not in run_report.technique_lines(ignored, {})[0]
+    # Early in a run (the main job's step 250) a planner still below the majority whose plan the LM does not read
+    # yet speaks no code; an untrained one (step 0) is not said to have drifted at all.
+    early = {**drifted, "val_plan_gain": 0.0}
+    assert "own code" not in run_report.technique_lines(early, {})[0]
+    assert "does not read the plan (yet)" in run_report.technique_lines(early, {})[0]
+    assert "majority:" not in run_report.technique_lines({**drifted, "iter": 0}, {})[0].split(";", 1)[1]
 
 
 def test_a_planner_that_gives_every_sentence_the_same_plan_has_no_plan_gain_and_is_warned_about(data):
