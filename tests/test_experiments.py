@@ -121,18 +121,27 @@ def test_each_mod_arm_takes_the_grid_rate_its_held_out_seed_scores_best(tmp_path
     assert "| MoD only | untuned |" in table and "- MoD only against LoRA, MoD's size:" in table
 
 
-def test_the_ngram_epochs_arms_share_the_main_jobs_runs_at_its_length(tmp_path, monkeypatch):
+def test_the_ngram_epochs_arms_share_the_combined_experiments_runs_at_its_length(tmp_path, monkeypatch):
     from tools.experiments import ngram_epochs
     from tools.experiments.common import main_job_dir
+    stored = {"plain": {"seeds": {"1337": 1.80}}, "n-gram targets alone": {"seeds": {"1337": 1.72, "1338": 1.72,
+                                                                                     "1339": 1.72}}}
+    (tmp_path / "combined.json").write_text(json.dumps(stored))
+    monkeypatch.setattr(ngram_epochs, "STORED", str(tmp_path / "combined.json"))
     trained = []
     monkeypatch.setattr(ngram_epochs, "train_arm", lambda out_dir, args, steps, seed: trained.append((out_dir, steps)))
     losses = {"off": 1.80, "AllNTs": 1.70, "CoCoNTs_r8": 1.72}  # CoCoNTs keeps 80% of AllNTs' gain
-    monkeypatch.setattr(ngram_epochs, "read_score", lambda out_dir: {"val_loss": next(
-        v for k, v in losses.items() if out_dir.endswith(k)) if "ngram-epochs" in out_dir else
-        {"plain": 1.80, "n-gram_targets_alone": 1.72, "n-gram_AllNTs": 1.70}[os.path.basename(out_dir)]})
+    def read_score(out_dir):  # a 3000-step folder has a score once trained, a 1000-step one always
+        if "ngram-epochs" in out_dir:
+            return {"val_loss": next(v for k, v in losses.items() if out_dir.endswith(k))}
+        return {"val_loss": 1.80 if out_dir.endswith("plain") else 1.70} if (out_dir, 3000) in trained else None
+
+    monkeypatch.setattr(ngram_epochs, "read_score", read_score)
     ngram_epochs.run(str(tmp_path))
-    assert (main_job_dir("plain", 1337), 3000) in trained
-    assert (main_job_dir("n-gram targets alone", 1339), 3000) in trained
+    at_3000 = {d for d, steps in trained if steps == 3000}
+    assert main_job_dir("plain", 1338) in at_3000 and main_job_dir("plain", 1337) not in at_3000  # stored: read
+    assert not any("n-gram_targets_alone" in d for d in at_3000) and main_job_dir("n-gram AllNTs", 1339) in at_3000
     assert len({d for d, steps in trained if steps == 1000}) == 9
     table = (tmp_path / "ngram_epochs.md").read_text()
     assert table.count("| CoCoNTs r=8 |") == 2 and table.count("80% ± 0%") == 2
+    assert "CoCoNTs r=8 at 3000 steps, off at 3000 steps." in table

@@ -9,8 +9,9 @@ times; one that already takes all of it has nothing left for a redrawn deal to r
 
     python -m tools.experiments.ngram_epochs
 
-The 3000-step 'off' and 'compact' arms are the main job's 'plain' and 'n-gram targets alone' folders
-(tools/experiments/combined.py). Writes results/ngram_epochs.md.
+The 3000-step 'off' and 'compact' arms are the combined experiment's 'plain' and 'n-gram targets alone' runs
+(tools/experiments/combined.py): their folders, or where a folder is gone, the score results/combined.json stores
+(the table says which). Writes results/ngram_epochs.md.
 """
 
 import json
@@ -21,8 +22,9 @@ from tools.experiments.common import (MAIN_JOB_ITERS, ROOT, SEEDS, VERDICT_NOTE,
                                       paired_columns, read_score, share_of_ceiling, train_arm)
 
 ARMS = {"off": [], "AllNTs": ["--ngram_mode=all"], "CoCoNTs r=8": ["--ngram_mode=compact"]}
-SHARED = {"off": "plain", "CoCoNTs r=8": "n-gram targets alone"}  # the main job's folders at its own length
+SHARED = {"off": "plain", "CoCoNTs r=8": "n-gram targets alone"}  # the combined experiment's arms at its length
 LENGTHS = (1000, MAIN_JOB_ITERS)
+STORED = os.path.join(ROOT, "results", "combined.json")
 
 
 def folder(arm, steps, seed):
@@ -36,15 +38,25 @@ def train_tokens():
         return json.load(f)["n_tokens"]["train"]
 
 
+def score(arm, steps, seed, stored):
+    """The arm's validation loss for a seed, and where it comes from."""
+    out_dir, shared = folder(arm, steps, seed), stored.get(SHARED.get(arm) if steps == MAIN_JOB_ITERS else None, {})
+    if read_score(out_dir) is None and str(seed) in shared.get("seeds", {}):
+        return shared["seeds"][str(seed)], "results/combined.json"
+    train_arm(out_dir, ARMS[arm], steps, seed)
+    return read_score(out_dir)["val_loss"], "trained here"
+
+
 def run(results_dir):
-    sections = []
+    with open(STORED) as f:
+        stored = json.load(f)
+    sections, sources = [], set()
     for steps in LENGTHS:
         losses = {}
-        for arm, flags in ARMS.items():
-            dirs = [folder(arm, steps, seed) for seed in SEEDS]
-            for d, seed in zip(dirs, SEEDS):
-                train_arm(d, flags, steps, seed)
-            losses[arm] = [read_score(d)["val_loss"] for d in dirs]
+        for arm in ARMS:
+            scored = [score(arm, steps, seed, stored) for seed in SEEDS]
+            losses[arm] = [loss for loss, _ in scored]
+            sources.update(f"{arm} at {steps} steps" for _, source in scored if source != "trained here")
         rows = [[arm, *paired_columns(losses[arm], losses["off"]),
                  paired_columns(losses[arm], losses["AllNTs"])[1] if arm == "CoCoNTs r=8" else "-",
                  share_of_ceiling(losses[arm], losses["off"], losses["AllNTs"]) if arm == "CoCoNTs r=8" else "-"]
@@ -55,7 +67,9 @@ def run(results_dir):
                                                           "share of AllNTs' gain"], rows))
     text = ("# CoCoNTs against AllNTs, in one pass and in several\n\n`python -m tools.experiments.ngram_epochs`: "
             "shakespeare_char, the main job's settings with one target each (n = 5, r = 8, alpha = 0.5).\n\n"
-            + "\n".join(sections) + f"\n{VERDICT_NOTE} The share is (off - CoCoNTs) / (off - AllNTs) per seed.\n")
+            + "\n".join(sections) + f"\n{VERDICT_NOTE} The share is (off - CoCoNTs) / (off - AllNTs) per seed."
+            + (f" Read from results/combined.json (the combined experiment's runs, commit 350dc6c): "
+               f"{', '.join(sorted(sources))}." if sources else "") + "\n")
     os.makedirs(results_dir, exist_ok=True)
     with open(os.path.join(results_dir, "ngram_epochs.md"), "w") as f:
         f.write(text)
