@@ -12,8 +12,10 @@ over paired seeds (a seed fixes the new parameters' initialisation and the batch
     full + MoD              every weight, plus the ensemble of the last 2 layers
 
 Each arm's learning rate is chosen from the same grid, LR_GRID, by the same rule: the rate whose run with
-SELECTION_SEED (a seed none of the paired runs uses) scores the lowest validation loss; then the arm runs with every
-seed of SEEDS at that rate. min_lr is a tenth of the rate, the schedule otherwise config/mod/tune.py's.
+SELECTION_SEED (a seed none of the paired runs uses) ends with the lowest validation loss on its curve's fixed batches
+(config/mod/tune.py's eval_iters, the same batches for every run; not the 120k-token score, which costs the ensemble's
+arms five head calls a token); then the arm runs with every seed of SEEDS at that rate. min_lr is a tenth of the
+rate, the schedule otherwise config/mod/tune.py's.
 
     python -m tools.experiments.mod            # the small CPU suite
     python -m tools.experiments.mod gpu        # larger configs for one CUDA GPU
@@ -40,8 +42,8 @@ ARMS = {  # arm -> (flags on config/mod/tune.py, baseline)
     "LoRA, MoD's size": (["--base=lora", "--lora_rank=1", "--lora_targets=h.6.attn.c_proj,h.7.attn.c_proj"],
                          "untuned"),
     "LoRA r=8": (["--base=lora"], "untuned"),
-    "LoRA r=8 + MoD": (["--base=lora", "--train_ln_f=True", *MOD], "LoRA r=8"),
     "full": (["--base=train"], "untuned"),
+    "LoRA r=8 + MoD": (["--base=lora", "--train_ln_f=True", *MOD], "LoRA r=8"),
     "full + MoD": (["--base=train", *MOD], "full"),
 }
 # What the paper's claim turns on, beyond each arm against its baseline: (arm, against).
@@ -89,12 +91,12 @@ def tune_args(plan, pretrained, flags, rate):
 
 
 def choose_rate(arm, flags, plan, out, pretrained):
-    """The rate of LR_GRID whose SELECTION_SEED run of the arm scores the lowest validation loss."""
+    """The rate of LR_GRID whose SELECTION_SEED run of the arm ends with the lowest validation loss on its curve."""
     losses = {}
     for rate in LR_GRID:
         d = os.path.join(out, "learning-rate", slug(arm), f"lr{rate:g}")
-        train_arm(d, tune_args(plan, pretrained, flags, rate), plan["tune_iters"], SELECTION_SEED)
-        losses[rate] = read_score(d)["val_loss"]
+        losses[rate] = train_arm(d, tune_args(plan, pretrained, flags, rate), plan["tune_iters"], SELECTION_SEED,
+                                 score=False)[-1]["val_loss"]
     return min(losses, key=losses.get)
 
 
@@ -119,7 +121,7 @@ def report(runs, scores, rates, suite, plan):
             f"\n{comparisons}\n{VERDICT_NOTE} Each MoD arm is compared with the same tuning without the ensemble, "
             "the others with the untuned model. Each arm's learning rate is the one of "
             f"{', '.join(f'{r:g}' for r in LR_GRID)} whose run with seed {SELECTION_SEED} (not one of the paired "
-            "seeds) scored the lowest validation loss; min_lr is a tenth of it. Layers are numbered from 0; the "
+            "seeds) ended with the lowest validation loss on its curve's fixed batches; min_lr is a tenth of it. Layers are numbered from 0; the "
             "routing weights, the final layer's own loss and the ceiling (the loss of a router that picks, for every "
             "token in hindsight, the late layer best for it) are means over seeds on the same 120k tokens; the "
             "router's share is (final layer alone - mixture) / (final layer alone - ceiling), per seed.\n")
