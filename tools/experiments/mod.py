@@ -7,9 +7,9 @@ over paired seeds (a seed fixes the new parameters' initialisation and the batch
     MoD only, no distill    the same with mod_lambda = 0
     LoRA, MoD's size        rank 1 on the last two blocks' attn.c_proj: 512 parameters, MoD only's 514
     LoRA r=8                rank 8 on every linear of every block (131,072)
-    LoRA r=8 + MoD          adapters plus the ensemble
     full                    every weight trains (the plain fine-tune)
-    full + MoD              every weight, plus the ensemble of the last 2 layers
+MoD on top of LoRA or full fine-tuning is `--mod_k=2` beside their flags (config/mod/tune_lora_mod.py,
+tune_full_mod.py); docs/results.md has the earlier table that ran them.
 
 Each arm's learning rate is chosen from the same grid, LR_GRID, by the same rule: the rate whose run with
 SELECTION_SEED (a seed none of the paired runs uses) ends with the lowest validation loss on its curve's fixed batches
@@ -43,8 +43,6 @@ ARMS = {  # arm -> (flags on config/mod/tune.py, baseline)
                          "untuned"),
     "LoRA r=8": (["--base=lora"], "untuned"),
     "full": (["--base=train"], "untuned"),
-    "LoRA r=8 + MoD": (["--base=lora", "--train_ln_f=True", *MOD], "LoRA r=8"),
-    "full + MoD": (["--base=train", *MOD], "full"),
 }
 # What the paper's claim turns on, beyond each arm against its baseline: (arm, against).
 COMPARISONS = [("MoD only", "ln_f alone"), ("MoD only", "LoRA, MoD's size"), ("MoD only", "MoD only, no distillation"),
