@@ -14,7 +14,8 @@ tune_full_mod.py); docs/results.md has the earlier table that ran them.
 Each arm's learning rate is chosen from the same grid, LR_GRID, by the same rule: the rate whose run with
 SELECTION_SEED (a seed none of the paired runs uses) ends with the lowest validation loss on its curve's fixed batches
 (config/mod/tune.py's eval_iters, the same batches for every run; not the 120k-token score, which costs the ensemble's
-arms five head calls a token); then the arm runs with every seed of SEEDS at that rate. min_lr is a tenth of the
+arms five head calls a token), the grid followed past its edge (x3 a step) while the best is there; then the arm runs
+with every seed of SEEDS at that rate. min_lr is a tenth of the
 rate, the schedule otherwise config/mod/tune.py's.
 
     python -m tools.experiments.mod            # the small CPU suite
@@ -48,6 +49,7 @@ ARMS = {  # arm -> (flags on config/mod/tune.py, baseline)
 COMPARISONS = [("MoD only", "ln_f alone"), ("MoD only", "LoRA, MoD's size"), ("MoD only", "MoD only, no distillation"),
                ("MoD only", "LoRA r=8")]
 LR_GRID = (3e-4, 1e-3, 3e-3, 1e-2)
+MAX_GRID_EXTENSIONS = 2
 SELECTION_SEED = 1336
 SUITES = {
     "small": dict(pretrain_iters=600, tune_iters=200, pretrain_args=[], tune_args=[]),
@@ -89,13 +91,25 @@ def tune_args(plan, pretrained, flags, rate):
 
 
 def choose_rate(arm, flags, plan, out, pretrained):
-    """The rate of LR_GRID whose SELECTION_SEED run of the arm ends with the lowest validation loss on its curve."""
+    """The rate whose SELECTION_SEED run of the arm ends with the lowest validation loss on its curve: of LR_GRID,
+    and while the best is at an edge of the rates tried, of one more rate beyond it (x3), so that no arm is held at
+    an edge of the grid."""
     losses = {}
-    for rate in LR_GRID:
-        d = os.path.join(out, "learning-rate", slug(arm), f"lr{rate:g}")
-        losses[rate] = train_arm(d, tune_args(plan, pretrained, flags, rate), plan["tune_iters"], SELECTION_SEED,
-                                 score=False)[-1]["val_loss"]
-    return min(losses, key=losses.get)
+
+    def loss_at(rate):
+        if rate not in losses:
+            d = os.path.join(out, "learning-rate", slug(arm), f"lr{rate:g}")
+            losses[rate] = train_arm(d, tune_args(plan, pretrained, flags, rate), plan["tune_iters"],
+                                     SELECTION_SEED, score=False)[-1]["val_loss"]
+        return losses[rate]
+
+    best = min(LR_GRID, key=loss_at)
+    while best in (min(losses), max(losses)) and len(losses) < len(LR_GRID) + MAX_GRID_EXTENSIONS:
+        beyond = best * 3 if best == max(losses) else best / 3
+        best = min(best, beyond, key=loss_at)
+        if best != beyond:
+            break
+    return best
 
 
 def slug(arm):
@@ -119,7 +133,8 @@ def report(runs, scores, rates, suite, plan):
             f"\n{comparisons}\n{VERDICT_NOTE} Each MoD arm is compared with the same tuning without the ensemble, "
             "the others with the untuned model. Each arm's learning rate is the one of "
             f"{', '.join(f'{r:g}' for r in LR_GRID)} whose run with seed {SELECTION_SEED} (not one of the paired "
-            "seeds) ended with the lowest validation loss on its curve's fixed batches; min_lr is a tenth of it. Layers are numbered from 0; the "
+            "seeds) ended with the lowest validation loss on its curve's fixed batches, followed past the grid's edge "
+            f"(x3 a step, at most {MAX_GRID_EXTENSIONS}) while the best was there; min_lr is a tenth of it. Layers are numbered from 0; the "
             "routing weights, the final layer's own loss and the ceiling (the loss of a router that picks, for every "
             "token in hindsight, the late layer best for it) are means over seeds on the same 120k tokens; the "
             "router's share is (final layer alone - mixture) / (final layer alone - ceiling), per seed.\n")
