@@ -130,11 +130,12 @@ def report(runs, scores, rates, suite, plan):
     return (f"# Depth ensemble: tuning on sotu ({suite} suite)\n\nFrom a GPT pretrained {plan['pretrain_iters']} "
             f"iterations on wiki, {plan['tune_iters']} tuning iterations per arm. Validation loss before tuning "
             f"('untuned'): {start:.4f} (ppl {math.exp(start):.1f}).\n\n" + markdown_table(header, rows) +
-            f"\n{comparisons}\n{VERDICT_NOTE} Each MoD arm is compared with the same tuning without the ensemble, "
-            "the others with the untuned model. Each arm's learning rate is the one of "
+            f"\n{comparisons}\n{VERDICT_NOTE} Every arm is compared with the untuned model; the lines under the "
+            "table pair the arms the paper's claim turns on. Each arm's learning rate is the one of "
             f"{', '.join(f'{r:g}' for r in LR_GRID)} whose run with seed {SELECTION_SEED} (not one of the paired "
             "seeds) ended with the lowest validation loss on its curve's fixed batches, followed past the grid's edge "
-            f"(x3 a step, at most {MAX_GRID_EXTENSIONS}) while the best was there; min_lr is a tenth of it. Layers are numbered from 0; the "
+            f"(x3 a step, at most {MAX_GRID_EXTENSIONS}) while the best was there; min_lr is a tenth of it. Layers are "
+            "numbered from 0; the "
             "routing weights, the final layer's own loss and the ceiling (the loss of a router that picks, for every "
             "token in hindsight, the late layer best for it) are means over seeds on the same 120k tokens; the "
             "router's share is (final layer alone - mixture) / (final layer alone - ceiling), per seed.\n")
