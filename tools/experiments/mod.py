@@ -49,7 +49,7 @@ ARMS = {  # arm -> (flags on config/mod/tune.py, baseline)
 COMPARISONS = [("MoD only", "ln_f alone"), ("MoD only", "LoRA, MoD's size"), ("MoD only", "MoD only, no distillation"),
                ("MoD only", "LoRA r=8")]
 LR_GRID = (3e-4, 1e-3, 3e-3, 1e-2)
-MAX_GRID_EXTENSIONS = 2
+MAX_GRID_EXTENSIONS = 4
 SELECTION_SEED = 1336
 SUITES = {
     "small": dict(pretrain_iters=600, tune_iters=200, pretrain_args=[], tune_args=[]),
