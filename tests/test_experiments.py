@@ -164,3 +164,22 @@ def test_a_rate_better_beyond_the_grids_edge_is_followed_out_of_it(monkeypatch):
     monkeypatch.setattr(mod, "train_arm", train_arm)
     assert mod.choose_rate("MoD only", [], mod.SUITES["small"], "out", "pre") == pytest.approx(3e-2)
     assert len(tried) == len(mod.LR_GRID) + 2  # 3e-2 beat the edge, 9e-2 did not
+
+
+def test_a_rate_whose_run_diverges_counts_as_infinitely_bad(tmp_path, monkeypatch):
+    import subprocess
+    from tools.experiments import mod
+
+    def train_arm(out_dir, args, max_iters, seed, score):
+        if "--learning_rate=0.01" in args:  # train.py stopped on a nan loss after its first evaluation
+            os.makedirs(out_dir)
+            with open(os.path.join(out_dir, "log.jsonl"), "w") as f:
+                f.write(json.dumps({"iter": 0, "val_loss": 7.3}) + "\n")
+            raise subprocess.CalledProcessError(1, "train.py")
+        return [{"val_loss": 2.0 if "--learning_rate=0.003" in args else 3.0}]
+
+    monkeypatch.setattr(mod, "train_arm", train_arm)
+    assert mod.choose_rate("MoD only", [], mod.SUITES["small"], str(tmp_path), "pre") == 3e-3
+    monkeypatch.setattr(mod, "train_arm", lambda *a, **k: (_ for _ in ()).throw(subprocess.CalledProcessError(1, "x")))
+    with pytest.raises(subprocess.CalledProcessError):  # a run that never started is a broken run, not a bad rate
+        mod.choose_rate("full", [], mod.SUITES["small"], str(tmp_path / "none"), "pre")

@@ -29,9 +29,10 @@ validation loss and routing weight over the tuning).
 
 import math
 import os
+import subprocess
 import sys
 
-from training.plot import draw_curves, new_figure, series
+from training.plot import draw_curves, new_figure, read_log, series
 from tools.experiments.common import (ROOT, SEEDS, VERDICT_NOTE, markdown_table, mean_sd, paired_columns, per_seed,
                                       plot_curves, read_score, share_of_ceiling, train_arm, verdict)
 
@@ -95,14 +96,20 @@ def tune_args(plan, pretrained, flags, rate):
 def choose_rate(arm, flags, plan, out, pretrained):
     """The rate whose SELECTION_SEED run of the arm ends with the lowest validation loss on its curve: of LR_GRID,
     and while the best is at an edge of the rates tried, of one more rate beyond it (x3), so that no arm is held at
-    an edge of the grid."""
+    an edge of the grid. A rate whose run fails after it began logging (train.py stops on a non-finite loss) has
+    diverged and counts as infinitely bad."""
     losses = {}
 
     def loss_at(rate):
         if rate not in losses:
             d = os.path.join(out, "learning-rate", slug(arm), f"lr{rate:g}")
-            losses[rate] = train_arm(d, tune_args(plan, pretrained, flags, rate), plan["tune_iters"],
-                                     SELECTION_SEED, score=False)[-1]["val_loss"]
+            try:
+                losses[rate] = train_arm(d, tune_args(plan, pretrained, flags, rate), plan["tune_iters"],
+                                         SELECTION_SEED, score=False)[-1]["val_loss"]
+            except subprocess.CalledProcessError:
+                if not read_log(d):
+                    raise
+                losses[rate] = math.inf
         return losses[rate]
 
     best = min(LR_GRID, key=loss_at)
