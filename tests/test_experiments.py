@@ -132,6 +132,7 @@ def test_the_ngram_epochs_arms_share_the_combined_experiments_runs_at_its_length
                                                                                      "1339": 1.72}}}
     (tmp_path / "combined.json").write_text(json.dumps(stored))
     monkeypatch.setattr(ngram_epochs, "STORED", str(tmp_path / "combined.json"))
+    monkeypatch.setattr(ngram_epochs, "train_tokens", lambda: 1_003_854)  # no run here prepared the dataset
     trained = []
     monkeypatch.setattr(ngram_epochs, "train_arm", lambda out_dir, args, steps, seed: trained.append((out_dir, steps)))
     losses = {"off": 1.80, "AllNTs": 1.70, "CoCoNTs_r8": 1.72}  # CoCoNTs keeps 80% of AllNTs' gain
