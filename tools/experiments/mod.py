@@ -4,7 +4,6 @@ paper claims? Pretrain an 8-layer GPT on wiki, then tune it on sotu from the sam
 over paired seeds (a seed fixes the new parameters' initialisation and the batch order; the pretrained base is shared):
     ln_f alone              frozen base, only the final LayerNorm trains: one norm, no ensemble (the control)
     MoD only                frozen base; the router and every late layer's norm train (ln_f too), distillation on
-    MoD only, no distill    the same with mod_lambda = 0 (an ablation: at MoD only's learning rate)
     LoRA, MoD's size        rank 1 on the last two blocks' attn.c_proj: 512 parameters, MoD only's 514
     LoRA r=8                rank 8 on every linear of every block (131,072)
     full                    every weight trains (the plain fine-tune)
@@ -40,17 +39,13 @@ MOD = ["--mod_k=2"]  # a quarter of the 8 layers
 ARMS = {  # arm -> (flags on config/mod/tune.py, baseline)
     "ln_f alone": (["--base=frozen", "--train_ln_f=True"], "untuned"),
     "MoD only": (["--base=frozen", "--train_ln_f=True", *MOD], "untuned"),
-    "MoD only, no distillation": (["--base=frozen", "--train_ln_f=True", *MOD, "--mod_lambda=0"], "untuned"),
     "LoRA, MoD's size": (["--base=lora", "--lora_rank=1", "--lora_targets=h.6.attn.c_proj,h.7.attn.c_proj"],
                          "untuned"),
     "LoRA r=8": (["--base=lora"], "untuned"),
     "full": (["--base=train"], "untuned"),
 }
-# An ablation changes one thing of another arm and keeps that arm's learning rate.
-ABLATIONS = {"MoD only, no distillation": "MoD only"}
 # What the paper's claim turns on, beyond each arm against its baseline: (arm, against).
-COMPARISONS = [("MoD only", "ln_f alone"), ("MoD only", "LoRA, MoD's size"), ("MoD only", "MoD only, no distillation"),
-               ("MoD only", "LoRA r=8")]
+COMPARISONS = [("MoD only", "ln_f alone"), ("MoD only", "LoRA, MoD's size"), ("MoD only", "LoRA r=8")]
 LR_GRID = (3e-4, 1e-3, 3e-3, 1e-2)
 MAX_GRID_EXTENSIONS = 4
 SELECTION_SEED = 1336
@@ -73,7 +68,7 @@ def run(suite, results_dir):
     train_arm(untuned, tune_args(plan, pretrained, ["--base=train"], LR_GRID[0]), 0)
     runs, scores, rates = {}, {"untuned": [read_score(untuned)] * len(SEEDS)}, {}
     for arm, (flags, _) in ARMS.items():
-        rates[arm] = rates[ABLATIONS[arm]] if arm in ABLATIONS else choose_rate(arm, flags, plan, out, pretrained)
+        rates[arm] = choose_rate(arm, flags, plan, out, pretrained)
         dirs = [os.path.join(out, f"seed{seed}", slug(arm)) for seed in SEEDS]
         runs[arm] = [train_arm(d, tune_args(plan, pretrained, flags, rates[arm]), plan["tune_iters"], seed)
                      for d, seed in zip(dirs, SEEDS)]
@@ -143,8 +138,8 @@ def report(runs, scores, rates, suite, plan):
             "table pair the arms the paper's claim turns on. Each arm's learning rate is the one of "
             f"{', '.join(f'{r:g}' for r in LR_GRID)} whose run with seed {SELECTION_SEED} (not one of the paired "
             "seeds) ended with the lowest validation loss on its curve's fixed batches, followed past the grid's edge "
-            f"(x3 a step, at most {MAX_GRID_EXTENSIONS}) while the best was there; an ablation "
-            f"({', '.join(ABLATIONS)}) keeps its arm's rate; min_lr is a tenth of the rate. Layers are "
+            f"(x3 a step, at most {MAX_GRID_EXTENSIONS}) while the best was there; min_lr is a tenth of the rate. "
+            "Layers are "
             "numbered from 0; the "
             "routing weights, the final layer's own loss and the ceiling (the loss of a router that picks, for every "
             "token in hindsight, the late layer best for it) are means over seeds on the same 120k tokens; the "
