@@ -77,8 +77,9 @@ def run(suite, results_dir):
     os.makedirs(results_dir, exist_ok=True)
     plot_curves(runs, os.path.join(results_dir, f"mod{suffix}.png"),
                 f"tuning a wiki-pretrained GPT on sotu ({suite} suite)")
-    plot_layers({arm: per_seed[0] for arm, per_seed in runs.items() if "MoD" in arm},
-                os.path.join(results_dir, f"mod_layers{suffix}.png"))
+    ensembles = {arm: per_seed[0] for arm, per_seed in runs.items() if any(k.startswith("val_route")
+                                                                             for k in per_seed[0][-1])}
+    plot_layers(ensembles, os.path.join(results_dir, f"mod_layers{suffix}.png"))
     with open(os.path.join(results_dir, f"mod{suffix}.md"), "w") as f:
         f.write(report(runs, scores, rates, suite, plan))
 
