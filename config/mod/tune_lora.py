@@ -3,5 +3,6 @@
 # Adapters take a larger step size than full fine-tuning.
 # python train.py config/plain.py config/mod/tune.py config/mod/tune_lora.py
 out_dir = "out/mod-small/tune_lora"
-learning_rate = 3e-3
+learning_rate = 1e-2  # chosen by tools/experiments/mod.py's rule from one grid (results/mod.md)
+min_lr = 1e-3
 base = "lora"

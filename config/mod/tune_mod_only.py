@@ -2,7 +2,8 @@
 # experiment, base frozen, only the router and the new norm train.
 # python train.py config/plain.py config/mod/tune.py config/mod/tune_mod_only.py
 out_dir = "out/mod-small/tune_mod_only"
-learning_rate = 3e-3
+learning_rate = 0.09  # chosen by tools/experiments/mod.py's rule, past the grid's top (results/mod.md); 0.27 diverges
+min_lr = 0.009
 base = "frozen"
 mod_k = 2  # a quarter of the 8 layers
 # The final layer's norm (ln_f) trains too, as the other late layers' norms do: frozen, the final layer, the
