@@ -118,8 +118,8 @@ def test_lora_targets_choose_the_adapted_linears_by_the_end_of_their_names():
     every_block = make_lm(mod_k=0, base="lora", lora_rank=rank, lora_targets="attn.c_proj, mlp.c_fc")
     assert sum(p.numel() for p in every_block.parameters() if p.requires_grad) == L * rank * ((C + C) + (C + 4 * C))
     # the default adapts every linear of every block in the order it always did, so a seed draws the same adapters
-    default, listed = make_lm(mod_k=0, base="lora"), make_lm(mod_k=0, base="lora",
-                                                              lora_targets="mlp.c_proj,mlp.c_fc,attn.c_proj,attn.c_attn")
+    default = make_lm(mod_k=0, base="lora")
+    listed = make_lm(mod_k=0, base="lora", lora_targets="mlp.c_proj,mlp.c_fc,attn.c_proj,attn.c_attn")
     assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), listed.state_dict().values()))
     for bad in ("h.9.attn.c_proj", "attn.c_attn,ln_1"):
         with pytest.raises(ConfigError, match="lora_targets names no linear"):

@@ -269,8 +269,8 @@ def cpu_main_job_loss(seed):
 
 
 def check_float16(device, steps=100):
-    """The main job's model (the n-gram targets and the planner) in float16, compiled as train.py compiles on CUDA: its plain
-    cross-entropy falls over fresh batches."""
+    """The main job's model (the n-gram targets and the planner) in float16, compiled as train.py compiles on CUDA: its
+    plain cross-entropy falls over fresh batches."""
     trainer = make_trainer(device, *SMALL, "--dtype=float16")
     expect(trainer.scaler.is_enabled(), "float16 runs without the GradScaler")
 
