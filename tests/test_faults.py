@@ -71,24 +71,32 @@ def test_an_unwritable_out_dir_is_refused_before_any_work(corpus, tmp_path, monk
         run(corpus, tmp_path / "a_file" / "run", "--max_iters=2")
 
 
-@pytest.mark.parametrize("torch_wraps_it", [False, True])
-def test_a_save_that_fails_half_way_keeps_the_previous_checkpoint_and_stops(corpus, tmp_path, monkeypatch,
-                                                                           torch_wraps_it):
+def fail_the_second_save(monkeypatch, error, torch_wraps_it):
+    """Patch torch.save so that the run's second checkpoint writes half its bytes, then raises `error`, or, where
+    torch_wraps_it, the RuntimeError torch.save raises with `error` as its context (what its zip writer does when the
+    file under it fails, seen here for a full disk and for Ctrl-C). Returns the iterations saved."""
     real_save, saves = torch.save, []
 
-    def save_then_fill_the_disk(state, f):
+    def save(state, f):
         saves.append(state["iter_num"])
         if len(saves) < 2:
             return real_save(state, f)
         f.write(b"half a checkpoint")
         try:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        except OSError:
-            if torch_wraps_it:  # what torch.save raises when the file under its zip writer fails
-                raise RuntimeError("[enforce fail at inline_container.cc] . unexpected pos")
+            raise error
+        except BaseException:
+            if torch_wraps_it:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
             raise
 
-    monkeypatch.setattr(torch, "save", save_then_fill_the_disk)
+    monkeypatch.setattr(torch, "save", save)
+    return saves
+
+
+@pytest.mark.parametrize("torch_wraps_it", [False, True])
+def test_a_save_that_fails_half_way_keeps_the_previous_checkpoint_and_stops(corpus, tmp_path, monkeypatch,
+                                                                           torch_wraps_it):
+    saves = fail_the_second_save(monkeypatch, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), torch_wraps_it)
     with pytest.raises(OSError, match=f"^cannot write the checkpoint to {tmp_path / 'ckpt.pt'}: no space left on "
                                       f"device; the previous checkpoint is kept"):
         run(corpus, tmp_path, "--max_iters=4", "--eval_interval=2")
@@ -267,19 +275,7 @@ def test_a_crafted_checkpoint_runs_nothing_when_opened(tmp_path):
 
 
 def test_ctrl_c_while_a_checkpoint_is_written_is_ctrl_c_and_keeps_the_previous_one(corpus, tmp_path, monkeypatch):
-    real_save, saves = torch.save, []
-
-    def save_then_ctrl_c(state, f):
-        saves.append(state["iter_num"])
-        if len(saves) < 2:
-            return real_save(state, f)
-        f.write(b"half a checkpoint")
-        try:
-            raise KeyboardInterrupt
-        except KeyboardInterrupt:  # what torch.save raises when Ctrl-C lands in its file's write (seen here)
-            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
-
-    monkeypatch.setattr(torch, "save", save_then_ctrl_c)
+    fail_the_second_save(monkeypatch, KeyboardInterrupt(), torch_wraps_it=True)
     with pytest.raises(KeyboardInterrupt, match=f"interrupted: the last checkpoint is {tmp_path / 'ckpt.pt'}"):
         run(corpus, tmp_path, "--max_iters=4", "--eval_interval=2")
     assert ckpt.load(str(tmp_path / "ckpt.pt"))["iter_num"] == 0
