@@ -11,6 +11,7 @@ import pytest
 
 import train
 from model import GPTConfig
+from tools.experiments import common
 from tools.experiments.common import ROOT, paired_columns, verdict
 
 FILE_SETTINGS = ("--init_from=", "--plan_init_planner=")  # files earlier arms would have written
@@ -84,8 +85,8 @@ def test_the_ensembles_five_seeds_read_stored_scores_and_train_the_others(tmp_pa
     (tmp_path / "combined.json").write_text(json.dumps(stored))
     monkeypatch.setattr(ensemble_seeds, "STORED", str(tmp_path / "combined.json"))
     trained = []
-    monkeypatch.setattr(ensemble_seeds, "train_arm", lambda out_dir, args, iters, seed: trained.append((seed, args)))
-    monkeypatch.setattr(ensemble_seeds, "read_score", lambda out_dir: None if not trained else
+    monkeypatch.setattr(common, "train_arm", lambda out_dir, args, iters, seed: trained.append((seed, args)))
+    monkeypatch.setattr(common, "read_score", lambda out_dir: None if not trained else
                         {"val_loss": 1.7 + 0.012 * ("all_three" in out_dir)})
     ensemble_seeds.run(str(tmp_path))
     table = (tmp_path / "ensemble_seeds.md").read_text()
@@ -113,9 +114,9 @@ def test_each_mod_arm_takes_the_grid_rate_its_held_out_seed_scores_best(tmp_path
     mod.run("small", str(tmp_path))
     for arm in mod.ARMS:
         rate = best[arm]
-        paired = [(seed, rate) for d, seed, rate in trained if d.endswith(os.sep + mod.slug(arm))]
+        paired = [(seed, lr) for d, seed, lr in trained if d.endswith(os.sep + mod.slug(arm))]
         assert paired == [(seed, f"--learning_rate={rate:g}") for seed in (1337, 1338, 1339)], arm
-        tried = [(seed, rate) for d, seed, rate in trained
+        tried = [(seed, lr) for d, seed, lr in trained
                  if os.sep + "learning-rate" + os.sep + mod.slug(arm) + os.sep in d]
         # a best rate at an edge of the grid is checked against one more rate beyond it, which does worse here
         at_edge = best[arm] in (min(mod.LR_GRID), max(mod.LR_GRID))
@@ -133,14 +134,14 @@ def test_the_ngram_epochs_arms_share_the_combined_experiments_runs_at_its_length
     monkeypatch.setattr(ngram_epochs, "STORED", str(tmp_path / "combined.json"))
     monkeypatch.setattr(ngram_epochs, "train_tokens", lambda: 1_003_854)  # no run here prepared the dataset
     trained = []
-    monkeypatch.setattr(ngram_epochs, "train_arm", lambda out_dir, args, steps, seed: trained.append((out_dir, steps)))
+    monkeypatch.setattr(common, "train_arm", lambda out_dir, args, steps, seed: trained.append((out_dir, steps)))
     losses = {"off": 1.80, "AllNTs": 1.70, "CoCoNTs_r8": 1.72}  # CoCoNTs keeps 80% of AllNTs' gain
     def read_score(out_dir):  # a 3000-step folder has a score once trained, a 1000-step one always
         if "ngram-epochs" in out_dir:
             return {"val_loss": next(v for k, v in losses.items() if out_dir.endswith(k))}
         return {"val_loss": 1.80 if out_dir.endswith("plain") else 1.70} if (out_dir, 3000) in trained else None
 
-    monkeypatch.setattr(ngram_epochs, "read_score", read_score)
+    monkeypatch.setattr(common, "read_score", read_score)
     ngram_epochs.run(str(tmp_path))
     at_3000 = {d for d, steps in trained if steps == 3000}
     assert main_job_dir("plain", 1338) in at_3000 and main_job_dir("plain", 1337) not in at_3000  # stored: read

@@ -43,6 +43,16 @@ def train_arm(out_dir, args, max_iters, seed=SEEDS[0], score=True):
     return records
 
 
+def stored_or_trained(out_dir, args, max_iters, seed, stored):
+    """A run's validation loss and where it comes from: its folder's score; where the folder is gone, the loss that
+    `stored` (an arm of results/combined.json, {"seeds": {seed: loss}}) keeps for the seed; else the run, trained now
+    (train_arm)."""
+    if read_score(out_dir) is None and str(seed) in stored.get("seeds", {}):
+        return stored["seeds"][str(seed)], "results/combined.json"
+    train_arm(out_dir, args, max_iters, seed)
+    return read_score(out_dir)["val_loss"], "trained here"
+
+
 def read_score(out_dir):
     """The score.json train.py wrote after an arm's last step (its validation loss on SCORE_TOKENS), or None."""
     path = os.path.join(out_dir, "score.json")

@@ -16,8 +16,8 @@ import os
 import sys
 
 from tools.experiments.combined import ALL, ARMS, arm_flags
-from tools.experiments.common import (MAIN_JOB_ITERS, ROOT, SEEDS, T95, main_job_dir, mean_sd, read_score,
-                                      train_arm, verdict)
+from tools.experiments.common import (MAIN_JOB_ITERS, ROOT, SEEDS, T95, main_job_dir, mean_sd, stored_or_trained,
+                                      verdict)
 
 SEEDS5 = (*SEEDS, 1340, 1341)
 WITHOUT = "all but depth ensemble"
@@ -26,11 +26,7 @@ STORED = os.path.join(ROOT, "results", "combined.json")
 
 def score(arm, seed, stored):
     """The arm's validation loss for a seed, and where it comes from."""
-    out_dir = main_job_dir(arm, seed)
-    if read_score(out_dir) is None and str(seed) in stored.get(arm, {}).get("seeds", {}):
-        return stored[arm]["seeds"][str(seed)], "results/combined.json"
-    train_arm(out_dir, arm_flags(ARMS[arm]), MAIN_JOB_ITERS, seed)
-    return read_score(out_dir)["val_loss"], "trained here"
+    return stored_or_trained(main_job_dir(arm, seed), arm_flags(ARMS[arm]), MAIN_JOB_ITERS, seed, stored.get(arm, {}))
 
 
 def run(results_dir):

@@ -19,7 +19,7 @@ import os
 import sys
 
 from tools.experiments.common import (MAIN_JOB_ITERS, ROOT, SEEDS, VERDICT_NOTE, main_job_dir, markdown_table,
-                                      paired_columns, read_score, share_of_ceiling, train_arm)
+                                      paired_columns, share_of_ceiling, stored_or_trained)
 
 ARMS = {"off": [], "AllNTs": ["--ngram_mode=all"], "CoCoNTs r=8": ["--ngram_mode=compact"]}
 SHARED = {"off": "plain", "CoCoNTs r=8": "n-gram targets alone"}  # the combined experiment's arms at its length
@@ -40,11 +40,8 @@ def train_tokens():
 
 def score(arm, steps, seed, stored):
     """The arm's validation loss for a seed, and where it comes from."""
-    out_dir, shared = folder(arm, steps, seed), stored.get(SHARED.get(arm) if steps == MAIN_JOB_ITERS else None, {})
-    if read_score(out_dir) is None and str(seed) in shared.get("seeds", {}):
-        return shared["seeds"][str(seed)], "results/combined.json"
-    train_arm(out_dir, ARMS[arm], steps, seed)
-    return read_score(out_dir)["val_loss"], "trained here"
+    shared = stored.get(SHARED.get(arm), {}) if steps == MAIN_JOB_ITERS else {}
+    return stored_or_trained(folder(arm, steps, seed), ARMS[arm], steps, seed, shared)
 
 
 def run(results_dir):
