@@ -11,7 +11,7 @@ import pytest
 
 import train
 from model import GPTConfig
-from tools.experiments import common
+from tools.experiments import combined, common
 from tools.experiments.common import ROOT, paired_columns, verdict
 
 FILE_SETTINGS = ("--init_from=", "--plan_init_planner=")  # files earlier arms would have written
@@ -83,7 +83,7 @@ def test_the_ensembles_five_seeds_read_stored_scores_and_train_the_others(tmp_pa
     stored = {arm: {"seeds": {"1337": 1.70 + extra, "1338": 1.71 + extra, "1339": 1.72 + extra}}
               for arm, extra in ((ensemble_seeds.ALL, 0.01), (ensemble_seeds.WITHOUT, 0.0))}
     (tmp_path / "combined.json").write_text(json.dumps(stored))
-    monkeypatch.setattr(ensemble_seeds, "STORED", str(tmp_path / "combined.json"))
+    monkeypatch.setattr(combined, "STORED", str(tmp_path / "combined.json"))
     trained = []
     monkeypatch.setattr(common, "train_arm", lambda out_dir, args, iters, seed: trained.append((seed, args)))
     monkeypatch.setattr(common, "read_score", lambda out_dir: None if not trained else
@@ -131,7 +131,7 @@ def test_the_ngram_epochs_arms_share_the_combined_experiments_runs_at_its_length
     stored = {"plain": {"seeds": {"1337": 1.80}}, "n-gram targets alone": {"seeds": {"1337": 1.72, "1338": 1.72,
                                                                                      "1339": 1.72}}}
     (tmp_path / "combined.json").write_text(json.dumps(stored))
-    monkeypatch.setattr(ngram_epochs, "STORED", str(tmp_path / "combined.json"))
+    monkeypatch.setattr(combined, "STORED", str(tmp_path / "combined.json"))
     monkeypatch.setattr(ngram_epochs, "train_tokens", lambda: 1_003_854)  # no run here prepared the dataset
     trained = []
     monkeypatch.setattr(common, "train_arm", lambda out_dir, args, steps, seed: trained.append((out_dir, steps)))

@@ -46,7 +46,7 @@ import train
 from data.vocabulary import document_start, get_codec
 from model import GPT, GPTConfig, estimate_mfu, peak_flops
 from tools import bench
-from tools.experiments.combined import MAIN_JOB
+from tools.experiments import combined
 from training.devices import pick_precision
 from training.plot import read_log
 from training.trainer import Trainer
@@ -67,7 +67,6 @@ BF16_PRECISION = 2**-8  # bfloat16's unit roundoff: 8 significant bits
 # readable attention and SDPA's math fallback run matmuls and a softmax, none of which is named so.
 FUSED_ATTENTION = re.compile(r"flash|efficient|fmha|sdpa|cudnn", re.IGNORECASE)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
-COMBINED = os.path.join(ROOT, "results", "combined.json")
 
 
 class CheckFailed(Exception):
@@ -259,12 +258,10 @@ def check_main_job(device):
 def cpu_main_job_loss(seed):
     """The validation loss of the main job's CPU run with this seed, and the sd of that loss across the stored
     seeds, from tools/experiments/combined.py's results."""
-    with open(COMBINED) as f:
-        arms = json.load(f)
-    result = arms.get(MAIN_JOB, {"seeds": {}})
+    result = combined.stored_scores().get(combined.MAIN_JOB, {"seeds": {}})
     if str(seed) in result["seeds"]:
         return result["seeds"][str(seed)], statistics.stdev(result["seeds"].values())
-    raise CheckFailed(f"{COMBINED} has no '{MAIN_JOB}' run of seed {seed}: run "
+    raise CheckFailed(f"{combined.STORED} has no '{combined.MAIN_JOB}' run of seed {seed}: run "
                       f"`python -m tools.experiments.run --suite small --only combined` on a CPU first")
 
 

@@ -31,6 +31,16 @@ ARMS = {"plain": [], **{f"{name} alone": [name] for name in TECHNIQUES}, ALL: li
         **{f"all but {name}": [other for other in TECHNIQUES if other != name] for name in TECHNIQUES}}
 
 
+STORED = os.path.join(ROOT, "results", "combined.json")  # what run() writes for the small suite
+
+
+def stored_scores():
+    """Each arm's stored validation loss, per seed and mean ({arm: {"seeds": {seed: loss}, ...}}): the main job's
+    closing line, the GPU check and the experiments that reuse these runs read them."""
+    with open(STORED) as f:
+        return json.load(f)
+
+
 def arm_flags(techniques):
     return [flag for name in techniques for flag in TECHNIQUES[name]]
 

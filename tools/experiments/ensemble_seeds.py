@@ -10,18 +10,16 @@ from there, and the table says which; the others train (about 5 minutes each on 
 results/ensemble_seeds.md.
 """
 
-import json
 import math
 import os
 import sys
 
-from tools.experiments.combined import ALL, ARMS, arm_flags
+from tools.experiments.combined import ALL, ARMS, arm_flags, stored_scores
 from tools.experiments.common import (MAIN_JOB_ITERS, ROOT, SEEDS, T95, main_job_dir, mean_sd, stored_or_trained,
                                       verdict)
 
 SEEDS5 = (*SEEDS, 1340, 1341)
 WITHOUT = "all but depth ensemble"
-STORED = os.path.join(ROOT, "results", "combined.json")
 
 
 def score(arm, seed, stored):
@@ -30,8 +28,7 @@ def score(arm, seed, stored):
 
 
 def run(results_dir):
-    with open(STORED) as f:
-        stored = json.load(f)
+    stored = stored_scores()
     rows, differences = [], []
     for seed in SEEDS5:
         (full, source), (without, _) = score(ALL, seed, stored), score(WITHOUT, seed, stored)

@@ -18,13 +18,13 @@ import json
 import os
 import sys
 
+from tools.experiments.combined import stored_scores
 from tools.experiments.common import (MAIN_JOB_ITERS, ROOT, SEEDS, VERDICT_NOTE, main_job_dir, markdown_table,
                                       paired_columns, share_of_ceiling, stored_or_trained)
 
 ARMS = {"off": [], "AllNTs": ["--ngram_mode=all"], "CoCoNTs r=8": ["--ngram_mode=compact"]}
 SHARED = {"off": "plain", "CoCoNTs r=8": "n-gram targets alone"}  # the combined experiment's arms at its length
 LENGTHS = (1000, MAIN_JOB_ITERS)
-STORED = os.path.join(ROOT, "results", "combined.json")
 
 
 def folder(arm, steps, seed):
@@ -45,8 +45,7 @@ def score(arm, steps, seed, stored):
 
 
 def run(results_dir):
-    with open(STORED) as f:
-        stored = json.load(f)
+    stored = stored_scores()
     sections, sources = [], set()
     for steps in LENGTHS:
         losses = {}
