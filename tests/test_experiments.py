@@ -163,8 +163,36 @@ def test_a_rate_better_beyond_the_grids_edge_is_followed_out_of_it(monkeypatch):
         return [{"val_loss": next(v for r, v in curve.items() if abs(r - rate) < 1e-9 * r)}]
 
     monkeypatch.setattr(mod, "train_arm", train_arm)
-    assert mod.choose_rate("MoD only", [], mod.SUITES["small"], "out", "pre") == pytest.approx(3e-2)
+    assert mod.choose_rate("MoD only", [], mod.SUITES["small"], "out", "pre")[0] == pytest.approx(3e-2)
     assert len(tried) == len(mod.LR_GRID) + 2  # 3e-2 beat the edge, 9e-2 did not
+
+
+def test_a_rate_that_diverges_with_a_paired_seed_gives_way_to_the_next_best(tmp_path, monkeypatch):
+    import subprocess
+    from tools.experiments import mod
+    monkeypatch.setattr(mod, "choose_rate", lambda *a: [0.09, 0.03])  # the selection's finished rates, best first
+    finished = set()
+
+    def train_arm(out_dir, args, max_iters, seed):
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "log.jsonl"), "w") as f:
+            f.write(json.dumps({"iter": 0, "val_loss": 7.3}) + "\n")
+        if "--learning_rate=0.09" in args and seed == 1338:  # a nan loss at step 140
+            raise subprocess.CalledProcessError(1, "train.py")
+        finished.add(out_dir)
+        return [{"val_loss": 7.0, "trainable_params": 514}]
+
+    monkeypatch.setattr(mod, "train_arm", train_arm)
+    monkeypatch.setattr(mod, "read_score", lambda out_dir: {"val_loss": 7.0} if out_dir in finished else None)
+    rate, dirs, runs, diverged = mod.paired_runs("MoD only", [], mod.SUITES["small"], str(tmp_path), "pre")
+    assert rate == 0.03 and diverged == [(0.09, 1338)]
+    assert [os.path.relpath(d, tmp_path) for d in dirs] == [os.path.join(f"seed{seed}", "MoD_only_lr0.03")
+                                                              for seed in (1337, 1338, 1339)]
+    scores = {arm: [{"val_loss": 7.0}] * 3 for arm in [*mod.ARMS, "untuned"]}
+    text = mod.report({arm: [runs[0]] * 3 for arm in mod.ARMS}, scores, dict.fromkeys(mod.ARMS, 0.03),
+                      {"MoD only": diverged}, "small", mod.SUITES["small"])
+    assert "- MoD only: rate 0.09 diverged with seed 1338; so it runs at the next best rate of its selection, 0.03\n" \
+        in text
 
 
 def test_a_rate_whose_run_diverges_counts_as_infinitely_bad(tmp_path, monkeypatch):
@@ -180,7 +208,7 @@ def test_a_rate_whose_run_diverges_counts_as_infinitely_bad(tmp_path, monkeypatc
         return [{"val_loss": 2.0 if "--learning_rate=0.003" in args else 3.0}]
 
     monkeypatch.setattr(mod, "train_arm", train_arm)
-    assert mod.choose_rate("MoD only", [], mod.SUITES["small"], str(tmp_path), "pre") == 3e-3
+    assert mod.choose_rate("MoD only", [], mod.SUITES["small"], str(tmp_path), "pre") == [3e-3, 3e-4, 1e-3]
     monkeypatch.setattr(mod, "train_arm", lambda *a, **k: (_ for _ in ()).throw(subprocess.CalledProcessError(1, "x")))
     with pytest.raises(subprocess.CalledProcessError):  # a run that never started is a broken run, not a bad rate
         mod.choose_rate("full", [], mod.SUITES["small"], str(tmp_path / "none"), "pre")

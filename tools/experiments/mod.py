@@ -14,8 +14,8 @@ Each arm's learning rate is chosen from the same grid, LR_GRID, by the same rule
 SELECTION_SEED (a seed none of the paired runs uses) ends with the lowest validation loss on its curve's fixed batches
 (config/mod/tune.py's eval_iters, the same batches for every run; not the 120k-token score, which costs the ensemble's
 arms five head calls a token), the grid followed past its edge (x3 a step) while the best is there; then the arm runs
-with every seed of SEEDS at that rate. min_lr is a tenth of the
-rate, the schedule otherwise config/mod/tune.py's.
+with every seed of SEEDS at that rate, or, where one of them diverges, at the next best rate of the selection. min_lr
+is a tenth of the rate, the schedule otherwise config/mod/tune.py's.
 
     python -m tools.experiments.mod            # the small CPU suite
     python -m tools.experiments.mod gpu        # larger configs for one CUDA GPU
@@ -70,12 +70,9 @@ def run(suite, results_dir):
               plan["pretrain_iters"])
     untuned = os.path.join(out, "untuned")  # the pretrained GPT scored on sotu: 0 tuning steps, no seed to vary
     train_arm(untuned, tune_args(plan, pretrained, ["--base=train"], LR_GRID[0]), 0)
-    runs, scores, rates = {}, {"untuned": [read_score(untuned)] * len(SEEDS)}, {}
+    runs, scores, rates, diverged = {}, {"untuned": [read_score(untuned)] * len(SEEDS)}, {}, {}
     for arm, (flags, _) in ARMS.items():
-        rates[arm] = choose_rate(arm, flags, plan, out, pretrained)
-        dirs = [os.path.join(out, f"seed{seed}", slug(arm)) for seed in SEEDS]
-        runs[arm] = [train_arm(d, tune_args(plan, pretrained, flags, rates[arm]), plan["tune_iters"], seed)
-                     for d, seed in zip(dirs, SEEDS)]
+        rates[arm], dirs, runs[arm], diverged[arm] = paired_runs(arm, flags, plan, out, pretrained)
         scores[arm] = [read_score(d) for d in dirs]
     suffix = "" if suite == "small" else f"_{suite}"
     os.makedirs(results_dir, exist_ok=True)
@@ -85,7 +82,7 @@ def run(suite, results_dir):
                                                                              for k in per_seed[0][-1])}
     plot_layers(ensembles, os.path.join(results_dir, f"mod_layers{suffix}.png"))
     with open(os.path.join(results_dir, f"mod{suffix}.md"), "w") as f:
-        f.write(report(runs, scores, rates, suite, plan))
+        f.write(report(runs, scores, rates, diverged, suite, plan))
 
 
 def tune_args(plan, pretrained, flags, rate):
@@ -93,11 +90,30 @@ def tune_args(plan, pretrained, flags, rate):
             *flags, f"--learning_rate={rate:g}", f"--min_lr={rate / 10:g}", *plan["tune_args"]]
 
 
+def paired_runs(arm, flags, plan, out, pretrained):
+    """The arm's runs with every seed of SEEDS at the best rate of its selection (choose_rate) at which none
+    diverges: a rate that diverges with one seed of three is no usable setting, so the next best is taken, its runs
+    in folders of their own. Returns the rate, the run folders, their logs and the [(rate, seed)] that diverged."""
+    diverged = []
+    for rate in choose_rate(arm, flags, plan, out, pretrained):
+        suffix = f"_lr{rate:g}" if diverged else ""
+        dirs = [os.path.join(out, f"seed{seed}", slug(arm) + suffix) for seed in SEEDS]
+        try:
+            return rate, dirs, [train_arm(d, tune_args(plan, pretrained, flags, rate), plan["tune_iters"], seed)
+                                for d, seed in zip(dirs, SEEDS)], diverged
+        except subprocess.CalledProcessError:
+            failed = next(i for i, d in enumerate(dirs) if read_score(d) is None)
+            if not read_log(dirs[failed]):
+                raise
+            diverged.append((rate, SEEDS[failed]))
+    raise RuntimeError(f"{arm}: every rate of its selection diverged with some seed")
+
+
 def choose_rate(arm, flags, plan, out, pretrained):
-    """The rate whose SELECTION_SEED run of the arm ends with the lowest validation loss on its curve: of LR_GRID,
-    and while the best is at an edge of the rates tried, of one more rate beyond it (x3), so that no arm is held at
-    an edge of the grid. A rate whose run fails after it began logging (train.py stops on a non-finite loss) has
-    diverged and counts as infinitely bad."""
+    """The rates whose SELECTION_SEED run of the arm ended, best first (the lowest validation loss on its curve): of
+    LR_GRID, and while the best is at an edge of the rates tried, of one more rate beyond it (x3), so that no arm is
+    held at an edge of the grid. A rate whose run fails after it began logging (train.py stops on a non-finite
+    loss) has diverged: it counts as infinitely bad, and is not returned."""
     losses = {}
 
     def loss_at(rate):
@@ -118,14 +134,14 @@ def choose_rate(arm, flags, plan, out, pretrained):
         best = min(best, beyond, key=loss_at)
         if best != beyond:
             break
-    return best
+    return sorted((rate for rate, loss in losses.items() if math.isfinite(loss)), key=losses.get)
 
 
 def slug(arm):
     return "".join(c if c.isalnum() or c in "=." else "_" for c in arm)
 
 
-def report(runs, scores, rates, suite, plan):
+def report(runs, scores, rates, diverged, suite, plan):
     start = scores["untuned"][0]["val_loss"]
     losses = {arm: per_seed(arm_scores) for arm, arm_scores in scores.items()}
     rows = [[arm, baseline, f"{runs[arm][0][-1]['trainable_params']:,}", f"{rates[arm]:g}",
@@ -136,6 +152,9 @@ def report(runs, scores, rates, suite, plan):
               "mean routing weights (layers)"]
     comparisons = "".join(f"- {a} against {b}: {paired_columns(losses[a], losses[b])[1]}, "
                           f"{verdict([x - y for x, y in zip(losses[a], losses[b])])}\n" for a, b in COMPARISONS)
+    comparisons += "".join(f"- {arm}: " + ", ".join(f"rate {rate:g} diverged with seed {seed}" for rate, seed in failed)
+                           + f"; so it runs at the next best rate of its selection, {rates[arm]:g}\n"
+                           for arm, failed in diverged.items() if failed)
     return (f"# Depth ensemble: tuning on sotu ({suite} suite)\n\nFrom a GPT pretrained {plan['pretrain_iters']} "
             f"iterations on wiki, {plan['tune_iters']} tuning iterations per arm. Validation loss before tuning "
             f"('untuned'): {start:.4f} (ppl {math.exp(start):.1f}).\n\n" + markdown_table(header, rows) +
@@ -143,7 +162,8 @@ def report(runs, scores, rates, suite, plan):
             "table pair the arms the paper's claim turns on. Each arm's learning rate is the one of "
             f"{', '.join(f'{r:g}' for r in LR_GRID)} whose run with seed {SELECTION_SEED} (not one of the paired "
             "seeds) ended with the lowest validation loss on its curve's fixed batches, followed past the grid's edge "
-            f"(x3 a step, at most {MAX_GRID_EXTENSIONS}) while the best was there; min_lr is a tenth of the rate. "
+            f"(x3 a step, at most {MAX_GRID_EXTENSIONS}) while the best was there, and gave way to the next best where "
+            "a paired seed diverged at it; min_lr is a tenth of the rate. "
             "Layers are "
             "numbered from 0; the "
             "routing weights, the final layer's own loss and the ceiling (the loss of a router that picks, for every "
