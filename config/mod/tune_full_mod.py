@@ -2,6 +2,7 @@
 # experiment, full fine-tune with the depth ensemble of the last 2 layers.
 # python train.py config/plain.py config/mod/tune.py config/mod/tune_full_mod.py
 out_dir = "out/mod-small/tune_full_mod"
-learning_rate = 3e-4  # at 1e-3 the full + MoD router left the final layer of the earlier 4-layer base
+learning_rate = 3e-3  # chosen by tools/experiments/mod.py's rule from one grid (results/mod.md), as full's alone
+min_lr = 3e-4
 base = "train"
 mod_k = 2  # a quarter of the 8 layers
