@@ -2,13 +2,14 @@
 Mixture-of-depths ensemble experiment (mod.py): does MoD replace a trainable module at far fewer parameters, as the
 paper claims? Pretrain an 8-layer GPT on wiki, then tune it on sotu from the same checkpoint, with the same steps,
 over paired seeds (a seed fixes the new parameters' initialisation and the batch order; the pretrained base is shared):
-    ln_f alone              frozen base, only the final LayerNorm trains: one norm, no ensemble (the control)
-    MoD only                frozen base; the router and every late layer's norm train (ln_f too), distillation on
+    ln_f alone                  frozen base, only the final LayerNorm trains: one norm, no ensemble (the control)
+    MoD only                    frozen base; the router and every late layer's norm train (ln_f too), distillation on
     MoD only, no distillation   the same with mod_lambda = 0: the frozen final layer no longer teaches
-    LoRA, MoD's size        rank 1 on the last two blocks' attn.c_proj: 512 parameters, MoD only's 514
-    LoRA r=8                rank 8 on every linear of every block (131,072)
-    full                    every weight trains (the plain fine-tune)
-    LoRA r=8 + MoD, full + MoD   the ensemble on top of a tuning module, each against that module alone
+    LoRA, MoD's size            rank 1 on the last two blocks' attn.c_proj: 512 parameters, MoD only's 514
+    LoRA r=8                    rank 8 on every linear of every block (131,072)
+    LoRA r=8 + ln_f             the same and the final LayerNorm: the control of LoRA r=8 + MoD, which trains it
+    full                        every weight trains (the plain fine-tune)
+    LoRA r=8 + MoD, full + MoD  the ensemble on top of a tuning module, each against that module alone
 
 Each arm's learning rate is chosen from the same grid, LR_GRID, by the same rule: the rate whose run with
 SELECTION_SEED (a seed none of the paired runs uses) ends with the lowest validation loss on its curve's fixed batches
@@ -43,13 +44,15 @@ ARMS = {  # arm -> (flags on config/mod/tune.py, baseline)
     "LoRA, MoD's size": (["--base=lora", "--lora_rank=1", "--lora_targets=h.6.attn.c_proj,h.7.attn.c_proj"],
                          "untuned"),
     "LoRA r=8": (["--base=lora"], "untuned"),
+    "LoRA r=8 + ln_f": (["--base=lora", "--train_ln_f=True"], "untuned"),
     "full": (["--base=train"], "untuned"),
     "LoRA r=8 + MoD": (["--base=lora", "--train_ln_f=True", *MOD], "LoRA r=8"),
     "full + MoD": (["--base=train", *MOD], "full"),
 }
 # What the paper's claim turns on, beyond each arm against its baseline: (arm, against).
 COMPARISONS = [("MoD only", "ln_f alone"), ("MoD only", "LoRA, MoD's size"), ("MoD only", "LoRA r=8"),
-               ("MoD only, no distillation", "MoD only"), ("MoD only, no distillation", "ln_f alone")]
+               ("MoD only, no distillation", "MoD only"), ("MoD only, no distillation", "ln_f alone"),
+               ("LoRA r=8 + MoD", "LoRA r=8 + ln_f")]
 LR_GRID = (3e-4, 1e-3, 3e-3, 1e-2)
 MAX_GRID_EXTENSIONS = 4
 SELECTION_SEED = 1336
