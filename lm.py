@@ -122,16 +122,18 @@ class LanguageModel(nn.Module):
             logits = self.gpt.head(hidden[-1])
         return logits, dict(hidden=hidden, weights=weights, normed=normed, plan_loss=plan_loss, plan_stats=plan_stats)
 
-    def forward(self, x, y, extra):
+    def forward(self, x, y, extra, plan_gain=True):
         """Training loss for inputs x and next tokens y (B, T), and a dict of scalars to log.
 
         extra holds the per-position data a technique gathered with the batch (empty when all are off).
-        stats['ce'] is always the plain next-token cross-entropy: the number validation reports.
+        stats['ce'] is always the plain next-token cross-entropy: the number validation reports. plan_gain: in eval
+        mode, also measure what another sentence's plan costs (a second forward); only validation reports it.
         """
         logits, parts = self.logits(x, extra)
         loss, stats = self.next_token_loss(logits, y, extra)
         stats.update(parts["plan_stats"])
-        if not self.training and self.plan is not None and self.plan.mode in ("oracle", *planner.PLANNER_MODES):
+        plans_per_sentence = self.plan is not None and self.plan.mode in ("oracle", *planner.PLANNER_MODES)
+        if plan_gain and not self.training and plans_per_sentence:
             # what the LM loses when each sentence gets another sentence's plan: how much it reads its own
             shuffled, _ = self.logits(x, extra, planner.SHUFFLED)
             stats["plan_gain"] = F.cross_entropy(shuffled.flatten(0, 1).float(), y.flatten()) - stats["ce"]
@@ -165,14 +167,15 @@ class LanguageModel(nn.Module):
 
 
 @torch.no_grad()
-def mean_stats(model, batches, autocast=nullcontext()):
+def mean_stats(model, batches, autocast=nullcontext(), plan_gain=True):
     """Mean of every scalar the model reports over batches of (x, y, extra), each weighted by its number of
-    windows, in eval mode: what train.py's evaluations, its score and tools/explain.py's tables report."""
+    windows, in eval mode: what train.py's evaluations, its score and tools/explain.py's tables report. plan_gain:
+    as LanguageModel.forward's (False where only the losses are read)."""
     model.eval()
     sums, windows = {}, 0
     for x, y, extra in batches:
         with autocast:
-            _, stats = model(x, y, extra)
+            _, stats = model(x, y, extra, plan_gain)
         for name, value in stats.items():
             sums[name] = sums.get(name, 0.0) + value.float().item() * len(x)
         windows += len(x)

@@ -420,3 +420,23 @@ def test_bad_planner_settings_are_refused_with_a_message_naming_them(override, m
     import train
     with pytest.raises(ConfigError, match=message):
         settings_checks.check({**train.settings_from([train.PLAIN_CONFIG]), **override})
+
+
+def test_an_evaluation_measures_the_plan_gain_on_the_validation_split_alone(data, monkeypatch):
+    import train
+    from training.trainer import Trainer
+    _, path = data
+    trainer = Trainer(train.settings_from([train.PLAIN_CONFIG, f"--dataset={str(path)!r}", "--plan_mode='soft'",
+                                           "--plan_lambda=1.0", f"--plan_k={K}", f"--plan_context={M}", "--n_layer=2",
+                                           "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=2",
+                                           "--eval_iters=3", "--device='cpu'"]))
+    forwards, logits = [], LanguageModel.logits
+
+    def counted(model, *args):
+        forwards.append(args)
+        return logits(model, *args)
+
+    monkeypatch.setattr(LanguageModel, "logits", counted)
+    results = trainer.evaluate()
+    assert "plan_gain" in results["val"] and "plan_gain" not in results["train"]  # train.py logs the val split's
+    assert len(forwards) == 3 + 2 * 3  # the train split's batches skip the shuffled-plan forward

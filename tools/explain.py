@@ -310,7 +310,7 @@ def ngram_gap(reader, s):
     T, per_batch = reader.block_size, []
     for _ in range(s["eval_iters"]):
         starts = torch.randint(len(reader.tokens["train"]) - T - 1, (s["batch_size"],), generator=generator)
-        per_batch.append(mean_stats(reader.model, [reader.batch("train", starts.tolist())]))
+        per_batch.append(mean_stats(reader.model, [reader.batch("train", starts.tolist())], plan_gain=False))
     gaps = np.array([b["ngram_ce"] - b["ce"] for b in per_batch])
     se = gaps.std(ddof=1) / math.sqrt(len(gaps)) if len(gaps) > 1 else float("inf")
     return dict(ngram_ce=np.mean([b["ngram_ce"] for b in per_batch]), ce=np.mean([b["ce"] for b in per_batch]),

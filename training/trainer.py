@@ -166,8 +166,10 @@ class Trainer:
         results = {}
         for split in ("train", "val"):
             generator = torch.Generator().manual_seed(self.s["seed"] + 1)  # the same batches at every evaluation
+            # train.py logs the train split's losses alone, so its batches skip the plan gain's second forward
             results[split] = mean_stats(self.model, (self.get_batch(split, generator, self.s["batch_size"])
-                                                     for _ in range(self.s["eval_iters"])), self.autocast)
+                                                     for _ in range(self.s["eval_iters"])), self.autocast,
+                                        plan_gain=split == "val")
         return results
 
     def score_val(self, max_tokens, iter_num):
