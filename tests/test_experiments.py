@@ -171,7 +171,6 @@ def test_a_rate_that_diverges_with_a_paired_seed_gives_way_to_the_next_best(tmp_
     import subprocess
     from tools.experiments import mod
     monkeypatch.setattr(mod, "choose_rate", lambda *a: [0.09, 0.03])  # the selection's finished rates, best first
-    finished = set()
 
     def train_arm(out_dir, args, max_iters, seed):
         os.makedirs(out_dir, exist_ok=True)
@@ -179,11 +178,9 @@ def test_a_rate_that_diverges_with_a_paired_seed_gives_way_to_the_next_best(tmp_
             f.write(json.dumps({"iter": 0, "val_loss": 7.3}) + "\n")
         if "--learning_rate=0.09" in args and seed == 1338:  # a nan loss at step 140
             raise subprocess.CalledProcessError(1, "train.py")
-        finished.add(out_dir)
         return [{"val_loss": 7.0, "trainable_params": 514}]
 
     monkeypatch.setattr(mod, "train_arm", train_arm)
-    monkeypatch.setattr(mod, "read_score", lambda out_dir: {"val_loss": 7.0} if out_dir in finished else None)
     rate, dirs, runs, diverged = mod.paired_runs("MoD only", [], mod.SUITES["small"], str(tmp_path), "pre")
     assert rate == 0.03 and diverged == [(0.09, 1338)]
     assert [os.path.relpath(d, tmp_path) for d in dirs] == [os.path.join(f"seed{seed}", "MoD_only_lr0.03")

@@ -101,15 +101,27 @@ def paired_runs(arm, flags, plan, out, pretrained):
     for rate in choose_rate(arm, flags, plan, out, pretrained):
         suffix = f"_lr{rate:g}" if diverged else ""
         dirs = [os.path.join(out, f"seed{seed}", slug(arm) + suffix) for seed in SEEDS]
-        try:
-            return rate, dirs, [train_arm(d, tune_args(plan, pretrained, flags, rate), plan["tune_iters"], seed)
-                                for d, seed in zip(dirs, SEEDS)], diverged
-        except subprocess.CalledProcessError:
-            failed = next(i for i, d in enumerate(dirs) if read_score(d) is None)
-            if not read_log(dirs[failed]):
-                raise
-            diverged.append((rate, SEEDS[failed]))
+        runs = []
+        for d, seed in zip(dirs, SEEDS):
+            records = trained_unless_diverged(d, tune_args(plan, pretrained, flags, rate), plan["tune_iters"], seed)
+            if records is None:
+                diverged.append((rate, seed))
+                break
+            runs.append(records)
+        else:
+            return rate, dirs, runs, diverged
     raise RuntimeError(f"{arm}: every rate of its selection diverged with some seed")
+
+
+def trained_unless_diverged(out_dir, *args, **kwargs):
+    """train_arm(out_dir, *args, **kwargs)'s log, or None where the run diverged: it failed after it began logging
+    (train.py stops on a non-finite loss). A run that failed before it logged anything is broken, and raises."""
+    try:
+        return train_arm(out_dir, *args, **kwargs)
+    except subprocess.CalledProcessError:
+        if not read_log(out_dir):
+            raise
+        return None
 
 
 def choose_rate(arm, flags, plan, out, pretrained):
@@ -122,13 +134,9 @@ def choose_rate(arm, flags, plan, out, pretrained):
     def loss_at(rate):
         if rate not in losses:
             d = os.path.join(out, "learning-rate", slug(arm), f"lr{rate:g}")
-            try:
-                losses[rate] = train_arm(d, tune_args(plan, pretrained, flags, rate), plan["tune_iters"],
-                                         SELECTION_SEED, score=False)[-1]["val_loss"]
-            except subprocess.CalledProcessError:
-                if not read_log(d):
-                    raise
-                losses[rate] = math.inf
+            records = trained_unless_diverged(d, tune_args(plan, pretrained, flags, rate), plan["tune_iters"],
+                                              SELECTION_SEED, score=False)
+            losses[rate] = records[-1]["val_loss"] if records else math.inf
         return losses[rate]
 
     best = min(LR_GRID, key=loss_at)
@@ -166,12 +174,10 @@ def report(runs, scores, rates, diverged, suite, plan):
             f"{', '.join(f'{r:g}' for r in LR_GRID)} whose run with seed {SELECTION_SEED} (not one of the paired "
             "seeds) ended with the lowest validation loss on its curve's fixed batches, followed past the grid's edge "
             f"(x3 a step, at most {MAX_GRID_EXTENSIONS}) while the best was there, and gave way to the next best where "
-            "a paired seed diverged at it; min_lr is a tenth of the rate. "
-            "Layers are "
-            "numbered from 0; the "
-            "routing weights, the final layer's own loss and the ceiling (the loss of a router that picks, for every "
-            "token in hindsight, the late layer best for it) are means over seeds on the same 120k tokens; the "
-            "router's share is (final layer alone - mixture) / (final layer alone - ceiling), per seed.\n")
+            "a paired seed diverged at it; min_lr is a tenth of the rate. Layers are numbered from 0; the routing "
+            "weights, the final layer's own loss and the ceiling (the loss of a router that picks, for every token in "
+            "hindsight, the late layer best for it) are means over seeds on the same 120k tokens; the router's share "
+            "is (final layer alone - mixture) / (final layer alone - ceiling), per seed.\n")
 
 
 def ensemble_cells(scores):
