@@ -113,3 +113,25 @@ def test_mfu_is_reported_on_known_gpus_only():
     assert estimate_mfu(model, 1e6, "cpu") is None
     mfu = estimate_mfu(model, 1e6, "NVIDIA H100 80GB HBM3")
     assert mfu == pytest.approx(model.flops_per_token() * 1e6 / 989e12)
+
+
+
+def test_the_optimizer_is_adamw_to_float_rounding():
+    """configure_optimizers' update (the fused kernel on the CPU) against PyTorch's per-parameter AdamW loop, given
+    the same gradients (through a model, float rounding would grow with every step's forward)."""
+    model, reference = tiny(), tiny()
+    optimizer = configure_optimizers(model, 0.1, 1e-2, (0.9, 0.95), "cpu")
+    decayed = [p for p in reference.parameters() if p.dim() >= 2]
+    others = [p for p in reference.parameters() if p.dim() < 2]
+    reference_optimizer = torch.optim.AdamW([{"params": decayed, "weight_decay": 0.1},
+                                             {"params": others, "weight_decay": 0.0}],
+                                            lr=1e-2, betas=(0.9, 0.95), foreach=False)
+    for _ in range(20):
+        for p, q in zip(model.parameters(), reference.parameters()):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        optimizer.step()
+        reference_optimizer.step()
+    assert optimizer.defaults["fused"]
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
