@@ -139,16 +139,16 @@ def load_or_build(data_dir, tokens, n, r, seed, boundary_token, memory_mb, worke
         finally:
             for work in (counts_work, targets_work):
                 shutil.rmtree(work, ignore_errors=True)
-        arrays = load_folders(wanted)
+        arrays = load_folders(wanted, verify=False)  # sealed just now, with checksums read from these very files
     return arrays
 
 
-def load_folders(wanted):
+def load_folders(wanted, verify=True):
     """The arrays of the folders ((folder, header) pairs), memory-mapped, if every one is whole and holds its
-    header; else None."""
+    header (and, if verify, each file its checksum); else None."""
     arrays = {}
     for folder, header in wanted:
-        loaded = load_cache(folder, header)
+        loaded = load_cache(folder, header, verify)
         if loaded is None:
             return None
         arrays.update(loaded)
