@@ -243,9 +243,9 @@ class GPT(nn.Module):
 def configure_optimizers(module, weight_decay, learning_rate, betas, device_type):
     """AdamW over a module's trainable parameters (the GPT, or the GPT with the techniques' modules), with weight
     decay on matrices only (not on biases, LayerNorm gains or other vectors). Frozen parameters are left out, so a
-    frozen base costs no optimizer state. On CUDA and the CPU the fused kernel, which PyTorch never picks by itself
-    on the CPU: one pass over each parameter instead of a dozen small ops, a third of the multi-tensor (foreach)
-    update's time on the CPU, and equal to it to float rounding. Elsewhere (MPS) the foreach update."""
+    frozen base costs no optimizer state. On CUDA and the CPU the fused kernel, which PyTorch never picks by itself:
+    one pass over each parameter instead of a dozen small ops; on the CPU a third of the multi-tensor (foreach)
+    update's time, and AdamW to float rounding, not bit for bit. Elsewhere (MPS) the foreach update."""
     params = [p for p in module.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
