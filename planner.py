@@ -145,8 +145,9 @@ class PlanConditioner(nn.Module):
         if mode == SHUFFLED:  # the sentence half a batch away: a plan of the same kind, for another sentence
             mode, index = self.mode, (index + len(extra["plan_label"]) // 2) % len(extra["plan_label"])
         vectors = self.plan_vectors(logits, extra["plan_label"], mode)
-        # position t gets the vectors of the sentence token t+1 belongs to
-        attn_add = [None] * self.first_layer + [v[index] for v in vectors]
+        # position t gets the vectors of the sentence token t+1 belongs to. A lookup, not v[index]: on a CPU with
+        # several threads v[index]'s backward sums with atomic adds in no fixed order, and runs drift apart.
+        attn_add = [None] * self.first_layer + [F.embedding(index, v) for v in vectors]
         if logits is None:
             return attn_add, None, {}
         # a training step logs none of the statistics, so it computes only what its loss needs

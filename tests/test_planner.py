@@ -102,6 +102,27 @@ def test_position_t_is_planned_by_the_sentence_of_token_t_plus_1(data):
     assert index[row, t] != index[row, t - 1]
 
 
+
+def test_the_plan_s_gradient_is_the_same_every_time_on_two_threads(data):
+    """Each position's plan vector is looked up from its sentence's; the gradient that flows back sums every
+    position's into its sentence's, in a fixed order, so that two runs at several CPU threads stay identical."""
+    plan = make_model("soft", data[0], 64).plan
+    extra = {"plan_context": torch.randn(40, M, plan.codebooks[0].size(1)), "plan_pos": torch.randint(0, 9, (40,)),
+             "plan_label": torch.randint(0, K, (40,)), "plan_index": torch.randint(0, 40, (32, 64))}
+    upstream = torch.randn(32, 64, 32)  # 65,536 values: enough for PyTorch to split the summing across threads
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = set()
+        for _ in range(20):
+            plan.zero_grad()
+            attn_add, _, _ = plan(extra)
+            (attn_add[-1] * upstream).sum().backward()
+            grads.add(plan.codebooks[-1].grad.numpy().tobytes())
+    finally:
+        torch.set_num_threads(threads)
+    assert len(grads) == 1
+
 def test_a_batch_lists_each_of_its_sentences_once(data):
     plan_data, path = data
     ix = [0, 10, 300]  # the first two windows overlap: their shared sentences are planned once
