@@ -115,7 +115,6 @@ def test_mfu_is_reported_on_known_gpus_only():
     assert mfu == pytest.approx(model.flops_per_token() * 1e6 / 989e12)
 
 
-
 def test_the_optimizer_is_adamw_to_float_rounding():
     """configure_optimizers' update (the fused kernel on the CPU) against PyTorch's per-parameter AdamW loop, given
     the same gradients (through a model, float rounding would grow with every step's forward)."""

@@ -102,7 +102,6 @@ def test_position_t_is_planned_by_the_sentence_of_token_t_plus_1(data):
     assert index[row, t] != index[row, t - 1]
 
 
-
 def test_the_plan_s_gradient_is_the_same_every_time_on_two_threads(data):
     """Each position's plan vector is looked up from its sentence's; the gradient that flows back sums every
     position's into its sentence's, in a fixed order, so that two runs at several CPU threads stay identical."""
@@ -122,6 +121,7 @@ def test_the_plan_s_gradient_is_the_same_every_time_on_two_threads(data):
     finally:
         torch.set_num_threads(threads)
     assert len(grads) == 1
+
 
 def test_a_batch_lists_each_of_its_sentences_once(data):
     plan_data, path = data
